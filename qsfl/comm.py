@@ -1,0 +1,120 @@
+"""Exact byte accounting of every message (Ledger) and the byte sizes of each message kind.
+
+Every message carries a fixed header of :data:`HEADER_BYTES` (client id, segment id, entry count:
+three int32). Payloads are float32 values; sparse messages add their indices as int32 (4 B each) or a
+bitmap over the segment (ceil(size/8) B). A message that sends every entry of its segment is dense and
+needs no index at all. This module is the only place these numbers are declared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+HEADER_BYTES = 12   # client id, segment id, entry count: 3 x int32
+VALUE_BYTES = 4     # float32
+INDEX_BYTES = 4     # int32
+META_BYTES = 12     # QJ metadata payload: loss, sample count, relevance (3 x 4 B)
+
+
+@dataclass(frozen=True)
+class MessageSize:
+    """Bytes of one message, split by purpose."""
+
+    header: int
+    values: int
+    indices: int
+    meta: int = 0
+    encoding: str = "dense"
+
+    @property
+    def total(self) -> int:
+        return self.header + self.values + self.indices + self.meta
+
+
+def index_encoding_bytes(count: int, size: int, encoding: str = "auto") -> tuple[str, int]:
+    """(encoding used, index bytes) for ``count`` of ``size`` entries: dense, int32 or bitmap.
+
+    ``auto`` picks the smallest of int32 indices, a bitmap, or dense (all values, no index).
+    """
+    if not 0 <= count <= size:
+        raise ValueError(f"count {count} not in [0, {size}]")
+    if count == size:
+        return "dense", 0
+    int32 = INDEX_BYTES * count
+    bitmap = math.ceil(size / 8)
+    if encoding == "int32":
+        return "int32", int32
+    if encoding == "bitmap":
+        return "bitmap", bitmap
+    if encoding != "auto":
+        raise ValueError(f"unknown index encoding {encoding!r}")
+    dense_extra = VALUE_BYTES * (size - count)   # dense sends the unsent zeros instead of indices
+    best = min((int32, "int32"), (bitmap, "bitmap"), (dense_extra, "dense"))
+    return best[1], best[0]
+
+
+def sparse_message(count: int, size: int, encoding: str = "auto") -> MessageSize:
+    """Size of a message carrying ``count`` of the ``size`` entries of one segment."""
+    used, idx = index_encoding_bytes(count, size, encoding)
+    if used == "dense":
+        return MessageSize(HEADER_BYTES, VALUE_BYTES * size, 0, encoding="dense")
+    return MessageSize(HEADER_BYTES, VALUE_BYTES * count, idx, encoding=used)
+
+
+def dense_message(n: int) -> MessageSize:
+    """Size of a message carrying a full float32 vector of ``n`` entries."""
+    return MessageSize(HEADER_BYTES, VALUE_BYTES * n, 0)
+
+
+def meta_message() -> MessageSize:
+    """Size of a client's QJ metadata message (loss, sample count, relevance)."""
+    return MessageSize(HEADER_BYTES, 0, 0, meta=META_BYTES, encoding="meta")
+
+
+ROUND_FIELDS = ("uplink_bytes", "uplink_header_bytes", "uplink_value_bytes", "uplink_index_bytes",
+                "uplink_meta_bytes", "uplink_messages", "downlink_bytes", "downlink_messages")
+
+
+class Ledger:
+    """Counts the bytes of every uplink and downlink message, per round and cumulatively."""
+
+    def __init__(self) -> None:
+        self.cum_uplink = 0
+        self.cum_downlink = 0
+        self._round = self._empty()
+
+    @staticmethod
+    def _empty() -> dict[str, int]:
+        return {k: 0 for k in ROUND_FIELDS}
+
+    def uplink(self, msg: MessageSize, count: int = 1) -> None:
+        """Record ``count`` identical uplink messages."""
+        r = self._round
+        r["uplink_bytes"] += msg.total * count
+        r["uplink_header_bytes"] += msg.header * count
+        r["uplink_value_bytes"] += msg.values * count
+        r["uplink_index_bytes"] += msg.indices * count
+        r["uplink_meta_bytes"] += msg.meta * count
+        r["uplink_messages"] += count
+        self.cum_uplink += msg.total * count
+
+    def downlink(self, msg: MessageSize, count: int = 1) -> None:
+        """Record ``count`` identical downlink messages."""
+        self._round["downlink_bytes"] += msg.total * count
+        self._round["downlink_messages"] += count
+        self.cum_downlink += msg.total * count
+
+    def close_round(self) -> dict[str, int]:
+        """Return this round's counters (plus cumulative totals) and start a new round."""
+        out = dict(self._round, cum_uplink_bytes=self.cum_uplink, cum_downlink_bytes=self.cum_downlink)
+        self._round = self._empty()
+        return out
+
+
+def fedavg_uplink_bytes(n_params: int, cohort_sizes: list[int] | int, rounds: int | None = None) -> int:
+    """Uplink bytes FedAvg spends with the same cohorts: every sampled client sends its dense update."""
+    per_client = dense_message(n_params).total
+    if isinstance(cohort_sizes, int):
+        return per_client * cohort_sizes * int(rounds or 1)
+    return per_client * int(sum(cohort_sizes))

@@ -1,0 +1,276 @@
+"""Validated, frozen simulation configs (SimConfig, StrategyConfig) and their TOML/dict round trip.
+
+Every error raised here is a :class:`ConfigError` whose message names the field, the value received
+and the allowed range, so a CLI can print it and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+STRATEGIES = ("fedavg", "topk", "qsfl")
+SELECTIONS = ("topk", "percentile")
+RELEVANCES = ("update", "weights")
+AGGREGATES = ("delta", "official")
+INDEX_ENCODINGS = ("auto", "int32", "bitmap")
+ENGINES = ("auto", "batched", "sequential")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and the allowed range."""
+
+
+def _check_number(name: str, value: Any, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name}: expected {kind}, got {value!r} ({type(value).__name__})")
+    if not integer and not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+
+
+def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                integer: bool = False, lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a number (integer if asked) inside the given interval."""
+    _check_number(name, value, integer=integer)
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
+          (hi is not None and (value >= hi if hi_open else value > hi))
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else repr(lo)
+        hi_s = "inf" if hi is None else repr(hi)
+        raise ConfigError(f"{name}: {value!r} is out of range; allowed {left}{lo_s}, {hi_s}{right}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name}: unknown value {value!r}; valid: {', '.join(choices)}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Which FL algorithm runs and its parameters (defaults are the QSFL authors')."""
+
+    name: str = "fedavg"
+    # QSFL: Qualification Judgment
+    use_qj: bool = True
+    beta: float = 0.9
+    k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
+    alpha: float = 0.7
+    selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
+    relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
+    # QSFL: Sparse Cyclic Sliding Segment (also used by topk: p)
+    use_scss: bool = True
+    ns: int = 6
+    p: float = 0.4
+    aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
+    error_feedback: bool = False
+    index_encoding: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("strategy.name", self.name, STRATEGIES)
+        check_bool("strategy.use_qj", self.use_qj)
+        check_bool("strategy.use_scss", self.use_scss)
+        check_bool("strategy.error_feedback", self.error_feedback)
+        check_range("strategy.beta", self.beta, 0.0, 1.0)
+        if self.k is not None:
+            check_range("strategy.k", self.k, 1, None, integer=True)
+        check_range("strategy.alpha", self.alpha, 0.0, 1.0, lo_open=True)
+        check_choice("strategy.selection", self.selection, SELECTIONS)
+        check_choice("strategy.relevance", self.relevance, RELEVANCES)
+        check_range("strategy.ns", self.ns, 1, None, integer=True)
+        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
+        check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
+        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One federated simulation: data, model, local training, strategy, seed."""
+
+    dataset: str = "digits"
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    model: str = "mlp"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    partition: str = "iid"
+    partition_options: Mapping[str, Any] = field(default_factory=dict)
+    clients: int = 20
+    client_fraction: float = 1.0   # share of clients sampled each round (cohort size C)
+    rounds: int = 20
+    local_epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 1
+    target_accuracy: float = 0.85
+    engine: str = "auto"
+    device: str = "auto"
+    max_chunk_mb: float = 1024.0   # memory budget of one vectorised cohort chunk (batched engine)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def __post_init__(self) -> None:
+        from qsfl.data.datasets import DATASETS
+        from qsfl.data.partition import PARTITIONS
+        from qsfl.models import MODELS
+
+        check_choice("dataset", self.dataset, sorted(DATASETS))
+        check_choice("model", self.model, sorted(MODELS))
+        check_choice("partition", self.partition, sorted(PARTITIONS))
+        for name in ("dataset_options", "model_options", "partition_options"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(f"{name}: expected a table of options, got {getattr(self, name)!r}")
+        check_range("clients", self.clients, 1, None, integer=True)
+        check_range("client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
+        check_range("rounds", self.rounds, 1, None, integer=True)
+        check_range("local_epochs", self.local_epochs, 1, None, integer=True)
+        check_range("batch_size", self.batch_size, 1, None, integer=True)
+        check_range("lr", self.lr, 0.0, None, lo_open=True)
+        check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        check_range("weight_decay", self.weight_decay, 0.0, None)
+        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        check_range("eval_every", self.eval_every, 1, None, integer=True)
+        check_range("target_accuracy", self.target_accuracy, 0.0, 1.0)
+        check_choice("engine", self.engine, ENGINES)
+        check_choice("device", self.device, DEVICES)
+        check_range("max_chunk_mb", self.max_chunk_mb, 0.0, None, lo_open=True)
+        if not isinstance(self.strategy, StrategyConfig):
+            raise ConfigError(f"strategy: expected a StrategyConfig, got {self.strategy!r}")
+        if self.strategy.k is not None and self.strategy.k > self.clients:
+            raise ConfigError(f"strategy.k: {self.strategy.k} is out of range; allowed [1, {self.clients}] "
+                              f"(at most the number of clients)")
+
+    @property
+    def cohort_size(self) -> int:
+        """Number of clients sampled per round: max(1, round(client_fraction * clients))."""
+        return max(1, int(round(self.client_fraction * self.clients)))
+
+    # ----- dict / TOML round trip -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (TOML-serialisable: None values are dropped)."""
+        out = dataclasses.asdict(self)
+        out["strategy"] = {k: v for k, v in out["strategy"].items() if v is not None}
+        for key in ("dataset_options", "model_options", "partition_options"):
+            out[key] = dict(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SimConfig":
+        """Build from a nested dict; unknown keys are errors."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config: expected a table, got {type(data).__name__}")
+        data = dict(data)
+        strategy = data.pop("strategy", {})
+        if isinstance(strategy, str):
+            strategy = {"name": strategy}
+        if not isinstance(strategy, Mapping):
+            raise ConfigError(f"strategy: expected a table or a name, got {strategy!r}")
+        _reject_unknown(cls, data, "")
+        _reject_unknown(StrategyConfig, strategy, "strategy.")
+        return cls(**data, strategy=StrategyConfig(**strategy))
+
+    def replace(self, **changes: Any) -> "SimConfig":
+        """Copy with top-level fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "SimConfig":
+        """Copy with dotted-key overrides, e.g. {"strategy.beta": 0.5, "lr": 0.1}."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(data, key, value)
+        return SimConfig.from_dict(data)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _reject_unknown(cls: type, data: Mapping[str, Any], prefix: str) -> None:
+    valid = [n for n in _field_names(cls) if n != "strategy"] if cls is SimConfig else _field_names(cls)
+    if cls is SimConfig:
+        valid = valid + ["strategy"]
+    for key in data:
+        if key not in valid:
+            raise ConfigError(f"{prefix}{key}: unknown key; valid keys: {', '.join(prefix + v for v in valid)}")
+
+
+_OPTION_TABLES = ("dataset_options", "model_options", "partition_options")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data[a][b] = value`` for key "a.b"; unknown keys raise ConfigError."""
+    parts = key.split(".")
+    if len(parts) == 1:
+        if key not in _field_names(SimConfig):
+            raise ConfigError(f"{key}: unknown key; valid keys: {', '.join(_field_names(SimConfig))}, "
+                              f"strategy.<{'|'.join(_field_names(StrategyConfig))}>")
+        data[key] = value
+        return
+    head, rest = parts[0], ".".join(parts[1:])
+    if head == "strategy" and len(parts) == 2:
+        if rest not in _field_names(StrategyConfig):
+            raise ConfigError(f"{key}: unknown key; valid: "
+                              f"{', '.join('strategy.' + n for n in _field_names(StrategyConfig))}")
+        data.setdefault("strategy", {})[rest] = value
+        return
+    if head in _OPTION_TABLES and len(parts) == 2:
+        data.setdefault(head, {})[rest] = value
+        return
+    raise ConfigError(f"{key}: unknown key; use a top-level field, strategy.<field> or "
+                      f"{'/'.join(_OPTION_TABLES)}.<option>")
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value (bare words stay strings)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into {"a.b": 1, "c": "x"}; a malformed item raises ConfigError."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        out[key.strip()] = parse_value(text.strip())
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing file or bad syntax raises ConfigError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read a SimConfig from TOML (top-level fields plus a [strategy] table)."""
+    return SimConfig.from_dict(load_toml(path))
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """Serialise a nested dict as TOML text."""
+    import tomli_w
+
+    return tomli_w.dumps(dict(data))

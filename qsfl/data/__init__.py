@@ -1,0 +1,6 @@
+"""Datasets (built-in and local-file loaders) and client partitions."""
+
+from qsfl.data.datasets import DATASETS, Dataset, load_dataset
+from qsfl.data.partition import PARTITIONS, partition
+
+__all__ = ["DATASETS", "Dataset", "load_dataset", "PARTITIONS", "partition"]

@@ -1,0 +1,111 @@
+"""Model registry: logreg, mlp, cnn1d, femnist_cnn (the QSFL paper's CNN).
+
+Every model is buffer-free (no BatchNorm running stats) so the batched engine can vectorise it, and
+reshapes its flat input itself, so datasets may store images flat or shaped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from qsfl.config import ConfigError
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return int(math.prod(shape))
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression on the flattened input."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(_numel(input_shape), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network on the flattened input."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128,)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = _numel(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class CNN1D(nn.Module):
+    """Small 1-D CNN for sequence inputs such as mnist1d (length 40)."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 32) -> None:
+        super().__init__()
+        length = _numel(input_shape)
+        self.length = length
+        self.conv1 = nn.Conv1d(1, channels, 5, padding=2)
+        self.conv2 = nn.Conv1d(channels, channels, 5, padding=2)
+        self.fc = nn.Linear(channels * (length // 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, self.length)
+        x = torch.max_pool1d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool1d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class FemnistCNN(nn.Module):
+    """The QSFL paper's CNN: conv(1,16,5)-relu-pool-conv(16,32,5)-relu-pool-linear(32*7*7, classes)."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        if _numel(input_shape) != 28 * 28:
+            raise ConfigError(f"model: femnist_cnn needs 28x28 single-channel inputs, got shape {tuple(input_shape)}")
+        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
+        self.fc = nn.Linear(32 * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, 28, 28)
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "logreg": LogReg,
+    "mlp": MLP,
+    "cnn1d": CNN1D,
+    "femnist_cnn": FemnistCNN,
+}
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int = 0,
+                **options: Any) -> nn.Module:
+    """Instantiate a registered model with weights initialised from ``seed``."""
+    if name not in MODELS:
+        raise ConfigError(f"model: unknown value {name!r}; valid: {', '.join(sorted(MODELS))}")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return MODELS[name](tuple(input_shape), int(num_classes), **options)
+    except TypeError as exc:
+        raise ConfigError(f"model_options: invalid options for {name!r}: {exc}") from None
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalar parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,106 @@
+"""Sparse Cyclic Sliding Segment (SCSS): segment bounds, cyclic segment ids, top-p selection and the
+exact wire encoding of a sparse segment."""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qsfl.comm import HEADER_BYTES, MessageSize, index_encoding_bytes, sparse_message
+
+
+def segment_bounds(n: int, ns: int) -> np.ndarray:
+    """Offsets (ns + 1,) of ``ns`` contiguous segments of ``n`` entries, numpy.array_split semantics."""
+    if not 1 <= ns <= n:
+        raise ValueError(f"ns must be in [1, {n}], got {ns}")
+    base, extra = divmod(n, ns)
+    sizes = np.full(ns, base, dtype=np.int64)
+    sizes[:extra] += 1
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+def segment_id(round_index: int, client_id: int, ns: int) -> int:
+    """The segment a client uploads in a round: (round + client_id) mod NS."""
+    return (int(round_index) + int(client_id)) % int(ns)
+
+
+def ceil_fraction(fraction: float, total: int) -> int:
+    """ceil(fraction * total), immune to float noise such as 0.7 * 10 = 7.000000000000001; at least 1."""
+    return max(1, min(total, math.ceil(round(fraction * total, 9))))
+
+
+def top_p_indices(values: torch.Tensor, p: float) -> torch.Tensor:
+    """Ascending indices of the ceil(p * size) largest-magnitude entries; ties go to the lower index."""
+    k = ceil_fraction(p, values.numel())
+    if k == values.numel():
+        return torch.arange(values.numel(), device=values.device)
+    order = torch.sort(values.abs(), descending=True, stable=True).indices[:k]
+    return torch.sort(order).values
+
+
+@dataclass
+class SparseSegment:
+    """One segment of an update as sent on the wire: the chosen entries and their positions."""
+
+    client_id: int
+    segment: int
+    size: int
+    indices: np.ndarray      # int64, ascending, relative to the segment start
+    values: np.ndarray       # float32
+    encoding: str = "auto"
+
+    @property
+    def message_size(self) -> MessageSize:
+        return sparse_message(len(self.indices), self.size, self.encoding)
+
+    def to_bytes(self) -> bytes:
+        """Exact wire format: header (client, segment, count as int32) + index block + float32 values."""
+        used, _ = index_encoding_bytes(len(self.indices), self.size, self.encoding)
+        if used == "dense":
+            dense = np.zeros(self.size, dtype="<f4")
+            dense[self.indices] = self.values
+            return struct.pack("<iii", self.client_id, self.segment, self.size) + dense.tobytes()
+        header = struct.pack("<iii", self.client_id, self.segment, len(self.indices))
+        if used == "int32":
+            index_block = self.indices.astype("<i4").tobytes()
+        else:
+            mask = np.zeros(self.size, dtype=bool)
+            mask[self.indices] = True
+            index_block = np.packbits(mask, bitorder="little").tobytes()
+        return header + index_block + self.values.astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, size: int, encoding: str = "auto") -> "SparseSegment":
+        """Inverse of :meth:`to_bytes` for a segment of known ``size`` and the same encoding policy."""
+        client_id, segment, count = struct.unpack_from("<iii", data, 0)
+        body = data[HEADER_BYTES:]
+        used, nidx = index_encoding_bytes(count, size, encoding)
+        if used == "dense":
+            dense = np.frombuffer(body, dtype="<f4", count=size)
+            idx = np.arange(size)
+            return cls(client_id, segment, size, idx, dense.astype(np.float32), encoding)
+        if used == "int32":
+            idx = np.frombuffer(body[:nidx], dtype="<i4").astype(np.int64)
+        else:
+            bits = np.unpackbits(np.frombuffer(body[:nidx], dtype=np.uint8), bitorder="little")[:size]
+            idx = np.flatnonzero(bits).astype(np.int64)
+        values = np.frombuffer(body[nidx:], dtype="<f4", count=count).astype(np.float32)
+        return cls(client_id, segment, size, idx, values, encoding)
+
+    def decode(self) -> np.ndarray:
+        """Dense float32 segment with unsent entries set to zero."""
+        out = np.zeros(self.size, dtype=np.float32)
+        out[self.indices] = self.values
+        return out
+
+
+def encode_segment(client_id: int, segment: int, values: torch.Tensor, p: float,
+                   encoding: str = "auto") -> SparseSegment:
+    """Keep the top-p entries of one segment of an update as a :class:`SparseSegment`."""
+    idx = top_p_indices(values, p)
+    return SparseSegment(client_id, segment, values.numel(), idx.cpu().numpy().astype(np.int64),
+                         values[idx].detach().cpu().numpy().astype(np.float32), encoding)

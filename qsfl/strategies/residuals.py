@@ -1,0 +1,27 @@
+"""Client-side error feedback: each client keeps what it did not send and adds it to its next update."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Residuals:
+    """Per-client residual vectors; a no-op when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._store: dict[int, torch.Tensor] = {}
+
+    def add(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
+        """The update plus the client's carried residual (if any)."""
+        if self.enabled and client_id in self._store:
+            return update + self._store[client_id]
+        return update
+
+    def keep(self, client_id: int, accumulated: torch.Tensor, sent: torch.Tensor) -> None:
+        """Remember ``accumulated - sent`` as the client's residual."""
+        if self.enabled:
+            self._store[client_id] = (accumulated - sent).detach().clone()
+
+    def get(self, client_id: int) -> torch.Tensor | None:
+        return self._store.get(client_id)
