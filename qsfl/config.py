@@ -121,6 +121,7 @@ class SimConfig:
     engine: str = "auto"
     device: str = "auto"
     max_chunk_mb: float = 1024.0   # memory budget of one vectorised cohort chunk (batched engine)
+    divergence_loss: float = 1000.0  # a mean training loss above this (or NaN) stops the run as diverged
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
     def __post_init__(self) -> None:
@@ -148,6 +149,7 @@ class SimConfig:
         check_choice("engine", self.engine, ENGINES)
         check_choice("device", self.device, DEVICES)
         check_range("max_chunk_mb", self.max_chunk_mb, 0.0, None, lo_open=True)
+        check_range("divergence_loss", self.divergence_loss, 0.0, None, lo_open=True)
         if not isinstance(self.strategy, StrategyConfig):
             raise ConfigError(f"strategy: expected a StrategyConfig, got {self.strategy!r}")
         if self.strategy.k is not None and self.strategy.k > self.clients:

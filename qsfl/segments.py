@@ -29,7 +29,7 @@ def segment_id(round_index: int, client_id: int, ns: int) -> int:
 
 
 def ceil_fraction(fraction: float, total: int) -> int:
-    """ceil(fraction * total), immune to float noise such as 0.7 * 10 = 7.000000000000001; at least 1."""
+    """ceil(fraction * total), immune to float noise such as 0.55 * 100 = 55.00000000000001; at least 1."""
     return max(1, min(total, math.ceil(round(fraction * total, 9))))
 
 

@@ -44,6 +44,16 @@ def get_dataset(name: str, options: dict[str, Any]) -> Dataset:
     return _DATASET_CACHE[key]
 
 
+def divergence(losses: np.ndarray, limit: float, round_index: int) -> str | None:
+    """Why the run counts as diverged (NaN/inf loss, or a loss above ``limit``), or None."""
+    if not np.all(np.isfinite(losses)):
+        return f"NaN/inf training loss at round {round_index}"
+    worst = float(np.max(losses))
+    if worst > limit:
+        return f"training loss {worst:.4g} > divergence_loss {limit:g} at round {round_index}"
+    return None
+
+
 class Simulation:
     """One seeded federated run of ``config``; :meth:`run` returns its :class:`History`."""
 
@@ -95,8 +105,9 @@ class Simulation:
                 start = time.perf_counter()
                 ledger.downlink(dense_message(self.n_params), count=len(cohort_ids))
                 cohort = self.engine.train(weights, cohort_ids, t)
-                if not np.all(np.isfinite(cohort.losses)):
-                    status, reason = "diverged", f"non-finite training loss at round {t}"
+                reason = divergence(cohort.losses, cfg.divergence_loss, t)
+                if reason is not None:
+                    status = "diverged"
                     break
                 new_weights, info = self.strategy.aggregate(t, weights, last_update, cohort_ids, cohort, ledger)
                 if not bool(torch.isfinite(new_weights).all()):

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from qsfl.segments import (SparseSegment, ceil_fraction, encode_segment, segment_bounds, segment_id,
+                           top_p_indices)
+
+
+def test_segment_bounds_array_split_semantics():
+    assert np.diff(segment_bounds(10, 3)).tolist() == [4, 3, 3]
+    assert segment_bounds(10, 3).tolist() == [0, 4, 7, 10]
+    for n, ns in [(10, 1), (10, 10), (110526, 6), (7, 4)]:
+        b = segment_bounds(n, ns)
+        sizes = np.diff(b)
+        assert b[0] == 0 and b[-1] == n and len(sizes) == ns
+        assert sizes.max() - sizes.min() <= 1
+        assert sizes.tolist() == [len(a) for a in np.array_split(np.arange(n), ns)]
+    with pytest.raises(ValueError):
+        segment_bounds(5, 6)
+
+
+def test_cyclic_segment_ids():
+    assert [segment_id(t, 4, 3) for t in range(4)] == [1, 2, 0, 1]
+    assert [segment_id(0, c, 6) for c in range(7)] == [0, 1, 2, 3, 4, 5, 0]
+    # over NS consecutive rounds a client visits every segment once
+    assert sorted(segment_id(t, 11, 5) for t in range(5)) == [0, 1, 2, 3, 4]
+
+
+def test_ceil_fraction_is_immune_to_float_noise():
+    assert 0.55 * 100 != 55  # the trap: naive ceil would give 56
+    assert ceil_fraction(0.55, 100) == 55
+    assert ceil_fraction(0.7, 10) == 7
+    assert ceil_fraction(0.4, 3) == 2
+    assert ceil_fraction(0.01, 5) == 1
+    assert ceil_fraction(1.0, 9) == 9
+
+
+def test_top_p_count_and_ties():
+    v = torch.tensor([0.1, -5.0, 3.0, 3.0, -3.0, 0.2])
+    assert top_p_indices(v, 0.5).tolist() == [1, 2, 3]       # the 3.0 tie goes to the lower indices
+    assert top_p_indices(v, 0.01).tolist() == [1]
+    assert top_p_indices(v, 1.0).tolist() == list(range(6))
+    assert top_p_indices(torch.zeros(4), 0.5).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("encoding", ["int32", "bitmap", "auto"])
+@pytest.mark.parametrize("size, p", [(50, 0.1), (50, 0.5), (17, 0.99), (8, 1.0)])
+def test_encode_decode_round_trip_and_exact_bytes(encoding, size, p):
+    gen = torch.Generator().manual_seed(size)
+    values = torch.randn(size, generator=gen)
+    seg = encode_segment(client_id=7, segment=2, values=values, p=p, encoding=encoding)
+    wire = seg.to_bytes()
+    assert len(wire) == seg.message_size.total
+    back = SparseSegment.from_bytes(wire, size, encoding)
+    assert back.client_id == 7 and back.segment == 2
+    np.testing.assert_array_equal(back.decode(), seg.decode())
+    dense = values.numpy().copy()
+    kept = np.zeros(size, dtype=bool)
+    kept[seg.indices] = True
+    dense[~kept] = 0
+    np.testing.assert_array_equal(seg.decode(), dense)
