@@ -1,0 +1,90 @@
+"""One look for every figure: colour-blind-safe palette, print-friendly sizes, fixed colours per baseline."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)  # never open a window; harmless when a notebook chose its backend already
+
+from matplotlib import rc_context  # noqa: E402
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Okabe & Ito (2008): distinguishable with the common colour-vision deficiencies and in greyscale print.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+# Baselines keep the same colour in every figure; tuned configs take the rest of the palette in order.
+BASELINE_COLORS = {
+    "fedavg": "#000000",
+    "topk": "#E69F00",
+    "qj-only": "#56B4E9",
+    "scss-only": "#CC79A7",
+    "qsfl-default": "#D55E00",
+}
+TUNED_COLORS = ["#0072B2", "#009E73", "#8C564B", "#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74"]
+BASELINE_STYLES = {"fedavg": ":", "topk": "-.", "qj-only": "--", "scss-only": "--", "qsfl-default": "-"}
+
+WIDTH_IN = 7.0          # fits an A4/letter column with margins and a 960 px HTML column at 150 dpi
+HEIGHT_IN = 4.0
+DPI = 150
+
+RC: dict[str, Any] = {
+    "figure.figsize": (WIDTH_IN, HEIGHT_IN),
+    "figure.dpi": 100,
+    "figure.facecolor": "white",
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "savefig.facecolor": "white",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "grid.color": "#d9d9d9",
+    "grid.linewidth": 0.6,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "lines.linewidth": 1.8,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "image.cmap": "viridis",
+    "svg.fonttype": "none",   # SVG keeps real text: searchable, scalable, small
+}
+
+
+def styled(func: F) -> F:
+    """Decorator: build the figure under the package's rc settings without touching global state."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with rc_context(RC):
+            return func(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+def color_for(label: str, index: int = 0) -> str:
+    """Colour of a run label: fixed for baselines, the ``index``-th tuned colour otherwise."""
+    return BASELINE_COLORS.get(label, TUNED_COLORS[index % len(TUNED_COLORS)])
+
+
+def linestyle_for(label: str) -> str:
+    """Dash pattern of a run label, so baselines stay distinguishable in greyscale print."""
+    return BASELINE_STYLES.get(label, "-")
+
+
+def mb(n_bytes: float) -> float:
+    """Bytes -> megabytes (10^6, as network traffic is usually counted)."""
+    return float(n_bytes) / 1e6
+
+
+def byte_unit(max_bytes: float) -> tuple[str, float]:
+    """A readable unit and its divisor for a range of byte counts."""
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if max_bytes >= div:
+            return unit, div
+    return "B", 1.0
