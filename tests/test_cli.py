@@ -42,7 +42,17 @@ def test_config_file_then_flags(tmp_path):
     (["--set", "nonsense"], "expected key=value"),
     (["--config", "/nonexistent/file.toml"], "no such file"),
 ])
-def test_bad_input_exit_code_2_without_traceback(args, fragment, tmp_path):
+def test_bad_input_exit_code_2(args, fragment, tmp_path, capsys):
+    assert main(["simulate", *args, "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dataset", "imagenet"], "dataset: unknown value 'imagenet'; valid:"),
+    (["--set", "strategy.p=2"], "strategy.p: 2 is out of range; allowed (0.0, 1.0]"),
+])
+def test_bad_input_in_a_real_process_has_no_traceback(args, fragment, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "simulate", *args, "--out", str(tmp_path), "--quiet"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
