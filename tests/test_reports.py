@@ -1,0 +1,507 @@
+"""Reports: figures from real Histories/trials tables, compare tables vs saved Histories, the HTML report.
+
+The study directory used here is built from real simulations laid out in the documented study-output
+format (docs/study_output.md), so these tests do not depend on the tuning package.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import qsfl
+from qsfl.config import ConfigError, SimConfig, dump_toml
+from qsfl.history import History
+from reports import plots
+
+BASE = {"dataset": "digits", "model": "mlp", "clients": 8, "rounds": 3, "batch_size": 20, "seed": 0,
+        "target_accuracy": 0.5, "strategy": {"name": "qsfl"}}
+POPULATION = [  # two GA generations of three individuals (the last repeats the first: same individual id)
+    [{"beta": 0.9, "k": 6, "ns": 6, "p": 0.4}, {"beta": 0.2, "k": 3, "ns": 2, "p": 0.1},
+     {"beta": 0.6, "k": 8, "ns": 4, "p": 0.8}],
+    [{"beta": 0.7, "k": 5, "ns": 3, "p": 0.2}, {"beta": 0.4, "k": 7, "ns": 5, "p": 0.05},
+     {"beta": 0.9, "k": 6, "ns": 6, "p": 0.4}],
+]
+
+
+def evaluate(params: dict[str, Any], seed: int = 0, rounds: int | None = None) -> History:
+    """Simulate the base config with search params applied (as tuning's objective does)."""
+    cfg = SimConfig.from_dict(BASE).with_overrides({f"strategy.{k}": v for k, v in params.items()})
+    return qsfl.simulate(cfg.replace(seed=seed, rounds=rounds or cfg.rounds))
+
+
+def fitness_of(h: History) -> float:
+    """accuracy - 0.05 * uplink fraction of FedAvg."""
+    s = h.summary
+    return s["final_accuracy"] - 0.05 * s["total_uplink_bytes"] / s["fedavg_uplink_bytes"]
+
+
+def trial_row(params: dict[str, Any], h: History, *, gen: int, trial: int, finished: dt.datetime) -> dict:
+    """One row of the trials table in the documented columns."""
+    s = h.summary
+    metrics = {"final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
+               "uplink_bytes": float(s["total_uplink_bytes"]), "uplink_mb": s["total_uplink_bytes"] / 1e6,
+               "compression_ratio": s["compression_ratio"],
+               "rounds_to_target": float(s["rounds_to_target"] or np.nan),
+               "uplink_bytes_to_target": float(s["uplink_bytes_to_target"] or np.nan)}
+    return {"study": "test-study", "engine": "ga", "generation": gen, "trial": trial,
+            "individual": hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12],
+            **{f"param_{k}": v for k, v in params.items()}, "seeds": "0",
+            **{f"metric_{k}": v for k, v in metrics.items()}, **{f"metric_{k}_std": 0.0 for k in metrics},
+            "fitness": fitness_of(h), "state": "complete", "reason": "", "duration_s": s["wall_time_s"],
+            "finished_at": finished.isoformat()}
+
+
+def build_study_dir(out: Path) -> Path:
+    """A GA study output directory made of real simulations, in the contract's file layout."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, logbook, cache = [], [], {}
+    t = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    for gen, pop in enumerate(POPULATION):
+        fits = []
+        for params in pop:
+            key = json.dumps(params, sort_keys=True)
+            if key not in cache:
+                cache[key] = evaluate(params)
+            h = cache[key]
+            t += dt.timedelta(seconds=max(h.summary["wall_time_s"], 0.5))
+            rows.append(trial_row(params, h, gen=gen, trial=len(rows), finished=t))
+            fits.append(rows[-1]["fitness"])
+        logbook.append({"gen": gen, "nevals": len(pop), "min_0": min(fits), "mean_0": float(np.mean(fits)),
+                        "max_0": max(fits), "std_0": float(np.std(fits))})
+    trials = pd.DataFrame(rows)
+    trials.to_parquet(out / "trials.parquet", index=False)
+    trials.to_csv(out / "trials.csv", index=False)
+    pd.DataFrame(logbook).to_csv(out / "logbook.csv", index=False)
+    spec = {"name": "test-study", "engine": "ga", "base": BASE,
+            "objective": {"direction": "maximize", "formula": "final_accuracy - 0.05 * uplink_fraction"},
+            "ga": {"population": 3, "generations": 2}}
+    (out / "spec.toml").write_text(dump_toml(spec))
+    ranked = trials.sort_values("fitness", ascending=False).drop_duplicates("individual")
+    best = [{"params": {k: _py(r[f"param_{k}"]) for k in POPULATION[0][0]}, "fitness": [float(r["fitness"])]}
+            for _, r in ranked.head(2).iterrows()]
+    (out / "best.toml").write_text(dump_toml({"best": best}))
+    default = cache[json.dumps(POPULATION[0][0], sort_keys=True)]
+    s = default.summary
+    (out / "baseline.toml").write_text(dump_toml({
+        "params": POPULATION[0][0], "fitness": [fitness_of(default)],
+        "metrics": {"final_accuracy": s["final_accuracy"], "uplink_mb": s["total_uplink_bytes"] / 1e6,
+                    "compression_ratio": s["compression_ratio"]}}))
+    cache[json.dumps(best[0]["params"], sort_keys=True)].save(out / "histories" / "best")
+    default.save(out / "histories" / "baseline")
+    return out
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+# ----- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small models on a shared 2-core machine run 10x faster (and steadier) on one torch thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(one_torch_thread) -> dict[str, list[History]]:
+    """Small real runs: two labels over two seeds, one over one seed."""
+    return {"qsfl-default": [evaluate({}, seed=0), evaluate({}, seed=1)],
+            "tuned-1": [evaluate({"beta": 0.5, "k": 4, "ns": 2, "p": 0.2}, seed=0),
+                        evaluate({"beta": 0.5, "k": 4, "ns": 2, "p": 0.2}, seed=1)],
+            "fedavg": [qsfl.simulate(SimConfig.from_dict({**BASE, "strategy": {"name": "fedavg"}}))]}
+
+
+@pytest.fixture(scope="module")
+def study_template(tmp_path_factory, one_torch_thread) -> Path:
+    """A real study directory (built once)."""
+    return build_study_dir(tmp_path_factory.mktemp("study") / "out")
+
+
+@pytest.fixture
+def study_dir(study_template, tmp_path) -> Path:
+    """A private copy of the study directory for one test."""
+    return Path(shutil.copytree(study_template, tmp_path / "out"))
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, study_template) -> Path:
+    """The study directory after `compare --top 1 --seeds 5,6 --rounds 2`."""
+    from reports.compare import compare_study
+
+    out = Path(shutil.copytree(study_template, tmp_path_factory.mktemp("cmp") / "out"))
+    compare_study(out, top=1, seeds=[5, 6], workers=1, rounds=2)
+    return out
+
+
+def series_labels(ax) -> list[str]:
+    return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+# ----- figures ---------------------------------------------------------------------------------------
+def test_accuracy_vs_uplink_one_line_and_band_per_label(runs):
+    fig = plots.accuracy_vs_uplink(runs, log_x=True, target=0.5)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("cumulative uplink (MB)")
+    assert ax.get_ylabel() == "test accuracy"
+    assert ax.get_xscale() == "log"
+    assert series_labels(ax) == ["qsfl-default (n=2)", "tuned-1 (n=2)", "fedavg"]
+    assert len(ax.collections) == 2  # +-std bands only where there are several seeds
+    x, y = ax.get_lines()[0].get_data()
+    stats = plots.align_seeds(runs["qsfl-default"])
+    np.testing.assert_allclose(y, [np.mean([h.df["test_accuracy"][r] for h in runs["qsfl-default"]]) for r in range(3)])
+    np.testing.assert_allclose(x, stats["mb_mean"])
+
+
+def test_accuracy_vs_round_minmax_band(runs):
+    fig = plots.accuracy_vs_round(runs, band="minmax")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "test accuracy"
+    assert len(series_labels(ax)) == 3
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    accs = np.array([h.df["test_accuracy"].to_numpy() for h in runs["qsfl-default"]])
+    assert band.min() == pytest.approx(accs.min()) and band.max() == pytest.approx(accs.max())
+
+
+def test_align_seeds_drops_rounds_missing_in_a_seed(runs):
+    a, b = runs["qsfl-default"]
+    stats = plots.align_seeds([a.df, b.df.iloc[:2]])
+    assert list(stats["round"]) == [0, 1]
+
+
+def test_uplink_breakdown_stacks_the_four_parts(runs):
+    h = runs["tuned-1"][0]
+    fig = plots.uplink_breakdown(h)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "round" and ax.get_ylabel().startswith("uplink per round (")
+    assert len(ax.containers) == 4
+    names = [c.get_label().split(" (")[0] for c in ax.containers]
+    assert names == ["QJ metadata", "values", "indices", "headers"]
+    unit_div = {"(B)": 1, "(kB)": 1e3, "(MB)": 1e6}[ax.get_ylabel().split()[-1]]
+    tops = np.sum([[bar.get_height() for bar in c] for c in ax.containers], axis=0) * unit_div
+    np.testing.assert_allclose(tops, h.df["uplink_bytes"], rtol=1e-9)
+
+
+def test_uplink_composition_one_bar_per_label(runs):
+    fig = plots.uplink_composition(runs)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(runs)
+    assert len(ax.containers) == 4 and all(len(c) == 3 for c in ax.containers)
+
+
+def test_selection_and_coverage_heatmaps(runs):
+    h = runs["tuned-1"][0]
+    fig = plots.selection_heatmap(h)
+    ax, bx = fig.axes[:2]
+    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "client"
+    grid = ax.images[0].get_array()
+    assert grid.shape == (8, 3)
+    assert (grid == 2).sum() == h.df["n_qualified"].sum()
+    rates = [bar.get_width() for bar in bx.patches]
+    assert len(rates) == 8 and all(0 <= r <= 1 for r in rates)
+
+    fig = plots.coverage_heatmap(h)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "segment"
+    cov = ax.images[0].get_array()
+    assert cov.shape == (2, 3)
+    np.testing.assert_array_equal(cov.sum(axis=0), h.df["n_qualified"])  # each qualified client sends one segment
+
+
+def test_coverage_heatmap_without_scss_says_so(runs):
+    fig = plots.coverage_heatmap(runs["fedavg"][0])
+    assert "no SCSS" in fig.axes[0].texts[0].get_text()
+
+
+def test_study_figures_from_a_real_trials_table(study_template):
+    trials = pd.read_parquet(study_template / "trials.parquet")
+    logbook = pd.read_csv(study_template / "logbook.csv")
+
+    ax = plots.ga_fitness(logbook).axes[0]
+    assert ax.get_xlabel() == "generation" and ax.get_ylabel() == "fitness"
+    assert series_labels(ax) == ["max", "mean \u00b1 std", "min"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), logbook["max_0"])
+
+    ax = plots.optimization_history(trials).axes[0]
+    assert ax.get_xlabel() == "evaluation (trial number)" and ax.get_ylabel() == "fitness"
+    assert series_labels(ax) == ["best so far"]
+    assert ax.get_lines()[0].get_ydata()[-1] == pytest.approx(trials["fitness"].max())
+    assert len(ax.collections[0].get_offsets()) == len(trials)
+
+    ax = plots.pareto_front(trials, marks={"qsfl-default": (0.01, 0.5)}).axes[0]
+    assert ax.get_xlabel() == "uplink per run (MB)" and ax.get_ylabel() == "final test accuracy"
+    front = plots.pareto_mask(trials["metric_uplink_mb"], trials["metric_final_accuracy"])
+    assert len(ax.get_lines()[0].get_xdata()) == front.sum()
+    assert len(ax.collections[0].get_offsets()) == (~front).sum()  # dominated, faint
+    assert ax.collections[0].get_alpha() < 0.5
+
+    fig = plots.param_importance(trials)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("importance")
+    assert sorted(t.get_text() for t in ax.get_yticklabels()) == ["beta", "k", "ns", "p"]
+    assert sum(b.get_width() for b in ax.patches) == pytest.approx(1.0)
+
+    fig = plots.param_scatter(trials)
+    visible = [a for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>"]
+    assert [a.get_xlabel() for a in visible] == ["beta", "k", "ns", "p"]
+    assert all(len(a.collections[0].get_offsets()) == len(trials) for a in visible)
+
+    ax = plots.parallel_coordinates(trials).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["beta", "k", "ns", "p", "fitness"]
+    polylines = [line for line in ax.get_lines() if len(line.get_xdata()) == 5]
+    assert len(polylines) == len(trials) + 1  # one per evaluation + the best highlighted
+
+
+def test_pareto_mask():
+    mask = plots.pareto_mask([1, 2, 3, 2, 1], [0.5, 0.8, 0.9, 0.7, 0.5])
+    assert mask.tolist() == [True, True, True, False, True]
+
+
+def test_importance_works_with_other_evaluators(study_template):
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    trials = pd.read_parquet(study_template / "trials.parquet")
+    imp = plots.param_importances(trials, evaluator=PedAnovaImportanceEvaluator())
+    assert set(imp) <= {"beta", "k", "ns", "p"}
+
+
+def test_save_figure_writes_png_and_svg(runs, tmp_path):
+    paths = plots.save_figure(plots.accuracy_vs_round(runs), tmp_path / "figs" / "conv")
+    assert [p.name for p in paths] == ["conv.png", "conv.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in paths[1].read_text()[:1000]
+    assert not list((tmp_path / "figs").glob(".*tmp"))
+
+
+# ----- compare ---------------------------------------------------------------------------------------
+def test_compare_table_equals_recomputation_from_saved_histories(compared):
+    table = pd.read_csv(compared / "compare.csv")
+    assert list(table["label"]) == ["tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"]
+    for _, row in table.iterrows():
+        hs = [History.load(compared / "compare" / row["label"] / f"seed{s}") for s in (5, 6)]
+        assert [h.config["seed"] for h in hs] == [5, 6] and all(h.config["rounds"] == 2 for h in hs)
+        acc = [h.summary["final_accuracy"] for h in hs]
+        mb = [h.summary["total_uplink_bytes"] / 1e6 for h in hs]
+        ratio = [h.summary["compression_ratio"] for h in hs]
+        assert row["final_accuracy_mean"] == pytest.approx(np.mean(acc))
+        assert row["final_accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
+        assert row["uplink_mb_mean"] == pytest.approx(np.mean(mb))
+        assert row["uplink_mb_std"] == pytest.approx(np.std(mb, ddof=1))
+        assert row["compression_ratio_mean"] == pytest.approx(np.mean(ratio))
+        reached = [h.summary["rounds_to_target"] for h in hs if h.summary["rounds_to_target"] is not None]
+        assert row["reached"] == len(reached)
+        if reached:
+            assert row["rounds_to_target_mean"] == pytest.approx(np.mean(reached))
+
+
+def test_compare_runs_the_right_configs(compared):
+    def cfg(label):
+        return History.load(compared / "compare" / label / "seed5").config["strategy"]
+    best = dict(__import__("tomllib").loads((compared / "best.toml").read_text())["best"][0]["params"])
+    tuned = cfg("tuned-1")
+    assert {k: tuned[k] for k in best} == best and tuned["name"] == "qsfl"
+    assert cfg("fedavg")["name"] == "fedavg"
+    assert cfg("topk")["name"] == "topk" and cfg("topk")["p"] == 0.1
+    for label, qj, scss in (("qj-only", True, False), ("scss-only", False, True), ("qsfl-default", True, True)):
+        s = cfg(label)
+        assert (s["name"], s["use_qj"], s["use_scss"]) == ("qsfl", qj, scss)
+        assert (s["beta"], s["alpha"], s["ns"], s["p"], s.get("k")) == (0.9, 0.7, 6, 0.4, None)
+
+
+def test_compare_md_and_figure(compared):
+    md = (compared / "compare.md").read_text()
+    for label in ("tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"):
+        assert f"| {label} |" in md
+    assert "\u00b1" in md and "seeds 5, 6" in md
+    assert (compared / "figures" / "compare_convergence.png").is_file()
+    assert (compared / "figures" / "compare_convergence.svg").is_file()
+    assert len(pd.read_csv(compared / "compare" / "runs.csv")) == 12
+
+
+def test_compare_reuses_saved_runs(compared, tmp_path):
+    from reports.compare import compare_study
+
+    out = Path(shutil.copytree(compared, tmp_path / "out"))
+    before = pd.read_csv(out / "compare.csv")
+    compare_study(out, top=1, seeds=[5, 6], workers=1, rounds=2)
+    runs = pd.read_csv(out / "compare" / "runs.csv")
+    assert runs["reused"].all()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "compare.csv"), before)
+
+
+def test_compare_refuses_search_seeds(study_dir):
+    from reports.compare import compare_study
+
+    with pytest.raises(ConfigError, match="used by the search"):
+        compare_study(study_dir, seeds=[0, 7])
+
+
+def test_default_seeds_skip_the_search_seeds():
+    from reports.compare import choose_seeds, parse_seeds
+
+    assert choose_seeds(None, {0, 1, 3}) == [2, 4, 5]
+    assert parse_seeds("100-102,7") == [100, 101, 102, 7]
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("1,x")
+
+
+def test_compare_configs_file_and_base_file(tmp_path):
+    from reports.compare import compare_study
+
+    (tmp_path / "base.toml").write_text(dump_toml({**BASE, "rounds": 2}))
+    (tmp_path / "configs.toml").write_text(
+        '[[config]]\nlabel = "mine"\nparams = { beta = 0.3, k = 4, ns = 2, p = 0.25 }\n')
+    out = tmp_path / "cmp"
+    table = compare_study(out, configs_file=tmp_path / "configs.toml", base_file=tmp_path / "base.toml",
+                          seeds=[3])
+    assert list(table["label"])[0] == "mine"
+    s = History.load(out / "compare" / "mine" / "seed3").config["strategy"]
+    assert (s["beta"], s["k"], s["ns"], s["p"]) == (0.3, 4, 2, 0.25)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('[[config]]\nparams = { nope = 1 }\n', "nope"),
+    ('[[config]]\nlabel = "fedavg"\nparams = { beta = 0.1 }\n', "label"),
+    ('[[config]]\nlabel = "a"\n', "params"),
+    ('x = 1\n', r"\[\[config\]\]"),
+])
+def test_bad_configs_file(tmp_path, text, match):
+    from reports.compare import compare_study
+
+    (tmp_path / "base.toml").write_text(dump_toml(BASE))
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        compare_study(tmp_path / "o", configs_file=tmp_path / "c.toml", base_file=tmp_path / "base.toml", seeds=[1])
+
+
+def test_compare_without_base_names_what_is_missing(tmp_path):
+    from reports.compare import compare_study
+
+    with pytest.raises(ConfigError, match="spec.toml"):
+        compare_study(tmp_path)
+
+
+# ----- report ----------------------------------------------------------------------------------------
+def test_report_html_is_self_contained_and_complete(compared):
+    from reports.report import write_report
+
+    path = write_report(compared)
+    text = path.read_text()
+    assert "http://" not in text and "https://" not in text
+    assert "<link" not in text and "<script" not in text and "url(" not in text
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    figures = sorted(p.stem for p in (compared / "figures").glob("*.png") if not p.stem.startswith("compare_"))
+    assert len(srcs) == len(figures) >= 12
+    # the comparison table with its numbers
+    table = pd.read_csv(compared / "compare.csv")
+    assert "Comparison with baselines" in text
+    for _, row in table.iterrows():
+        assert f"<td>{row['label']}</td>" in text
+        assert f"{row['final_accuracy_mean']:.4f} \u00b1 {row['final_accuracy_std']:.4f}" in text
+    # best configs, timing and the spec
+    assert "Best configurations" in text and "authors&#x27; defaults" in text
+    assert "wall clock" in text and "test-study" in text and "[base]" in text
+    md = (compared / "report.md").read_text()
+    assert "## Comparison with baselines" in md
+    for name in figures:
+        assert f"(figures/{name}.png)" in md
+
+
+def test_report_of_a_study_still_running(study_dir):
+    """Only spec + trials so far (no best.toml, logbook, histories): the report still comes out."""
+    from reports.report import load_study, write_report
+
+    for name in ("best.toml", "baseline.toml", "logbook.csv", "trials.parquet"):
+        (study_dir / name).unlink()
+    shutil.rmtree(study_dir / "histories")
+    text = write_report(study_dir).read_text()
+    assert "Best configurations" in text
+    assert len(load_study(study_dir).trials) == 6
+
+
+def test_not_a_study_dir_names_missing_files(tmp_path):
+    from reports.report import write_report
+
+    (tmp_path / "spec.toml").write_text('name = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        write_report(tmp_path)
+    assert "trials.parquet or trials.csv" in str(err.value) and "spec.toml" not in str(err.value).split("missing")[1]
+    (tmp_path / "spec.toml").unlink()
+    with pytest.raises(ConfigError, match=r"missing spec\.toml, trials\.parquet or trials\.csv"):
+        write_report(tmp_path)
+    with pytest.raises(ConfigError, match="no such directory"):
+        write_report(tmp_path / "nope")
+
+
+def test_study_timing():
+    from reports.report import format_duration, study_timing
+
+    t = pd.DataFrame({"duration_s": [2.0, 3.0, 4.0], "state": ["complete", "complete", "failed"],
+                      "finished_at": ["2024-01-01T00:00:02+00:00", "2024-01-01T00:00:05+00:00",
+                                      "2024-01-01T00:01:00+00:00"]})
+    out = study_timing(t)
+    assert out["compute_s"] == 9.0 and out["wall_s"] == 60.0
+    assert out["n_complete"] == 2 and out["n_failed"] == 1
+    assert format_duration(3725) == "1 h 2 min 5 s"
+
+
+def test_objective_directions():
+    from reports.report import objective_directions
+
+    assert objective_directions({}, 1) == [True]
+    assert objective_directions({"objective": {"direction": "minimize"}}, 1) == [False]
+    assert objective_directions({"objectives": [{"metric": "final_accuracy"}, {"metric": "uplink_mb"}]}, 2) == \
+        [True, False]
+
+
+# ----- CLI -------------------------------------------------------------------------------------------
+def test_cli_report_without_compare_and_errors(study_dir, tmp_path, capsys):
+    from qsfl_cli import main
+
+    assert main(["report", str(study_dir), "--quiet"]) == 0
+    text = (study_dir / "report.html").read_text()
+    assert (study_dir / "report.md").is_file()
+    assert "Comparison with baselines" not in text
+    assert "convergence_uplink" in " ".join(p.stem for p in (study_dir / "figures").glob("*.png"))
+    assert text.count('src="data:image/png;base64,') >= 9
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert main(["compare", str(study_dir), "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "no such directory" in err and "used by the search" in err
+    assert "Traceback" not in err
+
+
+def test_cli_compare(study_dir, capsys):
+    from qsfl_cli import main
+
+    assert main(["compare", str(study_dir), "--top", "1", "--seeds", "9", "--rounds", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| tuned-1 |" in out and "| qsfl-default |" in out
+    assert (study_dir / "compare.csv").is_file()
+
+
+@pytest.mark.slow
+def test_compare_in_parallel_equals_serial(compared, tmp_path):
+    """Two spawn workers (1 torch thread each) give the same table as the serial run."""
+    from reports.compare import compare_study
+
+    out = Path(shutil.copytree(compared, tmp_path / "out", ignore=shutil.ignore_patterns("compare")))
+    table = compare_study(out, top=1, seeds=[5, 6], workers=2, rounds=2)
+    serial = pd.read_csv(compared / "compare.csv")
+    cols = ["final_accuracy_mean", "uplink_mb_mean", "compression_ratio_mean"]
+    np.testing.assert_allclose(table[cols].to_numpy(), serial[cols].to_numpy(), rtol=1e-6)
