@@ -132,9 +132,20 @@ class SimConfig:
         check_choice("dataset", self.dataset, sorted(DATASETS))
         check_choice("model", self.model, sorted(MODELS))
         check_choice("partition", self.partition, sorted(PARTITIONS))
-        for name in ("dataset_options", "model_options", "partition_options"):
-            if not isinstance(getattr(self, name), Mapping):
-                raise ConfigError(f"{name}: expected a table of options, got {getattr(self, name)!r}")
+        from qsfl.data.datasets import dataset_options
+        from qsfl.data.partition import partition_options
+        from qsfl.models import model_options
+
+        valid_options = {"dataset_options": dataset_options(self.dataset),
+                         "model_options": model_options(self.model),
+                         "partition_options": partition_options(self.partition)}
+        for name, valid in valid_options.items():
+            table = getattr(self, name)
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{name}: expected a table of options, got {table!r}")
+            for key in table:
+                if key not in valid:
+                    raise ConfigError(f"{name}.{key}: unknown option; valid: {', '.join(valid) or '(none)'}")
         check_range("clients", self.clients, 1, None, integer=True)
         check_range("client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
         check_range("rounds", self.rounds, 1, None, integer=True)

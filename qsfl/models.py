@@ -91,6 +91,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def model_options(name: str) -> list[str]:
+    """The option names the named model accepts (beyond input shape and class count)."""
+    import inspect
+
+    params = list(inspect.signature(MODELS[name]).parameters)
+    return [p for p in params if p not in ("input_shape", "num_classes")]
+
+
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int = 0,
                 **options: Any) -> nn.Module:
     """Instantiate a registered model with weights initialised from ``seed``."""

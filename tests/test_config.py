@@ -46,7 +46,7 @@ def test_k_larger_than_clients_is_rejected():
 
 
 def test_round_trip_through_dict():
-    cfg = SimConfig(clients=7, lr=0.1, partition_options={"alpha": 0.5},
+    cfg = SimConfig(clients=7, lr=0.1, partition="dirichlet", partition_options={"alpha": 0.5},
                     strategy=StrategyConfig(name="qsfl", k=3, p=0.2))
     assert SimConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -62,7 +62,7 @@ def test_unknown_keys_are_errors():
 
 def test_overrides_and_value_parsing():
     cfg = SimConfig().with_overrides(parse_assignments(
-        ["strategy.beta=0.25", "strategy.name=qsfl", "rounds=3", "partition_options.alpha=0.1"]))
+        ["strategy.beta=0.25", "strategy.name=qsfl", "rounds=3", "partition=dirichlet", "partition_options.alpha=0.1"]))
     assert cfg.strategy.beta == 0.25 and cfg.strategy.name == "qsfl" and cfg.rounds == 3
     assert cfg.partition_options == {"alpha": 0.1}
     assert parse_value("true") is True and parse_value("[1, 2]") == [1, 2] and parse_value("abc") == "abc"
@@ -74,3 +74,15 @@ def test_cohort_size():
     assert SimConfig(clients=20).cohort_size == 20
     assert SimConfig(clients=20, client_fraction=0.25).cohort_size == 5
     assert SimConfig(clients=3, client_fraction=0.01).cohort_size == 1
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(partition_options={"alpha": 0.5}), "partition_options.alpha: unknown option; valid: (none)"),
+    (dict(partition="dirichlet", partition_options={"alhpa": 0.5}), "partition_options.alhpa: unknown option; valid: alpha"),
+    (dict(model_options={"depth": 2}), "model_options.depth: unknown option; valid: hidden"),
+    (dict(dataset_options={"path": "x"}), "dataset_options.path: unknown option"),
+])
+def test_unknown_option_names_are_rejected_before_running(kwargs, fragment):
+    with pytest.raises(ConfigError) as err:
+        SimConfig(**kwargs)
+    assert fragment in str(err.value)
