@@ -117,6 +117,12 @@ def _log_ticks(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _int_ticks(axis: Any) -> None:
+    """Rounds, generations, clients and segments are integers: no 1.5 on their axes."""
+    from matplotlib.ticker import MaxNLocator
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _empty(fig: Figure, ax: Any, message: str) -> Figure:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#555555")
     ax.set_xticks([])
@@ -173,6 +179,8 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
         ax.set_xscale("log")
         _log_ticks(ax.xaxis)
     ax.set_xlabel(UPLINK_MB + (", log scale" if log_x else "") if x == "uplink" else ROUND)
+    if x == "round":
+        _int_ticks(ax.xaxis)
     ax.set_ylabel(ACCURACY)
     spread = {"std": "mean \u00b1 std over seeds", "minmax": "mean, min-max over seeds", "none": "mean over seeds"}
     _title(ax, title or ("Accuracy vs communication" if x == "uplink" else "Accuracy vs round"))
@@ -222,6 +230,7 @@ def uplink_breakdown(run: RunLike, *, title: str | None = None) -> Figure:
                label=f"{name} ({df[col].sum() / total:.1%})")
         bottom += vals
     ax.set_xlabel(ROUND)
+    _int_ticks(ax.xaxis)
     ax.set_ylabel(f"uplink per round ({unit})")
     _title(ax, title or "Uplink bytes per round")
     _note(ax, f"total {df['uplink_bytes'].sum() / div:,.1f} {unit}")
@@ -277,6 +286,8 @@ def selection_heatmap(run: RunLike, *, n_clients: int | None = None, title: str 
               extent=(0.5, len(df) + 0.5, n_clients - 0.5, -0.5))
     ax.grid(False)
     ax.set_xlabel(ROUND)
+    _int_ticks(ax.xaxis)
+    _int_ticks(ax.yaxis)
     ax.set_ylabel("client")
     sampled = (grid >= 1).sum(axis=1)
     rate = np.divide((grid == 2).sum(axis=1), sampled, out=np.zeros(n_clients), where=sampled > 0)
@@ -286,8 +297,9 @@ def selection_heatmap(run: RunLike, *, n_clients: int | None = None, title: str 
     bx.grid(axis="y", visible=False)
     bx.tick_params(axis="y", left=False)
     from matplotlib.patches import Patch
-    fig.legend(handles=[Patch(color="#f2f2f2", label="not sampled"), Patch(color="#a6cee3", label="sampled"),
-                        Patch(color="#0072B2", label="qualified (uploads)")], loc="outside lower center", ncols=3)
+    fig.legend(handles=[Patch(facecolor=c, edgecolor="#999999", linewidth=0.5, label=lab) for c, lab in
+                        (("#f2f2f2", "not sampled"), ("#a6cee3", "sampled"), ("#0072B2", "qualified (uploads)"))],
+               loc="outside lower center", ncols=3)
     _title(ax, title or "QJ selection per round")
     return fig
 
@@ -309,8 +321,9 @@ def coverage_heatmap(run: RunLike, *, title: str | None = None) -> Figure:
                    norm=BoundaryNorm(np.arange(-0.5, vmax + 1.5), vmax + 1),
                    extent=(0.5, len(df) + 0.5, ns - 0.5, -0.5))
     ax.grid(False)
-    ax.set_yticks(range(ns))
+    ax.set_yticks(range(ns)) if ns <= 16 else _int_ticks(ax.yaxis)
     ax.set_xlabel(ROUND)
+    _int_ticks(ax.xaxis)
     ax.set_ylabel("segment")
     cb = fig.colorbar(im, ax=ax, ticks=range(vmax + 1), pad=0.01)
     cb.set_label("senders")
@@ -415,7 +428,7 @@ def pareto_front(trials: pd.DataFrame, *, x: str = "metric_uplink_mb", y: str = 
         return _empty(fig, ax, "no complete evaluations")
     xs, ys = df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float)
     front = pareto_mask(xs, ys, minimize_x=minimize_x, maximize_y=maximize_y)
-    ax.scatter(xs[~front], ys[~front], s=16, color="#7f7f7f", alpha=0.3, linewidths=0, label="dominated")
+    ax.scatter(xs[~front], ys[~front], s=16, color="#7f7f7f", alpha=0.4, linewidths=0, label="dominated")
     order = np.argsort(xs[front])
     ax.plot(xs[front][order], ys[front][order], color="#0072B2", marker="o", ms=6, lw=1.4,
             drawstyle="steps-post" if minimize_x == maximize_y else "default", label="Pareto front")
@@ -520,9 +533,9 @@ def param_scatter(trials: pd.DataFrame, *, fitness: str | None = None, params: S
     """One panel per parameter: its value vs fitness over all complete evaluations, coloured by order."""
     fitness = fitness or fitness_columns(trials)[0]
     params = list(params or param_columns(trials, varying=True))
-    ncols = min(3, max(len(params), 1))
+    ncols = max(len(params), 1) if len(params) <= 4 else 3
     nrows = max(1, math.ceil(len(params) / ncols))
-    fig = _figure((WIDTH_IN, 0.6 + 2.3 * nrows))
+    fig = _figure((WIDTH_IN, 0.8 + (2.6 if ncols == 4 else 2.3) * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
     df = _complete(trials, [fitness] + params)
     if not params or df.empty:

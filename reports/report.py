@@ -408,34 +408,46 @@ h1{font-size:1.7em;margin:.2em 0 .1em}h2{font-size:1.3em;margin:1.8em 0 .5em;pad
 border-bottom:2px solid #e3e6eb}h3{font-size:1.05em;margin:1.4em 0 .4em}
 .sub{color:#5a6275;margin:0 0 1em}
 table{border-collapse:collapse;width:100%;margin:.6em 0 1em;font-size:.88em;table-layout:auto}
-th,td{border:1px solid #dfe3e8;padding:5px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #dfe3e8;padding:5px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#f0f2f5;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums;
 white-space:nowrap}tr:nth-child(even) td{background:#fafbfc}
+table.wide{font-size:.8em}table.wide th,table.wide td{padding:4px 5px}table.wide td.n{white-space:normal}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f4f5f7;border:1px solid #e3e6eb;
 border-radius:6px;padding:10px 12px;font-size:.82em;line-height:1.4}
-figure{margin:1.2em 0 1.6em}figure img{display:block;max-width:100%;height:auto;margin:0 auto}
-figcaption{color:#5a6275;font-size:.88em;margin-top:.3em}
+figure{margin:1.2em 0 1.8em}figure img{display:block;width:100%;max-width:780px;height:auto;margin:0 auto}
+figcaption{color:#5a6275;font-size:.88em;margin:.4em auto 0;max-width:780px}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:.4em 0 1em}
 dl.facts dt{color:#5a6275}dl.facts dd{margin:0;overflow-wrap:anywhere}
 .note{color:#5a6275;font-size:.88em}
 nav ul{padding-left:1.2em;columns:2;margin:.3em 0}
 details summary{cursor:pointer;color:#0b5394}
+@media (max-width:760px){main{padding:14px 12px 32px}table{font-size:.76em}th,td{padding:3px 4px}
+td.n{white-space:normal}table.wide{font-size:.68em}nav ul{columns:1}dl.facts{grid-template-columns:1fr}dl.facts dd{margin-bottom:4px}}
 """
+
+
+_NUMERIC_TEXT = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?\S*( \u00b1 [\d.,]+\S*)?( \(\d+/\d+\))?$|^\u2013( \(\d+/\d+\))?$")
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
+def _looks_numeric(v: Any) -> bool:
+    """Numbers and 'mean \u00b1 std' strings: right-aligned, never broken across lines."""
+    return _is_num(v) or (isinstance(v, str) and bool(_NUMERIC_TEXT.match(v)))
+
+
 def html_table(df: pd.DataFrame) -> str:
     """An HTML table (escaped; numbers right-aligned)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    wide = ' class="wide"' if len(df.columns) > 9 else ""
     body = []
     for _, row in df.iterrows():
-        cells = "".join(f'<td class="n">{html.escape(fmt_num(v))}</td>' if _is_num(v)
+        cells = "".join(f'<td class="n">{html.escape(fmt_num(v))}</td>' if _looks_numeric(v)
                         else f"<td>{html.escape(fmt_num(v))}</td>" for v in row)
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<table{wide}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -477,10 +489,13 @@ def _top_trials(study: Study, n: int = 10) -> pd.DataFrame:
     maximize = objective_directions(study.spec, len(fcols))[0]
     done = complete_rows(trials)
     top = done.sort_values(fcols[0], ascending=not maximize).head(n)
-    cols = [c for c in ("trial", "generation") if c in top.columns] + plots.param_columns(top) + fcols + \
-        [c for c, _ in METRIC_COLUMNS if c in top.columns] + (["duration_s"] if "duration_s" in top.columns else [])
+    names = {"generation": "gen", "duration_s": "time (s)", **dict(METRIC_COLUMNS)}
+    cols = [c for c in ("trial", "generation") if c in top.columns and (c != "generation" or study.engine == "ga")] \
+        + plots.param_columns(top) + fcols \
+        + [c for c, _ in METRIC_COLUMNS if c in top.columns and c != "metric_best_accuracy"] \
+        + (["duration_s"] if "duration_s" in top.columns else [])
     out = top[cols].copy()
-    out.columns = [c.removeprefix("param_").removeprefix("metric_") for c in cols]
+    out.columns = [names.get(c, c.removeprefix("param_").replace("_", " ")) for c in cols]
     return out
 
 
