@@ -15,7 +15,7 @@ import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -76,38 +76,50 @@ def params_to_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def params_to_config(base: SimConfig, params: Mapping[str, Any]) -> SimConfig:
-    """The SimConfig a study evaluated for ``params`` (tuning's own mapping when it provides one)."""
-    hook = _tuning_hook()
-    if hook is not None:
-        return hook(base, dict(params))
-    return base.with_overrides(params_to_overrides(params))
+def params_mapper(spec: Mapping[str, Any] | None, base: SimConfig) -> Callable[[Mapping[str, Any]], SimConfig]:
+    """params -> SimConfig as the study evaluated them: its search space's keys and NS <= K repair.
+
+    Falls back to the known names (beta, k, ns, p, lr, ...) and dotted keys when the spec has no
+    [space] that tuning can read (e.g. `--configs` without a study).
+    """
+    space = None
+    if spec and "space" in spec:
+        try:
+            from tuning.space import build_space
+            space = build_space(spec["space"], base)
+        except ImportError:
+            space = None
+    if space is None:
+        return lambda params: base.with_overrides(params_to_overrides(params))
+
+    def to_config(params: Mapping[str, Any]) -> SimConfig:
+        searched = {k: v for k, v in params.items() if k in space.names}
+        extra = {k: v for k, v in params.items() if k not in space.names}  # --configs may set other fields
+        if space.constraint == "repair":
+            searched, _, _ = space.repair(searched, base)
+        return base.with_overrides({**params_to_overrides(extra), **space.overrides(searched)})
+    return to_config
 
 
-def _tuning_hook() -> Any:
-    try:
-        from tuning import objective
-    except ImportError:
-        return None
-    for name in ("params_to_config", "build_config", "config_for"):
-        fn = getattr(objective, name, None)
-        if callable(fn):
-            return fn
-    return None
+def read_spec(out_dir: Path) -> dict[str, Any] | None:
+    """OUT/spec.toml as a dict, or None if there is none."""
+    path = out_dir / "spec.toml"
+    return load_toml(path) if path.is_file() else None
 
 
 def read_base(out_dir: Path, base_file: str | Path | None = None) -> SimConfig:
-    """The base SimConfig: --base FILE (a SimConfig table or one with [base]), else spec.toml's [base]."""
+    """The base SimConfig: --base FILE (a SimConfig table or a spec with [base]), else spec.toml's [base]."""
+    from reports.report import spec_base
+
     if base_file is not None:
         data = load_toml(base_file)
-        return SimConfig.from_dict(data.get("base", data) if isinstance(data.get("base"), dict) else data)
-    spec_path = out_dir / "spec.toml"
-    if not spec_path.is_file():
+        return spec_base(data) if isinstance(data.get("base"), dict) else SimConfig.from_dict(data)
+    spec = read_spec(out_dir)
+    if spec is None:
         raise ConfigError(f"{out_dir}: missing spec.toml (needed for its [base] config); pass --base FILE.toml")
-    base = load_toml(spec_path).get("base")
-    if not isinstance(base, dict):
-        raise ConfigError(f"{spec_path}: no [base] table; pass --base FILE.toml")
-    return SimConfig.from_dict(base)
+    if not isinstance(spec.get("base"), dict):
+        raise ConfigError(f"{out_dir / 'spec.toml'}: no [base] table; pass --base FILE.toml")
+    return spec_base(spec)
 
 
 def read_configs_file(path: str | Path) -> list[tuple[str | None, dict[str, Any]]]:
@@ -134,8 +146,8 @@ def read_configs_file(path: str | Path) -> list[tuple[str | None, dict[str, Any]
     return out
 
 
-def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str | Path | None) -> \
-        dict[str, tuple[SimConfig, dict[str, Any]]]:
+def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str | Path | None,
+                  spec: Mapping[str, Any] | None = None) -> dict[str, tuple[SimConfig, dict[str, Any]]]:
     """label -> (config, params) of the configs to compare: from --configs, else best.toml / trials."""
     from reports.report import complete_rows, objective_directions, read_best, read_trials
 
@@ -148,20 +160,20 @@ def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str
             from reports.plots import fitness_columns, param_columns
             fcols, pcols = fitness_columns(trials), param_columns(trials)
             if fcols and pcols and len(trials):
-                spec = load_toml(out_dir / "spec.toml") if (out_dir / "spec.toml").is_file() else {}
-                up = objective_directions(spec, 1)[0]
+                up = objective_directions(dict(spec or {}), 1)[0]
                 best = trials.sort_values(fcols[0], ascending=not up).drop_duplicates(pcols)
                 entries = [(None, {c[6:]: _plain(r[c]) for c in pcols}) for _, r in best.head(top).iterrows()]
         if not entries and top > 0:
             raise ConfigError(f"{out_dir}: no best.toml and no complete trials to take the best configs from; "
                               "run `qsfl tune` first or pass --configs FILE.toml")
         entries = entries[:top]
+    to_config = params_mapper(spec, base)
     out: dict[str, tuple[SimConfig, dict[str, Any]]] = {}
     for i, (label, params) in enumerate(entries, 1):
         label = label or f"tuned-{i}"
         if label in out:
             raise ConfigError(f"{configs_file}: label {label!r} appears twice")
-        out[label] = (params_to_config(base, params), params)
+        out[label] = (to_config(params), params)
     return out
 
 
@@ -169,11 +181,11 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def search_seeds(out_dir: Path) -> set[int]:
-    """Simulation seeds the study's evaluations used (the ``seeds`` column, plus the spec's base seed)."""
-    from reports.report import read_trials
+def search_seeds(out_dir: Path, spec: Mapping[str, Any] | None = None) -> set[int]:
+    """Simulation seeds the search used: the trials' ``seeds`` column and the spec's study.seeds."""
+    from reports.report import read_trials, spec_seeds
 
-    used: set[int] = set()
+    used: set[int] = set(spec_seeds(dict(spec))[0]) if spec else set()
     if any((out_dir / f).is_file() for f in ("trials.parquet", "trials.csv")):
         trials = read_trials(out_dir)
         if "seeds" in trials.columns:
@@ -182,8 +194,10 @@ def search_seeds(out_dir: Path) -> set[int]:
     return used
 
 
-def choose_seeds(seeds: Sequence[int] | None, used: set[int], n: int = DEFAULT_SEEDS) -> list[int]:
-    """The given seeds (ConfigError if the search used any), else the ``n`` smallest unused seeds."""
+def choose_seeds(seeds: Sequence[int] | None, used: set[int], n: int = DEFAULT_SEEDS,
+                 preferred: Sequence[int] = ()) -> list[int]:
+    """The given seeds (ConfigError if the search used any), else ``preferred`` (the spec's eval_seeds)
+    if the search did not use them, else the ``n`` smallest unused seeds."""
     if seeds:
         clash = sorted(set(seeds) & used)
         if clash:
@@ -192,6 +206,8 @@ def choose_seeds(seeds: Sequence[int] | None, used: set[int], n: int = DEFAULT_S
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"--seeds: duplicates in {', '.join(map(str, seeds))}")
         return list(seeds)
+    if preferred and not set(preferred) & used:
+        return list(preferred)
     out, s = [], 0
     while len(out) < n:
         if s not in used:
@@ -355,7 +371,7 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
                   base_file: str | Path | None = None, topk_p: float = 0.1, progress: bool = False) -> pd.DataFrame:
     """Run the comparison and write compare.csv, compare.md, compare/runs.csv and the figures; return the table."""
     from reports import plots
-    from reports.report import load_compare_runs
+    from reports.report import load_compare_runs, spec_seeds
 
     out = Path(out_dir)
     if top < 0:
@@ -368,9 +384,10 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
     base = read_base(out, base_file)
     if rounds is not None:
         base = base.replace(rounds=rounds)
-    configs = tuned_configs(out, base, top=top, configs_file=configs_file)
+    spec = read_spec(out) if out.is_dir() else None
+    configs = tuned_configs(out, base, top=top, configs_file=configs_file, spec=spec)
     baselines = baseline_configs(base, topk_p=topk_p)
-    seeds = choose_seeds(seeds, search_seeds(out))
+    seeds = choose_seeds(seeds, search_seeds(out, spec), preferred=spec_seeds(spec)[1] if spec else ())
     descriptions = {label: ", ".join(f"{k}={_short(v)}" for k, v in params.items())
                     for label, (_, params) in configs.items()}
     descriptions.update({k: v.format(p=topk_p) for k, v in DESCRIPTIONS.items()})

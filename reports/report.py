@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qsfl.config import ConfigError, dump_toml, load_toml
+from qsfl.config import ConfigError, SimConfig, dump_toml, load_toml
 from qsfl.history import History
 from qsfl.io import atomic_write_text
 from reports import plots
@@ -60,7 +60,8 @@ class Study:
         """``ga`` or ``optuna`` (from the trials table, else the spec)."""
         if "engine" in self.trials.columns and len(self.trials):
             return str(self.trials["engine"].iloc[0])
-        return str(self.spec.get("engine", "?"))
+        study = self.spec.get("study")
+        return str(study.get("engine", "ga")) if isinstance(study, dict) else "?"
 
 
 def missing_files(out_dir: str | Path) -> list[str]:
@@ -155,34 +156,68 @@ def load_study(out_dir: str | Path) -> Study:
                  compare_runs=load_compare_runs(d, labels))
 
 
-# ----- what the spec says about the objectives -----------------------------------------------------
-_MINIMISED = ("uplink", "bytes", "rounds_to_target", "loss", "mb")
+# ----- what the spec says ------------------------------------------------------------------------
+_MINIMISED = ("uplink", "bytes", "rounds_to_target", "loss", "mb", "fraction", "violation")
+
+
+def spec_base(spec: dict[str, Any]) -> SimConfig:
+    """The study's base SimConfig from spec.toml's [base] (strategy defaults to qsfl, as in tuning.spec)."""
+    base = spec.get("base")
+    if not isinstance(base, dict):
+        raise ConfigError("spec.toml: no [base] table")
+    data = dict(base)
+    strategy = data.get("strategy", {})
+    if isinstance(strategy, dict):
+        data["strategy"] = {"name": "qsfl", **strategy}
+    try:
+        return SimConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"spec.toml: base.{exc}") from None
+
+
+def spec_objective(spec: dict[str, Any]) -> Any:
+    """tuning's Objective of the spec, or None when tuning is unavailable or the table is not its format."""
+    try:
+        from tuning.objective import build_objective
+    except ImportError:
+        return None
+    try:
+        return build_objective(spec.get("objective"))
+    except (ConfigError, TypeError, ValueError):
+        return None
 
 
 def objective_directions(spec: dict[str, Any], n: int) -> list[bool]:
-    """``maximize`` flag per fitness column, from the spec's objectives (accuracy-like maximised by default)."""
-    found: list[bool] = []
-    for key in ("objectives", "objective", "fitness"):
-        val = spec.get(key)
-        if isinstance(val, dict) and "objectives" in val:
-            val = val["objectives"]
-        if isinstance(val, dict) and ("direction" in val or "directions" in val):
-            dirs = val.get("directions") or [val.get("direction")]
-            found = [str(x).lower().startswith("max") for x in dirs]
-        elif isinstance(val, list):
-            for item in val:
-                if isinstance(item, dict):
-                    direction = item.get("direction") or item.get("goal")
-                    if direction is not None:
-                        found.append(str(direction).lower().startswith("max"))
-                    else:
-                        metric = str(item.get("metric", item.get("name", "")))
-                        found.append(not any(m in metric for m in _MINIMISED))
-                elif isinstance(item, str):
-                    found.append(not any(m in item for m in _MINIMISED))
-        if found:
-            break
+    """``maximize`` flag per fitness column, from the spec's [objective] (maximise when it does not say)."""
+    objective = spec_objective(spec)
+    if objective is not None:
+        found = [d == "maximize" for d in objective.directions]
+    else:
+        table = spec.get("objective", {})
+        table = table if isinstance(table, dict) else {}
+        items = table.get("objectives") or [table.get("formula", "")]
+        if "directions" in table:
+            found = [str(d).lower().startswith("max") for d in table["directions"]]
+        elif "direction" in table:
+            found = [str(table["direction"]).lower().startswith("max")] * len(items)
+        else:
+            found = [not any(m in str(it) for m in _MINIMISED) for it in items]
     return (found + [True] * n)[:n]
+
+
+def objective_text(spec: dict[str, Any]) -> str:
+    """'maximize final_accuracy - 0.05 * uplink_fraction' (several objectives joined by '; ')."""
+    objective = spec_objective(spec)
+    if objective is not None:
+        return "; ".join(objective.describe())
+    table = spec.get("objective", {})
+    return ", ".join(f"{k} = {v}" for k, v in table.items()) if isinstance(table, dict) else ""
+
+
+def spec_seeds(spec: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(search seeds, re-evaluation seeds) declared in the spec's [study] (tuning's defaults: [0], [100, 101, 102])."""
+    study = spec.get("study", {}) if isinstance(spec.get("study"), dict) else {}
+    return list(study.get("seeds", [0])), list(study.get("eval_seeds", [100, 101, 102]))
 
 
 # ----- formatting helpers --------------------------------------------------------------------------
@@ -383,12 +418,12 @@ def study_figures(study: Study) -> list[FigureEntry]:
 
 
 def _target(study: Study) -> float | None:
-    base = study.spec.get("base", {})
-    if isinstance(base, dict) and "target_accuracy" in base:
-        return float(base["target_accuracy"])
     for runs in study.compare_runs.values():
         return float(runs[0].target_accuracy)
-    return None
+    try:
+        return spec_base(study.spec).target_accuracy
+    except ConfigError:
+        return None
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -471,9 +506,15 @@ def _facts(study: Study) -> list[tuple[str, str]]:
                       f"{format_duration(t['compute_s'])} of simulation time summed over evaluations")]
     if t["started"] is not None:
         facts.append(("ran", f"{t['started']:%Y-%m-%d %H:%M:%S} \u2013 {t['finished']:%Y-%m-%d %H:%M:%S} UTC"))
+    objective = objective_text(study.spec)
+    if objective:
+        facts.append(("objective", objective))
     if base:
-        keys = ("dataset", "model", "partition", "clients", "client_fraction", "rounds", "local_epochs", "lr")
+        keys = ("dataset", "model", "partition", "clients", "client_fraction", "rounds", "local_epochs", "lr",
+                "target_accuracy")
         facts.append(("problem", ", ".join(f"{k}={base[k]}" for k in keys if k in base)))
+        seeds, _ = spec_seeds(study.spec)
+        facts.append(("search seeds", ", ".join(map(str, seeds))))
     if study.logbook is not None:
         facts.append(("generations", str(len(study.logbook))))
     facts.append(("directory", str(study.out_dir.resolve())))

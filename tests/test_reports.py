@@ -82,8 +82,10 @@ def build_study_dir(out: Path) -> Path:
     trials.to_parquet(out / "trials.parquet", index=False)
     trials.to_csv(out / "trials.csv", index=False)
     pd.DataFrame(logbook).to_csv(out / "logbook.csv", index=False)
-    spec = {"name": "test-study", "engine": "ga", "base": BASE,
-            "objective": {"direction": "maximize", "formula": "final_accuracy - 0.05 * uplink_fraction"},
+    spec = {"study": {"name": "test-study", "engine": "ga", "seeds": [0], "eval_seeds": [5, 6]}, "base": BASE,
+            "space": {"beta": {"low": 0.0, "high": 1.0}, "k": {"low": 1, "high": 8}, "ns": {"low": 1, "high": 8},
+                      "p": {"low": 0.05, "high": 1.0}},
+            "objective": {"formula": "final_accuracy - 0.05 * uplink_fraction", "direction": "maximize"},
             "ga": {"population": 3, "generations": 2}}
     (out / "spec.toml").write_text(dump_toml(spec))
     ranked = trials.sort_values("fitness", ascending=False).drop_duplicates("individual")
@@ -354,6 +356,8 @@ def test_default_seeds_skip_the_search_seeds():
     from reports.compare import choose_seeds, parse_seeds
 
     assert choose_seeds(None, {0, 1, 3}) == [2, 4, 5]
+    assert choose_seeds(None, {0}, preferred=[100, 101]) == [100, 101]
+    assert choose_seeds(None, {0, 100}, preferred=[100, 101]) == [1, 2, 3]
     assert parse_seeds("100-102,7") == [100, 101, 102, 7]
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds("1,x")
@@ -465,8 +469,9 @@ def test_objective_directions():
 
     assert objective_directions({}, 1) == [True]
     assert objective_directions({"objective": {"direction": "minimize"}}, 1) == [False]
-    assert objective_directions({"objectives": [{"metric": "final_accuracy"}, {"metric": "uplink_mb"}]}, 2) == \
-        [True, False]
+    assert objective_directions({"objective": {"objectives": ["final_accuracy", "uplink_mb"]}}, 2) == [True, False]
+    assert objective_directions({"objective": {"objectives": ["a", "b"], "directions": ["minimize", "maximize"]}},
+                                2) == [False, True]
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
