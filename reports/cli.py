@@ -17,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--top", type=int, default=3, help="how many of the study's best configs (default 3)")
     c.add_argument("--configs", type=Path, metavar="FILE.toml",
                    help="compare these instead: [[config]] tables with label and params = {beta=..., k=...}")
-    c.add_argument("--seeds", metavar="LIST", help="seeds, e.g. 100,101,102 or 100-104 (default: the 3 smallest "
-                                                   "seeds the search did not use)")
+    c.add_argument("--seeds", metavar="LIST", help="seeds the search did not use, e.g. 100,101,102 or 100-104 "
+                                                   "(default: the spec's study.eval_seeds)")
     c.add_argument("--workers", type=int, default=1, help="parallel processes, 1 torch thread each (default 1)")
     c.add_argument("--rounds", type=int, help="override the number of rounds of every run")
     c.add_argument("--base", type=Path, metavar="FILE.toml",
