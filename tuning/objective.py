@@ -1,0 +1,446 @@
+"""params -> SimConfig -> simulate (one run per seed) -> metrics (mean/std over seeds) -> fitness.
+
+Fitness is declared in the spec, never ``eval``-ed: either weights per named metric, or a formula parsed
+with :mod:`ast` against a whitelist (metric names, numbers, ``+ - * / **``, unary minus, ``min``, ``max``,
+``abs``), or several such objectives (a tuple, for NSGA-II). An optional constraint (``"final_accuracy >=
+0.9"``, same whitelist plus one comparison) subtracts ``penalty * violation`` from every objective (adds it
+for minimised ones).
+
+Metrics that may be undefined for a run use a documented stand-in *inside the fitness only* (the trials
+table keeps NaN): ``rounds_to_target`` not reached counts as ``rounds + 1``; ``uplink_bytes_to_target`` not
+reached counts as the bytes FedAvg would send in ``rounds + 1`` rounds. A failed evaluation (diverged run,
+exception, penalised constraint) gets the worst fitness (:data:`WORST`, signed by direction).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import operator
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from qsfl.config import ConfigError, SimConfig
+
+DIRECTIONS = ("maximize", "minimize")
+WORST = 1e9  # fitness of a failed evaluation (negated for maximised objectives); finite so NSGA-II works
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric of one run and whether larger is better."""
+
+    name: str
+    direction: str
+    description: str
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("final_accuracy", "maximize", "test accuracy after the last round"),
+    Metric("best_accuracy", "maximize", "best test accuracy over the evaluated rounds"),
+    Metric("uplink_bytes", "minimize", "total uplink bytes of the run"),
+    Metric("uplink_mb", "minimize", "total uplink bytes / 1e6"),
+    Metric("uplink_fraction", "minimize", "uplink bytes / FedAvg's uplink bytes on the same cohorts"),
+    Metric("compression_ratio", "maximize", "FedAvg's uplink bytes / the run's uplink bytes"),
+    Metric("rounds_to_target", "minimize", "rounds run until test accuracy >= target (NaN if never)"),
+    Metric("uplink_bytes_to_target", "minimize", "cumulative uplink bytes when the target was reached"),
+    Metric("target_reached", "maximize", "1 if the target accuracy was reached, else 0"),
+    Metric("constraint_violation", "minimize", "how far the spec's constraint is violated (0 if met)"),
+)}
+
+RUN_METRICS = [m for m in METRICS if m != "constraint_violation"]
+
+
+# ----- safe formulas ---------------------------------------------------------------------------------
+_BINOPS: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.Pow: operator.pow}
+_UNARY: dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCS: dict[str, Callable[..., float]] = {"min": min, "max": max, "abs": abs}
+_COMPARE = {ast.GtE: ">=", ast.Gt: ">", ast.LtE: "<=", ast.Lt: "<"}
+
+
+def _safe_div(a: float, b: float) -> float:
+    if b == 0:
+        return math.copysign(math.inf, a) if a else math.nan
+    return a / b
+
+
+def _safe_pow(a: float, b: float) -> float:
+    try:
+        result = a ** b
+    except (OverflowError, ZeroDivisionError):
+        return math.inf
+    return result if isinstance(result, float | int) else math.nan
+
+
+class Formula:
+    """An arithmetic expression over metric names, parsed with ast and evaluated by walking the tree."""
+
+    def __init__(self, text: str, names: Iterable[str], where: str = "objective.formula") -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}: expected a non-empty formula string, got {text!r}")
+        self.text = text
+        self.where = where
+        self.allowed = sorted(names)
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as exc:
+            raise ConfigError(f"{where}: invalid formula {text!r}: {exc.msg}") from None
+        self.tree = tree.body
+        self.names: set[str] = set()
+        self._check(self.tree)
+
+    def _reject(self, node: ast.AST, what: str) -> None:
+        raise ConfigError(f"{self.where}: {what} is not allowed in {self.text!r}; allowed: metric names "
+                          f"({', '.join(self.allowed)}), numbers, + - * / **, min(), max(), abs()")
+
+    def _check(self, node: ast.AST) -> None:
+        if isinstance(node, ast.BinOp):
+            if type(node.op) not in _BINOPS:
+                self._reject(node, f"operator {type(node.op).__name__}")
+            self._check(node.left)
+            self._check(node.right)
+        elif isinstance(node, ast.UnaryOp):
+            if type(node.op) not in _UNARY:
+                self._reject(node, f"operator {type(node.op).__name__}")
+            self._check(node.operand)
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                self._reject(node, f"constant {node.value!r}")
+        elif isinstance(node, ast.Name):
+            if node.id not in self.allowed:
+                self._reject(node, f"name {node.id!r}")
+            self.names.add(node.id)
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
+                self._reject(node, f"call of {ast.unparse(node.func)!r}")
+            if node.keywords or not node.args or any(isinstance(a, ast.Starred) for a in node.args):
+                self._reject(node, f"this call form of {node.func.id}()")  # type: ignore[union-attr]
+            if node.func.id == "abs" and len(node.args) != 1:  # type: ignore[union-attr]
+                self._reject(node, "abs() with more than one argument")
+            for arg in node.args:
+                self._check(arg)
+        else:
+            self._reject(node, f"{type(node).__name__} ({ast.unparse(node)!r})")
+
+    def __call__(self, values: Mapping[str, float]) -> float:
+        """Evaluate with metric values (division by zero gives inf/NaN, never an exception)."""
+        return float(self._eval(self.tree, values))
+
+    def _eval(self, node: ast.AST, v: Mapping[str, float]) -> float:
+        if isinstance(node, ast.BinOp):
+            a, b = self._eval(node.left, v), self._eval(node.right, v)
+            if isinstance(node.op, ast.Div):
+                return _safe_div(a, b)
+            if isinstance(node.op, ast.Pow):
+                return _safe_pow(a, b)
+            return _BINOPS[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](self._eval(node.operand, v))
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return float(v[node.id])
+        if isinstance(node, ast.Call):
+            return float(_FUNCS[node.func.id](*(self._eval(a, v) for a in node.args)))  # type: ignore[union-attr]
+        raise AssertionError(f"unchecked node {node!r}")  # _check guarantees this is unreachable
+
+
+class Constraint:
+    """``lhs OP rhs`` with OP in >=, >, <=, <; violation = how far it is from holding (0 if it holds)."""
+
+    def __init__(self, text: str, names: Iterable[str], where: str = "objective.constraint") -> None:
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: expected a string such as \"final_accuracy >= 0.9\", got {text!r}")
+        try:
+            tree = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError as exc:
+            raise ConfigError(f"{where}: invalid constraint {text!r}: {exc.msg}") from None
+        if not isinstance(tree, ast.Compare) or len(tree.ops) != 1 or type(tree.ops[0]) not in _COMPARE:
+            raise ConfigError(f"{where}: expected one comparison with >=, >, <= or <, e.g. "
+                              f"\"final_accuracy >= 0.9\", got {text!r}")
+        self.text = text
+        self.op = _COMPARE[type(tree.ops[0])]
+        self.lhs = Formula(ast.unparse(tree.left), names, where)
+        self.rhs = Formula(ast.unparse(tree.comparators[0]), names, where)
+
+    def violation(self, values: Mapping[str, float]) -> float:
+        """0 when satisfied, else the (positive) gap; NaN inputs count as violated by 1."""
+        lhs, rhs = self.lhs(values), self.rhs(values)
+        gap = rhs - lhs if self.op in (">=", ">") else lhs - rhs
+        if not math.isfinite(gap):
+            return 1.0 if math.isnan(gap) else (0.0 if gap < 0 else 1.0)
+        if self.op in (">", "<") and gap == 0:
+            return 1e-12
+        return max(0.0, gap)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The fitness of a study: one or more formulas with directions, an optional penalised constraint."""
+
+    formulas: tuple[Formula, ...]
+    directions: tuple[str, ...]
+    constraint: Constraint | None = None
+    penalty: float = 100.0
+
+    @property
+    def n(self) -> int:
+        return len(self.formulas)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """DEAP weights: +1 to maximise, -1 to minimise."""
+        return tuple(1.0 if d == "maximize" else -1.0 for d in self.directions)
+
+    def worst(self) -> tuple[float, ...]:
+        """The fitness of a failed evaluation."""
+        return tuple(-WORST if d == "maximize" else WORST for d in self.directions)
+
+    def violation(self, values: Mapping[str, float]) -> float:
+        return self.constraint.violation(values) if self.constraint is not None else 0.0
+
+    def fitness(self, values: Mapping[str, float]) -> tuple[float, ...]:
+        """Fitness tuple from fitness-ready metric values (non-finite results become the worst value)."""
+        viol = self.violation(values)
+        out = []
+        for formula, direction, worst in zip(self.formulas, self.directions, self.worst()):
+            f = formula(values)
+            f = f - self.penalty * viol if direction == "maximize" else f + self.penalty * viol
+            out.append(f if math.isfinite(f) else worst)
+        return tuple(out)
+
+    def describe(self) -> list[str]:
+        """Human-readable objectives, e.g. ['maximize final_accuracy - 0.05 * uplink_fraction']."""
+        return [f"{d} {f.text}" for f, d in zip(self.formulas, self.directions)]
+
+
+OBJECTIVE_KEYS = ("weights", "formula", "objectives", "direction", "directions", "constraint", "penalty")
+
+
+def build_objective(table: Any) -> Objective:
+    """Validate the ``[objective]`` table (exactly one of weights, formula, objectives)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"objective: expected a table, got {table!r}")
+    for key in table:
+        if key not in OBJECTIVE_KEYS:
+            raise ConfigError(f"objective.{key}: unknown key; valid keys: "
+                              f"{', '.join('objective.' + k for k in OBJECTIVE_KEYS)}")
+    given = [k for k in ("weights", "formula", "objectives") if k in table]
+    if len(given) != 1:
+        raise ConfigError("objective: give exactly one of objective.weights (a table metric = weight), "
+                          "objective.formula (a string) or objective.objectives (a list of metric names or "
+                          f"formulas); got {', '.join(given) or 'none'}")
+    names = list(METRICS)
+    if "weights" in table:
+        weights = table["weights"]
+        if not isinstance(weights, Mapping) or not weights:
+            raise ConfigError("objective.weights: expected a table such as {final_accuracy = 1.0, "
+                              "uplink_fraction = -0.05}")
+        for name, w in weights.items():
+            if name not in METRICS:
+                raise ConfigError(f"objective.weights.{name}: unknown metric; valid: {', '.join(names)}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ConfigError(f"objective.weights.{name}: expected a finite number, got {w!r}")
+        text = " + ".join(f"({float(w)!r}) * {name}" for name, w in weights.items())
+        texts = [text]
+    elif "formula" in table:
+        texts = [table["formula"]]
+    else:
+        texts = table["objectives"]
+        if not isinstance(texts, list) or not texts:
+            raise ConfigError("objective.objectives: expected a non-empty list of metric names or formulas, "
+                              "e.g. [\"final_accuracy\", \"uplink_mb\"]")
+    formulas = tuple(Formula(t, names, f"objective.{given[0]}") for t in texts)
+    if "directions" in table and "direction" in table:
+        raise ConfigError("objective.direction: give direction (one objective) or directions (a list), not both")
+    if "directions" in table:
+        dirs = table["directions"]
+        if not isinstance(dirs, list) or len(dirs) != len(formulas):
+            raise ConfigError(f"objective.directions: expected a list of {len(formulas)} of "
+                              f"{', '.join(DIRECTIONS)}, got {dirs!r}")
+    elif "direction" in table:
+        dirs = [table["direction"]] * len(formulas)
+    else:
+        dirs = []
+        for text in texts:
+            if isinstance(text, str) and text.strip() in METRICS:
+                dirs.append(METRICS[text.strip()].direction)
+            elif given[0] == "weights":
+                dirs.append("maximize")
+            else:
+                raise ConfigError(f"objective.direction: required for the formula {text!r}; "
+                                  f"allowed: {', '.join(DIRECTIONS)}")
+    for i, d in enumerate(dirs):
+        if d not in DIRECTIONS:
+            raise ConfigError(f"objective.direction{'s' if len(dirs) > 1 else ''}: unknown value {d!r}; "
+                              f"valid: {', '.join(DIRECTIONS)}")
+    constraint = Constraint(table["constraint"], names) if "constraint" in table else None
+    penalty = table.get("penalty", 100.0)
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) \
+            or penalty < 0:
+        raise ConfigError(f"objective.penalty: {penalty!r} is out of range; allowed [0, inf)")
+    return Objective(formulas=formulas, directions=tuple(dirs), constraint=constraint, penalty=float(penalty))
+
+
+# ----- one simulation per seed ------------------------------------------------------------------------
+@dataclass
+class SeedResult:
+    """The outcome of one simulation: status, reason, raw metrics (NaN where undefined), duration."""
+
+    seed: int
+    status: str                      # "complete" | "failed"
+    reason: str
+    metrics: dict[str, float]
+    duration_s: float
+    rounds: int = 0
+    fedavg_uplink_bytes: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "status": self.status, "reason": self.reason, "metrics": self.metrics,
+                "duration_s": self.duration_s, "rounds": self.rounds,
+                "fedavg_uplink_bytes": self.fedavg_uplink_bytes}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SeedResult":
+        return cls(seed=int(d["seed"]), status=str(d["status"]), reason=str(d["reason"]),
+                   metrics={k: float(v) for k, v in d["metrics"].items()}, duration_s=float(d["duration_s"]),
+                   rounds=int(d.get("rounds", 0)), fedavg_uplink_bytes=float(d.get("fedavg_uplink_bytes", math.nan)))
+
+
+def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Metrics of one run from a History summary (NaN where undefined)."""
+    up = float(summary["total_uplink_bytes"])
+    fed = float(summary["fedavg_uplink_bytes"])
+    rtt = summary.get("rounds_to_target")
+    btt = summary.get("uplink_bytes_to_target")
+    return {
+        "final_accuracy": float(summary["final_accuracy"]),
+        "best_accuracy": float(summary["best_accuracy"]),
+        "uplink_bytes": up,
+        "uplink_mb": up / 1e6,
+        "uplink_fraction": up / fed if fed else math.nan,
+        "compression_ratio": float(summary["compression_ratio"]),
+        "rounds_to_target": float(rtt) if rtt is not None else math.nan,
+        "uplink_bytes_to_target": float(btt) if btt is not None else math.nan,
+        "target_reached": 1.0 if rtt is not None else 0.0,
+    }
+
+
+def run_seed(config: SimConfig, on_round: Callable[[dict[str, Any]], None] | None = None) -> SeedResult:
+    """Simulate ``config`` once; a diverged run or an exception gives a failed SeedResult with the reason."""
+    from qsfl.sim import simulate
+
+    start = time.perf_counter()
+    nan_metrics = {m: math.nan for m in RUN_METRICS}
+    try:
+        history = simulate(config, on_round=on_round)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any simulator error is recorded, the study goes on
+        if _is_control_flow(exc):
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = f"{type(exc).__name__}: {exc} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        return SeedResult(config.seed, "failed", reason, nan_metrics, time.perf_counter() - start, 0)
+    summary = history.summary
+    duration = time.perf_counter() - start
+    rounds = int(summary.get("rounds_run", config.rounds))
+    if summary["status"] != "complete":
+        return SeedResult(config.seed, "failed", f"diverged: {summary['reason']}", nan_metrics, duration, rounds,
+                          float(summary["fedavg_uplink_bytes"]))
+    metrics = summary_metrics(summary)
+    del history
+    return SeedResult(config.seed, "complete", "", metrics, duration, rounds,
+                      float(summary["fedavg_uplink_bytes"]))
+
+
+def _is_control_flow(exc: BaseException) -> bool:
+    """Exceptions a caller raises from on_round to stop a run (e.g. optuna.TrialPruned) pass through."""
+    return type(exc).__name__ in ("TrialPruned",)
+
+
+def fitness_inputs(result: SeedResult, rounds: int) -> dict[str, float]:
+    """A complete seed's metrics with the documented stand-ins for undefined values (see module doc)."""
+    values = dict(result.metrics)
+    if math.isnan(values["rounds_to_target"]):
+        values["rounds_to_target"] = float(rounds + 1)
+    if math.isnan(values["uplink_bytes_to_target"]):
+        per_round = result.fedavg_uplink_bytes / max(rounds, 1)
+        values["uplink_bytes_to_target"] = per_round * (rounds + 1)
+    return values
+
+
+# ----- one evaluation = all seeds of one point ----------------------------------------------------------
+@dataclass
+class Evaluation:
+    """One evaluated point: params, per-seed results, mean/std metrics, fitness, state."""
+
+    params: dict[str, Any]
+    individual: str
+    seeds: list[int]
+    state: str                                   # complete | failed | pruned
+    reason: str
+    metrics: dict[str, float]
+    metrics_std: dict[str, float]
+    fitness: tuple[float, ...]
+    duration_s: float
+    repair: str = ""
+    per_seed: list[SeedResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "complete"
+
+
+def params_id(params: Mapping[str, Any]) -> str:
+    """Stable id of a point: a hash of its params (identical configs share it)."""
+    canon = json.dumps({k: _canon(v) for k, v in sorted(params.items())}, sort_keys=True)
+    return hashlib.sha1(canon.encode()).hexdigest()[:12]
+
+
+def _canon(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return float(repr(float(v))) if not float(v).is_integer() else float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    return v
+
+
+def combine(params: Mapping[str, Any], seeds: Sequence[int], results: Sequence[SeedResult], objective: Objective,
+            rounds: int, repair: str = "") -> Evaluation:
+    """Mean/std over seeds and the fitness; any failed seed fails the evaluation (its reason is kept)."""
+    pid = params_id(params)
+    duration = float(sum(r.duration_s for r in results))
+    failed = [r for r in results if r.status != "complete"]
+    if failed:
+        nan = {m: math.nan for m in METRICS}
+        reason = "; ".join(f"seed {r.seed}: {r.reason}" for r in failed)
+        return Evaluation(dict(params), pid, list(seeds), "failed", reason, nan, dict(nan), objective.worst(),
+                          duration, repair, list(results))
+    names = RUN_METRICS
+    table = np.array([[r.metrics[m] for m in names] for r in results], dtype=float)
+    mean = dict(zip(names, (float(x) for x in table.mean(axis=0))))
+    std = dict(zip(names, (float(x) for x in table.std(axis=0))))
+    inputs = [fitness_inputs(r, rounds) for r in results]
+    fit_values = {m: float(np.mean([i[m] for i in inputs])) for m in names}
+    viol = objective.violation(fit_values)
+    fit_values["constraint_violation"] = viol
+    mean["constraint_violation"], std["constraint_violation"] = viol, 0.0
+    return Evaluation(dict(params), pid, list(seeds), "complete", "", mean, std, objective.fitness(fit_values),
+                      duration, repair, list(results))
+
+
+def failed_evaluation(params: Mapping[str, Any], seeds: Sequence[int], reason: str, objective: Objective,
+                      repair: str = "", state: str = "failed") -> Evaluation:
+    """An evaluation that was not (fully) simulated: constraint penalty, or a pruned Optuna trial."""
+    nan = {m: math.nan for m in METRICS}
+    return Evaluation(dict(params), params_id(params), list(seeds), state, reason, nan, dict(nan),
+                      objective.worst(), 0.0, repair, [])

@@ -1,0 +1,313 @@
+"""Optuna search: TPE, CMA-ES, NSGA-II, random (and ``ga`` = NSGA-II's genetic operators for one objective),
+median/Hyperband pruning on the per-round test accuracy, any RDB storage (SQLite by default, PostgreSQL for
+workers on several machines), resume by re-running with the same storage.
+
+* Budget: ``optuna.n_trials`` counts finished trials of the study (complete, pruned, and failed evaluations
+  such as diverged runs); a re-run continues the numbering and only runs what is missing. Trials that died
+  with their process (stale RUNNING trials) do not count: they are failed and re-queued with the same params.
+* Pruning uses the first seed's accuracy at each evaluation round and only for a single objective (Optuna
+  cannot prune multi-objective studies).
+* A failed evaluation ends as ``TrialState.FAIL`` with the reason in the user attr ``fail_reason``.
+* Each trial keeps its trials-table row in the user attr ``qsfl_row``: the table is rebuilt from the storage
+  after every trial, so no finished trial is lost if a worker is killed between Optuna's commit and the
+  table write, and workers on other machines see each other's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any, Callable
+
+from qsfl.config import ConfigError
+from tuning.evaluate import Evaluator, configure_threads
+from tuning.objective import Evaluation
+from tuning.spec import StudySpec, parse_spec, spec_fingerprint
+from tuning.trials import TrialsTable, evaluation_from_row, make_row
+
+log = logging.getLogger(__name__)
+
+ROW_ATTR = "qsfl_row"
+FAIL_ATTR = "fail_reason"
+SURPLUS_ATTR = "surplus"
+FINGERPRINT_ATTR = "qsfl_fingerprint"
+
+
+def default_storage(out_dir: str | Path) -> str:
+    """``sqlite:///OUT/study.db``."""
+    return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
+
+
+def make_storage(url: str, spec: StudySpec) -> Any:
+    """An RDBStorage with heartbeats (stale trials are failed and retried with the same params)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    s = spec.optuna
+    kwargs: dict[str, Any] = {}
+    if s.heartbeat_interval > 0:
+        kwargs = dict(heartbeat_interval=s.heartbeat_interval,
+                      grace_period=s.grace_period or 3 * s.heartbeat_interval,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as exc:
+        raise ConfigError(f"--storage {url}: a database driver is missing ({exc}); e.g. pip install "
+                          f"psycopg2-binary for PostgreSQL") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors for an unreachable or bad URL
+        if isinstance(exc, optuna.exceptions.OptunaError) or "sqlalchemy" in type(exc).__module__:
+            raise ConfigError(f"--storage {url}: cannot open the storage: {exc}") from None
+        raise
+
+
+def make_sampler(spec: StudySpec, worker: int = 0, workers: int = 1) -> Any:
+    """The sampler named in the spec, seeded with search_seed + worker index."""
+    import optuna
+
+    s = spec.optuna
+    seed = spec.study.search_seed + worker
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
+                                          constant_liar=workers > 1)
+    if s.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigError("optuna.sampler: 'cmaes' needs the cmaes package (pip install cmaes); "
+                              "or choose tpe, nsga2, ga, random") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=max(1, s.n_startup_trials),
+                                            warn_independent_sampling=False)
+    if s.sampler in ("nsga2", "ga"):
+        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: StudySpec) -> Any:
+    """Median, Hyperband (resource = rounds) or none."""
+    import optuna
+
+    s = spec.optuna
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=s.warmup_rounds)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.base.rounds, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int = 1) -> Any:
+    """Create or load (load_if_exists) the study; a different spec under the same name is an error."""
+    import optuna
+
+    storage = make_storage(storage_url, spec)
+    study = optuna.create_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec, worker, workers),
+                                pruner=make_pruner(spec), directions=list(spec.objective.directions),
+                                load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
+        raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
+                          f"{[d.name.lower() for d in study.directions]}; choose another study.name")
+    fp = spec_fingerprint(spec)
+    old = study.user_attrs.get(FINGERPRINT_ATTR)
+    if old is None:
+        study.set_user_attr(FINGERPRINT_ATTR, fp)
+        study.set_user_attr("objectives", spec.objective.describe())
+        study.set_user_attr("search_space", spec.space.names)
+    elif old != fp:
+        raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} run with a different spec "
+                          f"(only optuna.n_trials may change on resume); choose another study.name or --out")
+    return study
+
+
+def counted(trial: Any) -> bool:
+    """Does a trial count toward n_trials? (complete, pruned, or failed as an evaluation)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and FAIL_ATTR in trial.user_attrs
+
+
+def budget_used(study: Any) -> tuple[int, int]:
+    """(finished trials that count, trials in flight: running or queued)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = sum(1 for t in trials if counted(t))
+    active = sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
+    return done, active
+
+
+def fail_orphans(study: Any) -> int:
+    """Fail and re-queue RUNNING trials left by a killed process (only when this run owns the storage)."""
+    import copy
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    n = 0
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            retry(study, copy.deepcopy(study._storage.get_trial(t._trial_id)))
+            n += 1
+    return n
+
+
+def rows_from_study(study: Any, spec: StudySpec) -> list[dict[str, Any]]:
+    """The trials table of a study: the stored row of every finished trial that counts, by trial number."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if not counted(t) or ROW_ATTR not in t.user_attrs:
+            continue
+        row = json.loads(t.user_attrs[ROW_ATTR])
+        row["trial"] = t.number
+        expected = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[t.state]
+        if row["state"] != expected:  # e.g. killed between writing the row and telling Optuna
+            continue
+        rows.append(row)
+    rows.sort(key=lambda r: r["trial"])
+    return rows
+
+
+class TrialObjective:
+    """The Optuna objective: suggest -> repair -> evaluate (with pruning) -> row in the trial's user attrs."""
+
+    def __init__(self, spec: StudySpec, evaluator: Evaluator, on_done: Callable[[Evaluation], None] | None = None):
+        self.spec = spec
+        self.evaluator = evaluator
+        self.on_done = on_done
+        self.prune = spec.optuna.pruner != "none" and spec.objective.n == 1
+
+    def _surplus(self, trial: Any) -> bool:
+        """Another worker already started the last trial of the budget (a race): skip this one."""
+        from optuna.trial import TrialState
+
+        before = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+        used = sum(1 for t in before if counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+        return used >= self.spec.optuna.n_trials
+
+    def _store(self, trial: Any, ev: Evaluation) -> None:
+        row = make_row(self.spec.name, "optuna", -1, trial.number, ev, self.spec.space.names, self.spec.objective.n)
+        trial.set_user_attr(ROW_ATTR, json.dumps(row))
+        trial.set_user_attr("params_evaluated", ev.params)
+        if ev.repair:
+            trial.set_user_attr("repair", ev.repair)
+
+    def __call__(self, trial: Any) -> Any:
+        import optuna
+
+        nan = tuple(math.nan for _ in range(self.spec.objective.n))
+        if self._surplus(trial):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            return nan if len(nan) > 1 else nan[0]
+        point = self.evaluator.point(self.spec.space.suggest(trial))
+
+        def on_round(row: dict[str, Any]) -> None:
+            acc = row.get("test_accuracy", math.nan)
+            if not self.prune or acc != acc:
+                return
+            trial.report(float(acc), int(row["round"]))
+            if trial.should_prune():
+                reason = f"pruned at round {row['round']} (test accuracy {acc:.4f})"
+                ev = Evaluation(point.params, point.id, list(self.spec.study.seeds), "pruned", reason,
+                                {}, {}, self.spec.objective.worst(), 0.0, point.repair)
+                self._store(trial, ev)
+                if self.on_done is not None:
+                    self.on_done(ev)
+                raise optuna.TrialPruned(reason)
+
+        ev = self.evaluator.evaluate_here(point, on_round=on_round)
+        self._store(trial, ev)
+        if self.on_done is not None:
+            self.on_done(ev)
+        if not ev.ok:
+            trial.set_user_attr(FAIL_ATTR, ev.reason)
+            log.info("trial %d failed: %s", trial.number, ev.reason)
+            return nan if len(nan) > 1 else nan[0]
+        return ev.fitness if len(ev.fitness) > 1 else ev.fitness[0]
+
+
+def seed_cache(evaluator: Evaluator, study: Any, spec: StudySpec) -> None:
+    """Fill the evaluator's cache from the rows already in the study (identical configs run once)."""
+    for row in rows_from_study(study, spec):
+        evaluator.remember(evaluation_from_row(row, spec.space.names, spec.objective, spec.base.rounds))
+
+
+def worker_loop(spec: StudySpec, out_dir: Path, storage_url: str, worker: int = 0, workers: int = 1,
+                on_trial: Callable[[Any], None] | None = None) -> None:
+    """Run trials until the study has n_trials that count; rewrite the trials table after each one."""
+    configure_threads(1)
+    study = open_study(spec, storage_url, worker, workers)
+    table = TrialsTable(out_dir, spec.space.names, spec.objective.n,
+                        {p.name: p.type for p in spec.space.params})
+    evaluator = Evaluator(spec, table, engine="optuna")
+    seed_cache(evaluator, study, spec)
+    objective = TrialObjective(spec, evaluator)
+    while True:
+        done, active = budget_used(study)
+        if done >= spec.optuna.n_trials:
+            break
+        if done + active >= spec.optuna.n_trials and active and not _has_waiting(study):
+            break
+        study.optimize(objective, n_trials=1, gc_after_trial=False, show_progress_bar=False)
+        table.replace(rows_from_study(study, spec))
+        if on_trial is not None:
+            on_trial(study)
+
+
+def _has_waiting(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _worker_main(raw: dict[str, Any], name: str, out_dir: str, storage_url: str, worker: int, workers: int,
+                 verbose: bool) -> None:
+    """Entry of a spawned Optuna worker process."""
+    import optuna
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    spec = parse_spec(raw, default_name=name)
+    worker_loop(spec, Path(out_dir), storage_url, worker, workers)
+
+
+def run_optuna(spec: StudySpec, out_dir: Path, storage_url: str | None, *, workers: int = 1, owns_storage: bool = True,
+               on_trial: Callable[[Any], None] | None = None, verbose: bool = False) -> Any:
+    """Run the study with ``workers`` processes (this one included); returns the loaded study."""
+    import optuna
+
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = storage_url or default_storage(out_dir)
+    study = open_study(spec, url)
+    if owns_storage:
+        n = fail_orphans(study)
+        if n:
+            log.warning("re-queued %d trial(s) left running by an interrupted run", n)
+    procs = []
+    if workers > 1:
+        ctx = mp.get_context("spawn")
+        for w in range(1, workers):
+            p = ctx.Process(target=_worker_main, args=(dict(spec.raw), spec.name, str(out_dir), url, w, workers,
+                                                       verbose), daemon=False)
+            p.start()
+            procs.append(p)
+    try:
+        worker_loop(spec, out_dir, url, 0, workers, on_trial=on_trial)
+    finally:
+        for p in procs:
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        log.warning("%d Optuna worker process(es) exited with codes %s", len(bad), bad)
+    study = open_study(spec, url)
+    TrialsTable(out_dir, spec.space.names, spec.objective.n,
+                {p.name: p.type for p in spec.space.params}).replace(rows_from_study(study, spec))
+    return study

@@ -1,0 +1,287 @@
+"""The search space: named parameters with bounds, types and log scale, their [0,1] gene encoding, and
+the repair of the NS <= K constraint.
+
+Every parameter is encoded as one gene in [0, 1] so DEAP's bounded operators (SBX, polynomial mutation)
+treat real, integer and log-scale parameters alike:
+
+* real: ``low + g * (high - low)`` (then rounded to ``step`` when given);
+* log real: ``exp(log low + g * (log high - log low))``;
+* integer: ``high - low + 1`` equal-width bins over [0, 1] (so every integer is equally likely under a
+  uniform gene), log integers bin the log-scaled value.
+
+**Constraint NS <= K.** QSFL refreshes every segment in a round only if the K qualified clients' cyclic
+segment ids cover 0..NS-1, so NS > K wastes segments. With ``constraint = "repair"`` (default) a point with
+NS > K is evaluated with NS := K and the row records the repair (``repair = "ns 8->5"``); with
+``constraint = "penalty"`` the point is not simulated at all: it is recorded as failed with the reason and
+gets the worst fitness. Nothing invalid is ever evaluated silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from qsfl.config import ConfigError, SimConfig, StrategyConfig, check_bool, check_choice, check_range
+
+PARAM_TYPES = ("float", "int")
+CONSTRAINT_MODES = ("repair", "penalty")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What a known parameter name maps to in SimConfig and its hard limits."""
+
+    key: str
+    type: str
+    lo: float | None
+    hi: float | None = None
+    lo_open: bool = False
+
+
+# hard limits mirror qsfl.config's validation; ``hi=None`` for k is replaced by the cohort size
+KNOWN_PARAMS: dict[str, ParamInfo] = {
+    "beta": ParamInfo("strategy.beta", "float", 0.0, 1.0),
+    "k": ParamInfo("strategy.k", "int", 1, None),
+    "alpha": ParamInfo("strategy.alpha", "float", 0.0, 1.0, lo_open=True),
+    "ns": ParamInfo("strategy.ns", "int", 1, None),
+    "p": ParamInfo("strategy.p", "float", 0.0, 1.0, lo_open=True),
+    "lr": ParamInfo("lr", "float", 0.0, None, lo_open=True),
+    "local_epochs": ParamInfo("local_epochs", "int", 1, None),
+    "batch_size": ParamInfo("batch_size", "int", 1, None),
+    "momentum": ParamInfo("momentum", "float", 0.0, 1.0),
+    "weight_decay": ParamInfo("weight_decay", "float", 0.0, None),
+}
+
+QSFL_ONLY = ("beta", "k", "alpha", "ns")
+
+# the QSFL authors' defaults, used as the baseline of every study
+AUTHORS_DEFAULTS: dict[str, Any] = {"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4}
+
+PARAM_KEYS = ("low", "high", "type", "log", "step", "key")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: bounds, type, log scale, optional step, and its SimConfig key."""
+
+    name: str
+    key: str
+    low: float
+    high: float
+    type: str = "float"
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return self.type == "int"
+
+    def decode(self, gene: float) -> float | int:
+        """Map a gene in [0, 1] to a value inside [low, high]."""
+        g = min(max(float(gene), 0.0), 1.0)
+        if self.is_int:
+            if self.log:
+                lo, hi = math.log(self.low), math.log(self.high + 1)
+                return int(min(max(math.floor(math.exp(lo + g * (hi - lo))), self.low), self.high))
+            n = int(self.high - self.low + 1)
+            return int(self.low + min(int(g * n), n - 1))
+        if self.log:
+            lo, hi = math.log(self.low), math.log(self.high)
+            value = math.exp(lo + g * (hi - lo))
+        else:
+            value = self.low + g * (self.high - self.low)
+        if self.step:
+            value = self.low + round((value - self.low) / self.step) * self.step
+            value = round(value, 12)
+        return float(min(max(value, self.low), self.high))
+
+    def encode(self, value: float) -> float:
+        """The gene (in [0, 1]) whose decoding is ``value`` (the bin centre for integers)."""
+        if self.high == self.low:
+            return 0.5
+        if self.is_int and not self.log:
+            n = int(self.high - self.low + 1)
+            return (int(value) - self.low + 0.5) / n
+        if self.log:
+            if self.is_int:
+                lo, hi, v = math.log(self.low), math.log(self.high + 1), math.log(int(value) + 0.5)
+            else:
+                lo, hi, v = math.log(self.low), math.log(self.high), math.log(value)
+            return min(max((v - lo) / (hi - lo), 0.0), 1.0)
+        return min(max((value - self.low) / (self.high - self.low), 0.0), 1.0)
+
+    def suggest(self, trial: Any) -> float | int:
+        """Ask an Optuna trial for this parameter."""
+        if self.is_int:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        if self.step and not self.log:
+            return trial.suggest_float(self.name, self.low, self.high, step=self.step)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ordered parameters of a study and how constraint violations are handled."""
+
+    params: tuple[Param, ...]
+    constraint: str = "repair"
+
+    @property
+    def dim(self) -> int:
+        return len(self.params)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def decode(self, genes: list[float]) -> dict[str, float | int]:
+        """Genes in [0, 1]^d -> a params dict (before repair)."""
+        return {p.name: p.decode(g) for p, g in zip(self.params, genes)}
+
+    def encode(self, params: Mapping[str, Any]) -> list[float]:
+        """A params dict -> genes (inverse of decode up to binning)."""
+        return [p.encode(params[p.name]) for p in self.params]
+
+    def suggest(self, trial: Any) -> dict[str, float | int]:
+        """Ask an Optuna trial for every parameter."""
+        return {p.name: p.suggest(trial) for p in self.params}
+
+    def overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """params -> dotted SimConfig overrides."""
+        keys = {p.name: p.key for p in self.params}
+        return {keys.get(name, KNOWN_PARAMS[name].key if name in KNOWN_PARAMS else name): value
+                for name, value in params.items()}
+
+    def repair(self, params: Mapping[str, Any], base: SimConfig) -> tuple[dict[str, Any], str, str]:
+        """Apply the NS <= K constraint: returns (params, repair note, penalty reason); see module doc."""
+        params = dict(params)
+        strategy = base.strategy
+        if strategy.name != "qsfl" or not strategy.use_scss:
+            return params, "", ""
+        k = effective_k(params, base)
+        ns = int(params.get("ns", strategy.ns))
+        if ns <= k:
+            return params, "", ""
+        if self.constraint == "penalty":
+            return params, "", f"constraint ns <= k violated (ns={ns}, k={k}); not simulated"
+        params["ns"] = k
+        return params, f"ns {ns}->{k}", ""
+
+    def defaults(self, base: SimConfig) -> dict[str, Any]:
+        """The authors' default values of the searched parameters (base config values for the others)."""
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in AUTHORS_DEFAULTS:
+                out[p.name] = AUTHORS_DEFAULTS[p.name]
+            elif p.name == "k":
+                out["k"] = math.ceil(AUTHORS_DEFAULTS["alpha"] * base.cohort_size)
+            else:
+                out[p.name] = _get_dotted(base, p.key)
+        return out
+
+
+def baseline_overrides(base: SimConfig) -> dict[str, Any]:
+    """Dotted overrides that put the authors' QSFL defaults on ``base`` (K from alpha=0.7)."""
+    return {"strategy.beta": AUTHORS_DEFAULTS["beta"], "strategy.alpha": AUTHORS_DEFAULTS["alpha"],
+            "strategy.k": None, "strategy.ns": AUTHORS_DEFAULTS["ns"], "strategy.p": AUTHORS_DEFAULTS["p"]}
+
+
+def effective_k(params: Mapping[str, Any], base: SimConfig) -> int:
+    """The qualified count K a point implies: k, else ceil(alpha * C), capped at the cohort size C."""
+    c = base.cohort_size
+    if "k" in params:
+        return min(int(params["k"]), c)
+    if "alpha" in params:
+        return min(math.ceil(float(params["alpha"]) * c), c)
+    if base.strategy.k is not None:
+        return min(base.strategy.k, c)
+    return min(math.ceil(base.strategy.alpha * c), c)
+
+
+def _get_dotted(config: SimConfig, key: str) -> Any:
+    obj: Any = config
+    for part in key.split("."):
+        obj = obj[part] if isinstance(obj, Mapping) else getattr(obj, part)
+    return obj
+
+
+def _numeric_fields() -> dict[str, str]:
+    """Numeric SimConfig/StrategyConfig fields that a ``key`` may name (field -> int|float)."""
+    import dataclasses
+
+    out = {}
+    for cls, prefix in ((SimConfig, ""), (StrategyConfig, "strategy.")):
+        for f in dataclasses.fields(cls):
+            t = str(f.type)
+            if t in ("int", "float") or t.startswith("int |"):
+                out[prefix + f.name] = "int" if t.startswith("int") else "float"
+    return out
+
+
+def build_param(name: str, table: Any, base: SimConfig) -> Param:
+    """Validate one ``[space.<name>]`` table into a Param."""
+    where = f"space.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table with low/high, got {table!r}")
+    for key in table:
+        if key not in PARAM_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key; valid keys: "
+                              f"{', '.join(where + '.' + k for k in PARAM_KEYS)}")
+    info = KNOWN_PARAMS.get(name)
+    if "key" in table:
+        key = table["key"]
+        fields = _numeric_fields()
+        check_choice(f"{where}.key", key, sorted(fields))
+        info = ParamInfo(key, fields[key], None)
+    if info is None:
+        raise ConfigError(f"{where}: unknown parameter {name!r}; valid: {', '.join(KNOWN_PARAMS)}, "
+                          f"or any name with key = \"<numeric SimConfig field>\"")
+    for req in ("low", "high"):
+        if req not in table:
+            raise ConfigError(f"{where}.{req}: missing; every [space.<param>] needs low and high")
+    ptype = table.get("type", info.type)
+    check_choice(f"{where}.type", ptype, PARAM_TYPES)
+    if info.type == "int" and ptype != "int":
+        raise ConfigError(f"{where}.type: {name} is an integer parameter; allowed: int")
+    log = table.get("log", False)
+    check_bool(f"{where}.log", log)
+    low, high = table["low"], table["high"]
+    integer = ptype == "int"
+    hi_limit = info.hi
+    if name == "k" and info.key == "strategy.k":
+        hi_limit = base.cohort_size
+    check_range(f"{where}.low", low, info.lo, hi_limit, integer=integer, lo_open=info.lo_open)
+    check_range(f"{where}.high", high, info.lo, hi_limit, integer=integer, lo_open=info.lo_open)
+    if low > high:
+        raise ConfigError(f"{where}: low {low!r} > high {high!r}; need low <= high")
+    if log and low <= 0:
+        raise ConfigError(f"{where}.low: {low!r} is out of range for log = true; allowed (0, inf)")
+    step = table.get("step")
+    if step is not None:
+        check_range(f"{where}.step", step, 0.0, None, lo_open=True)
+        if integer or log:
+            raise ConfigError(f"{where}.step: only for linear float parameters (type = \"float\", log = false)")
+    return Param(name=name, key=info.key, low=low, high=high, type=ptype, log=log,
+                 step=float(step) if step is not None else None)
+
+
+def build_space(table: Any, base: SimConfig, constraint: str = "repair") -> SearchSpace:
+    """Validate the ``[space]`` table (one sub-table per parameter, plus ``constraint``)."""
+    if not isinstance(table, Mapping) or not table:
+        raise ConfigError("space: expected at least one [space.<param>] table, e.g. [space.beta] low = 0.0 "
+                          f"high = 1.0; known params: {', '.join(KNOWN_PARAMS)}")
+    table = dict(table)
+    constraint = table.pop("constraint", constraint)
+    check_choice("space.constraint", constraint, CONSTRAINT_MODES)
+    params = tuple(build_param(name, sub, base) for name, sub in table.items())
+    names = [p.name for p in params]
+    if "k" in names and "alpha" in names:
+        raise ConfigError("space.alpha: search k or alpha, not both (k = ceil(alpha * C))")
+    keys = [p.key for p in params]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"space: two parameters set the same config key ({', '.join(keys)})")
+    if any(n in QSFL_ONLY for n in names) and base.strategy.name != "qsfl":
+        raise ConfigError(f"base.strategy.name: {base.strategy.name!r} has no {'/'.join(QSFL_ONLY)}; "
+                          f"allowed: qsfl (the searched parameters are QSFL's)")
+    return SearchSpace(params=params, constraint=constraint)
