@@ -214,6 +214,17 @@ def objective_text(spec: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in table.items()) if isinstance(table, dict) else ""
 
 
+def objective_labels(spec: dict[str, Any], fitness_cols: Sequence[str]) -> list[str]:
+    """Axis labels of the fitness columns: the objective's formula where it is short, else the column name."""
+    objective = spec_objective(spec)
+    texts = [f.text for f in objective.formulas] if objective is not None else []
+    out = []
+    for i, col in enumerate(fitness_cols):
+        text = texts[i] if i < len(texts) else ""
+        out.append(text if text and len(text) <= 40 else col)
+    return out
+
+
 def spec_seeds(spec: dict[str, Any]) -> tuple[list[int], list[int]]:
     """(search seeds, re-evaluation seeds) declared in the spec's [study] (tuning's defaults: [0], [100, 101, 102])."""
     study = spec.get("study", {}) if isinstance(spec.get("study"), dict) else {}
@@ -349,6 +360,7 @@ def study_figures(study: Study) -> list[FigureEntry]:
     trials = study.trials
     fcols = plots.fitness_columns(trials)
     maximize = objective_directions(study.spec, len(fcols))
+    ylabels = objective_labels(study.spec, fcols)
     target = _target(study)
 
     def add(name: str, section: str, caption: str, build: Callable[[], Figure]) -> None:
@@ -361,14 +373,15 @@ def study_figures(study: Study) -> list[FigureEntry]:
     if study.logbook is not None and len(study.logbook):
         for j in range(max(len(fcols), 1)):
             label = fcols[j] if j < len(fcols) else "fitness"
+            ylabel = ylabels[j] if j < len(ylabels) else label
             add(f"ga_fitness_{j}", search, f"GA: min, mean \u00b1 std and max of {label} in each generation's "
-                "population (logbook.csv).", lambda j=j, label=label: plots.ga_fitness(
-                    study.logbook, objective=j, ylabel=label,
+                "population (logbook.csv).", lambda j=j, label=label, ylabel=ylabel: plots.ga_fitness(
+                    study.logbook, objective=j, ylabel=ylabel,
                     title="GA fitness per generation" + (f" ({label})" if len(fcols) > 1 else "")))
     for j, f in enumerate(fcols):
         add(f"optimization_history_{j}", search, f"Every evaluation's {f} in order, and the best so far "
             f"({'higher' if maximize[j] else 'lower'} is better).",
-            lambda f=f, j=j: plots.optimization_history(trials, fitness=f, maximize=maximize[j],
+            lambda f=f, j=j: plots.optimization_history(trials, fitness=f, maximize=maximize[j], ylabel=ylabels[j],
                                                         title=f"Optimisation history ({f})"))
     if {"metric_uplink_mb", "metric_final_accuracy"} <= set(trials.columns):
         marks = {}
@@ -385,7 +398,7 @@ def study_figures(study: Study) -> list[FigureEntry]:
             "(optuna's fANOVA on the evaluated configurations).",
             lambda: plots.param_importance(trials, fitness=fcols))
         add("param_scatter", params, f"Each parameter against {fcols[0]}, coloured by generation/trial.",
-            lambda: plots.param_scatter(trials, fitness=fcols[0]))
+            lambda: plots.param_scatter(trials, fitness=fcols[0], ylabel=ylabels[0]))
         add("parallel_coordinates", params, "Every evaluation across the parameter ranges, coloured by "
             f"{fcols[0]}; the best in orange.",
             lambda: plots.parallel_coordinates(trials, fitness=fcols[0], maximize=maximize[0]))

@@ -438,6 +438,37 @@ def test_report_of_a_study_still_running(study_dir):
     assert len(load_study(study_dir).trials) == 6
 
 
+def test_multi_objective_optuna_study_with_failed_and_pruned_rows(study_dir):
+    """Two objectives, engine optuna, a pruned and a failed trial: every figure still builds sensibly."""
+    from reports.report import best_table, load_study, study_figures
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials["engine"], trials["generation"] = "optuna", -1
+    trials["fitness_0"], trials["fitness_1"] = trials["metric_final_accuracy"], trials["metric_uplink_mb"]
+    trials = trials.drop(columns=["fitness"])
+    bad = trials.iloc[[0, 1]].copy()
+    bad["trial"] = [6, 7]
+    bad["state"], bad["reason"] = ["pruned", "failed"], ["pruned at round 1", "diverged: loss is nan"]
+    for col in [c for c in trials.columns if c.startswith(("metric_", "fitness_"))]:
+        bad[col] = np.nan
+    pd.concat([trials, bad], ignore_index=True).to_parquet(study_dir / "trials.parquet", index=False)
+    (study_dir / "logbook.csv").unlink()
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    spec["study"]["engine"] = "optuna"
+    spec["objective"] = {"objectives": ["final_accuracy", "uplink_mb"]}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+
+    study = load_study(study_dir)
+    figs = {f.name: f.figure for f in study_figures(study)}
+    assert {"optimization_history_0", "optimization_history_1", "pareto_front", "param_importance"} <= set(figs)
+    assert not any(name.startswith("ga_fitness") for name in figs)
+    hist = figs["optimization_history_1"].axes[0]
+    assert hist.get_ylabel() in ("fitness_1", "uplink_mb")  # the objective's text when tuning reads the spec
+    assert hist.get_lines()[0].get_ydata()[-1] == pytest.approx(trials["metric_uplink_mb"].min())  # minimised
+    assert len(figs["param_importance"].axes[0].get_legend().get_texts()) == 2
+    assert len(best_table(study)) == 3  # best.toml's two + the authors' defaults
+
+
 def test_not_a_study_dir_names_missing_files(tmp_path):
     from reports.report import write_report
 
