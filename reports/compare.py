@@ -154,7 +154,7 @@ def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str
     if configs_file is not None:
         entries = read_configs_file(configs_file)
     else:
-        entries = [(None, dict(b.get("params", {}))) for b in read_best(out_dir)]
+        entries = [(None, dict(b.get("params", {}))) for b in read_best(out_dir)]  # all: duplicates drop below
         if not entries and any((out_dir / f).is_file() for f in ("trials.parquet", "trials.csv")):
             trials = complete_rows(read_trials(out_dir))
             from reports.plots import fitness_columns, param_columns
@@ -162,18 +162,26 @@ def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str
             if fcols and pcols and len(trials):
                 up = objective_directions(dict(spec or {}), 1)[0]
                 best = trials.sort_values(fcols[0], ascending=not up).drop_duplicates(pcols)
-                entries = [(None, {c[6:]: _plain(r[c]) for c in pcols}) for _, r in best.head(top).iterrows()]
+                entries = [(None, {c[6:]: _plain(r[c]) for c in pcols}) for _, r in best.head(5 * top).iterrows()]
         if not entries and top > 0:
             raise ConfigError(f"{out_dir}: no best.toml and no complete trials to take the best configs from; "
                               "run `qsfl tune` first or pass --configs FILE.toml")
-        entries = entries[:top]
     to_config = params_mapper(spec, base)
     out: dict[str, tuple[SimConfig, dict[str, Any]]] = {}
-    for i, (label, params) in enumerate(entries, 1):
-        label = label or f"tuned-{i}"
+    seen: list[dict[str, Any]] = []
+    for label, params in entries:
+        config = to_config(params)
+        if configs_file is None:
+            # two genomes can repair to the same config (ns > k): compare distinct configs only
+            if config.to_dict() in seen:
+                continue
+            if len(out) == top:
+                break
+        seen.append(config.to_dict())
+        label = label or f"tuned-{len(out) + 1}"
         if label in out:
             raise ConfigError(f"{configs_file}: label {label!r} appears twice")
-        out[label] = (to_config(params), params)
+        out[label] = (config, params)
     return out
 
 

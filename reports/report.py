@@ -403,7 +403,8 @@ def study_figures(study: Study) -> list[FigureEntry]:
             f"{fcols[0]}; the best in orange.",
             lambda: plots.parallel_coordinates(trials, fitness=fcols[0], maximize=maximize[0]))
 
-    runs = study.compare_runs or {k: [h] for k, h in study.histories.items()}
+    names = {"best": "best", "baseline": "qsfl-default"}  # tuning's histories/ keys -> plot labels
+    runs = study.compare_runs or {names.get(k, k): [h] for k, h in study.histories.items()}
     conv = "Convergence and communication"
     if runs:
         src = "qsfl compare, mean \u00b1 std over the comparison seeds" if study.compare_runs else \
