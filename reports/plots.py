@@ -135,12 +135,12 @@ def _pname(col: str) -> str:
     return col[len("param_"):] if col.startswith("param_") else col
 
 
-def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.svg`` atomically; return both paths."""
+def save_figure(fig: Figure, path_stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.svg`` atomically; return the paths."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fmt in ("png", "svg"):
+    for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         atomic_write(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=DPI, bbox_inches="tight",
                                                           facecolor="white"))

@@ -628,14 +628,16 @@ def build_markdown(study: Study, figures: Sequence[FigureEntry]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: str | Path) -> Path:
+def write_report(out_dir: str | Path, *, formats: Sequence[str] = ("png", "svg")) -> Path:
     """Write figures/*.png|svg, report.md and a self-contained report.html; return the HTML's path."""
+    if "png" not in formats:
+        raise ValueError(f"formats: {formats!r} must include 'png' (the HTML embeds it)")
     study = load_study(out_dir)
     figures = study_figures(study)
     fig_dir = study.out_dir / "figures"
     pngs: dict[str, bytes] = {}
     for f in figures:
-        plots.save_figure(f.figure, fig_dir / f.name)
+        plots.save_figure(f.figure, fig_dir / f.name, formats)
         pngs[f.name] = (fig_dir / f"{f.name}.png").read_bytes()
     path = study.out_dir / "report.html"
     atomic_write_text(path, build_html(study, figures, pngs))

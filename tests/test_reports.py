@@ -411,6 +411,7 @@ def test_report_html_is_self_contained_and_complete(compared):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     figures = sorted(p.stem for p in (compared / "figures").glob("*.png") if not p.stem.startswith("compare_"))
     assert len(srcs) == len(figures) >= 12
+    assert all((compared / "figures" / f"{name}.svg").is_file() for name in figures)
     # the comparison table with its numbers
     table = pd.read_csv(compared / "compare.csv")
     assert "Comparison with baselines" in text
@@ -427,13 +428,15 @@ def test_report_html_is_self_contained_and_complete(compared):
 
 
 def test_report_of_a_study_still_running(study_dir):
-    """Only spec + trials so far (no best.toml, logbook, histories): the report still comes out."""
-    from reports.report import load_study, write_report
+    """Only spec + trials so far (no best.toml, logbook, histories): `qsfl report` still writes the report."""
+    from qsfl_cli import main
+    from reports.report import load_study
 
     for name in ("best.toml", "baseline.toml", "logbook.csv", "trials.parquet"):
         (study_dir / name).unlink()
     shutil.rmtree(study_dir / "histories")
-    text = write_report(study_dir).read_text()
+    assert main(["report", str(study_dir), "--quiet"]) == 0
+    text = (study_dir / "report.html").read_text()
     assert "Best configurations" in text
     assert len(load_study(study_dir).trials) == 6
 
@@ -506,15 +509,18 @@ def test_objective_directions():
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
-def test_cli_report_without_compare_and_errors(study_dir, tmp_path, capsys):
-    from qsfl_cli import main
+def test_report_without_compare_uses_saved_histories(study_dir):
+    from reports.report import write_report
 
-    assert main(["report", str(study_dir), "--quiet"]) == 0
-    text = (study_dir / "report.html").read_text()
+    text = write_report(study_dir, formats=("png",)).read_text()
     assert (study_dir / "report.md").is_file()
     assert "Comparison with baselines" not in text
     assert "convergence_uplink" in " ".join(p.stem for p in (study_dir / "figures").glob("*.png"))
     assert text.count('src="data:image/png;base64,') >= 9
+
+
+def test_cli_errors(study_dir, tmp_path, capsys):
+    from qsfl_cli import main
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert main(["compare", str(study_dir), "--seeds", "0"]) == 2
     err = capsys.readouterr().err
