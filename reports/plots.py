@@ -169,7 +169,7 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
         if n > 1 and band != "none":
             lo, hi = ((stats["acc_mean"] - stats["acc_std"], stats["acc_mean"] + stats["acc_std"])
                       if band == "std" else (stats["acc_min"], stats["acc_max"]))
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15 if len(runs) <= 4 else 0.09, linewidth=0)
     if target is not None:
         ax.axhline(target, color="#777777", lw=0.9, ls=(0, (4, 3)), label="_target", zorder=0)
         ax.annotate(f"target {target:g}", xy=(1.0, target), xycoords=("axes fraction", "data"),
@@ -186,8 +186,8 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
     _title(ax, title or ("Accuracy vs communication" if x == "uplink" else "Accuracy vs round"))
     if any(len(_as_list(v)) > 1 for v in runs.values()):
         _note(ax, spread[band])
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", ncols=2 if len(runs) > 5 else 1)
+    if ax.get_legend_handles_labels()[0]:  # below the axes: never on top of a curve
+        _bottom_legend(fig, ax, ncols=min(4, len(runs)))
     return fig
 
 

@@ -221,7 +221,7 @@ def objective_labels(spec: dict[str, Any], fitness_cols: Sequence[str]) -> list[
     out = []
     for i, col in enumerate(fitness_cols):
         text = texts[i] if i < len(texts) else ""
-        out.append(text if text and len(text) <= 40 else col)
+        out.append(text if text and len(text) <= 24 else col)
     return out
 
 
