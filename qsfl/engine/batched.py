@@ -229,9 +229,11 @@ def _relu_modules_to_functions(gm: torch.fx.GraphModule) -> None:
 class _StepFn:
     """Per-client gradients and mean losses of one minibatch step for stacked parameters."""
 
-    def __call__(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                 sw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(per-parameter gradients (C, *shape), per-client losses (C,)); ``sw`` (C, B) sample weights."""
+    def __call__(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, sw: torch.Tensor,
+                 out: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(per-parameter gradients (C, *shape), per-client losses (C,)); ``sw`` (C, B) sample weights.
+
+        With ``out`` (contiguous tensors of the gradients' shapes) the gradients are written there."""
         raise NotImplementedError
 
 
@@ -241,7 +243,7 @@ class _LinearStep(_StepFn):
     def __init__(self, num_layers: int) -> None:
         self.num_layers = num_layers
 
-    def __call__(self, params, x, y, sw):
+    def __call__(self, params, x, y, sw, out=None):
         clients, batch = sw.shape
         h = x.reshape(clients, batch, -1)
         acts = [h]
@@ -258,11 +260,15 @@ class _LinearStep(_StepFn):
         gz = logp.exp_()
         gz.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=gz.dtype))
         gz.mul_(sw.unsqueeze(2))
-        grads: list[torch.Tensor] = [None] * len(params)   # type: ignore[list-item]
+        grads: list[torch.Tensor] = [None] * len(params) if out is None else out   # type: ignore[list-item]
         for layer in range(self.num_layers - 1, -1, -1):
             a = acts[layer]
-            grads[2 * layer] = torch.bmm(gz.transpose(1, 2), a)
-            grads[2 * layer + 1] = gz.sum(1)
+            if out is None:
+                grads[2 * layer] = torch.bmm(gz.transpose(1, 2), a)
+                grads[2 * layer + 1] = gz.sum(1)
+            else:
+                torch.bmm(gz.transpose(1, 2), a, out=out[2 * layer])
+                torch.sum(gz, 1, out=out[2 * layer + 1])
             if layer > 0:
                 gz = torch.bmm(gz, params[2 * layer]).mul_(a > 0)
         return grads, losses
@@ -274,14 +280,14 @@ class _FoldStep(_StepFn):
     def __init__(self, folded: torch.fx.GraphModule) -> None:
         self.folded = folded
 
-    def __call__(self, params, x, y, sw):
+    def __call__(self, params, x, y, sw, out=None):
         params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
         with torch.enable_grad():
             logits = self.folded(x, *params)
             ce = F.cross_entropy(logits, y, reduction="none").view_as(sw)
             losses = (ce * sw).sum(1)
-            grads = torch.autograd.grad(losses.sum(), params)
-        return list(grads), losses.detach()
+            grads = list(torch.autograd.grad(losses.sum(), params))
+        return _into(out, grads), losses.detach()
 
 
 class _VmapStep(_StepFn):
@@ -296,11 +302,122 @@ class _VmapStep(_StepFn):
 
         self.fn = vmap(grad_and_value(loss))
 
-    def __call__(self, params, x, y, sw):
+    def __call__(self, params, x, y, sw, out=None):
         clients, batch = sw.shape
         grads, losses = self.fn(tuple(params), x.reshape(clients, batch, *x.shape[1:]),
                                 y.reshape(clients, batch), sw)
-        return list(grads), losses
+        return _into(out, list(grads)), losses
+
+
+def _into(out: list[torch.Tensor] | None, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    if out is None:
+        return grads
+    torch._foreach_copy_(out, grads)
+    return out
+
+
+
+# ------------------------------------------------------------------------------- minibatch orders, fast
+
+# epoch_orders() seeds a fresh numpy Generator per client: default_rng([seed, round, client, 0x5EED]).
+# Building SeedSequence + PCG64 + Generator costs ~35-110 us per client, as much as a whole vectorised
+# training step of a 50-client MLP cohort. clients_epoch_orders() gives bit-identical orders cheaper:
+# SeedSequence's hash is computed for all clients at once in uint32 numpy arithmetic, PCG64's seeding
+# is done on Python ints, and one reused Generator shuffles. It checks itself against epoch_orders()
+# on first use and falls back to it if numpy's algorithms ever change.
+_M32, _M128 = 0xFFFFFFFF, (1 << 128) - 1
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
+_PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341
+_ORDERS_SALT = 0x5EED
+_fast_orders_ok: bool | None = None
+_METHOD_CACHE: dict[tuple, tuple[str, list[int]]] = {}
+
+
+def _uint32_words(value: int) -> list[int]:
+    """numpy's SeedSequence coercion of a non-negative int: little-endian 32-bit words ([0] for 0)."""
+    words = [value & _M32] if value == 0 else []
+    while value > 0:
+        words.append(value & _M32)
+        value >>= 32
+    return words
+
+
+def _seed_states(columns: list[np.ndarray]) -> np.ndarray:
+    """SeedSequence(entropy).generate_state(4, uint64) for many entropies at once: (C, 4) uint64."""
+    u32 = np.uint32
+    hash_const = _INIT_A
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        nonlocal hash_const
+        value = value ^ u32(hash_const)
+        hash_const = (hash_const * _MULT_A) & _M32
+        value = value * u32(hash_const)
+        return value ^ (value >> u32(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        result = x * u32(_MIX_L) - y * u32(_MIX_R)
+        return result ^ (result >> u32(16))
+
+    zeros = np.zeros_like(columns[0])
+    with np.errstate(over="ignore"):
+        pool = [hashmix(columns[i] if i < len(columns) else zeros) for i in range(4)]
+        for src in range(4):
+            for dst in range(4):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        for src in range(4, len(columns)):
+            for dst in range(4):
+                pool[dst] = mix(pool[dst], hashmix(columns[src]))
+        hash_const = _INIT_B
+        state = []
+        for i in range(8):
+            value = pool[i % 4] ^ u32(hash_const)
+            hash_const = (hash_const * _MULT_B) & _M32
+            value = value * u32(hash_const)
+            state.append(value ^ (value >> u32(16)))
+    return np.ascontiguousarray(np.stack(state, axis=1).astype("<u4")).view("<u8")
+
+
+def _fast_orders(seed: int, round_index: int, ids: Sequence[int], sizes: Sequence[int],
+                 epochs: int) -> list[np.ndarray]:
+    clients = len(ids)
+    head = _uint32_words(int(seed)) + _uint32_words(int(round_index))
+    columns = [np.full(clients, w, np.uint32) for w in head]
+    columns.append(np.asarray(ids, dtype=np.uint32))
+    columns += [np.full(clients, w, np.uint32) for w in _uint32_words(_ORDERS_SALT)]
+    states = _seed_states(columns).tolist()
+    bitgen = np.random.PCG64(0)
+    gen = np.random.Generator(bitgen)
+    out = []
+    for (s0, s1, i0, i1), n in zip(states, sizes):
+        inc = ((((i0 << 64) | i1) << 1) | 1) & _M128          # pcg64_srandom_r(state=s, seq=i)
+        state = (((inc + ((s0 << 64) | s1)) & _M128) * _PCG_MULT + inc) & _M128
+        bitgen.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc},
+                        "has_uint32": 0, "uinteger": 0}
+        rows = np.empty((epochs, int(n)), dtype=np.int64)
+        for e in range(epochs):
+            rows[e] = np.arange(int(n))
+            gen.shuffle(rows[e])                               # == Generator.permutation(n)
+        out.append(rows)
+    return out
+
+
+def clients_epoch_orders(seed: int, round_index: int, ids: Sequence[int], sizes: Sequence[int],
+                         epochs: int) -> list[np.ndarray]:
+    """[epoch_orders(seed, round_index, id, size, epochs) for each client], bit-identical, computed faster."""
+    global _fast_orders_ok
+    if _fast_orders_ok is None:
+        cases = [(0, 0, [0, 1, 7], [5, 1, 33], 2), (2**63 - 1, 12345, [4093, 2**31], [17, 64], 3),
+                 (2**32 + 3, 2**33, [0], [129], 1)]
+        _fast_orders_ok = all(np.array_equal(got, epoch_orders(s, r, c, n, e))
+                              for s, r, cs, ns, e in cases
+                              for got, c, n in zip(_fast_orders(s, r, cs, ns, e), cs, ns))
+        if not _fast_orders_ok:
+            log.warning("fast minibatch orders disagree with epoch_orders (numpy changed?); using epoch_orders")
+    if _fast_orders_ok and all(0 <= int(c) <= _M32 for c in ids):
+        return _fast_orders(seed, round_index, ids, sizes, epochs)
+    return [epoch_orders(seed, round_index, int(c), int(n), epochs) for c, n in zip(ids, sizes)]
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -337,9 +454,28 @@ class BatchedEngine:
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.method, self.step_fn, self.order = self._pick_method(method)
         self._per_client_bytes: float | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
 
     # ----- method selection -------------------------------------------------------------------------
     def _pick_method(self, method: str) -> tuple[str, _StepFn, list[int]]:
+        # The check against vmap costs ~0.1-0.3 s (first calls JIT new kernel shapes); a tuning worker
+        # builds many engines for the same architecture, so the verdict is remembered per architecture.
+        key = (type(self.model), repr(self.model), tuple(self.shapes), tuple(self.x_all.shape[1:]),
+               self.x_all.dtype, self.device.type, method)
+        known = _METHOD_CACHE.get(key)
+        if known is not None:
+            chosen, order = known
+            if chosen == "vmap":
+                return chosen, _VmapStep(self.model, self.names), order
+            gm, _ = build_folded(self.model)   # type: ignore[misc]
+            return chosen, (_LinearStep(len(order) // 2) if chosen == "linear" else _FoldStep(gm)), order
+        chosen, step, order = self._select(method)
+        if len(_METHOD_CACHE) >= 64:
+            _METHOD_CACHE.pop(next(iter(_METHOD_CACHE)))
+        _METHOD_CACHE[key] = (chosen, order)
+        return chosen, step, order
+
+    def _select(self, method: str) -> tuple[str, _StepFn, list[int]]:
         folded = build_folded(self.model) if method in ("auto", "linear", "fold") else None
         if folded is not None:
             gm, names = folded
@@ -416,55 +552,76 @@ class BatchedEngine:
         out = weights[0] if len(weights) == 1 else torch.cat(weights)
         return CohortResult(out, np.concatenate(losses), sizes)
 
-    def _plan(self, ids: np.ndarray, round_index: int):
-        """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts and loss weights."""
+    def _plan(self, ids: np.ndarray, round_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts and last-epoch flags."""
         batch, epochs = self.batch_size, self.epochs
         sizes = self.sizes[ids]
         per_epoch = -(-sizes // batch)
         total = int(epochs * per_epoch.max())
-        clients = len(ids)
-        idx = np.empty((total, clients, batch), dtype=np.int64)
-        counts = np.zeros((total, clients), dtype=np.int64)
-        last = np.zeros((total, clients), dtype=bool)
-        for j, (cid, n, s) in enumerate(zip(ids.tolist(), sizes.tolist(), per_epoch.tolist())):
-            order = epoch_orders(self.seed, round_index, cid, n, epochs) + self.starts[cid]
+        idx = np.empty((total, len(ids), batch), dtype=np.int64)
+        orders = clients_epoch_orders(self.seed, round_index, ids.tolist(), sizes.tolist(), epochs)
+        for j, (order, cid, n, s) in enumerate(zip(orders, ids.tolist(), sizes.tolist(), per_epoch.tolist())):
+            start = int(self.starts[cid])
             width = s * batch
             if width != n:   # pad a partial last batch with the client's own samples (weight 0)
-                order = np.concatenate([order, order[:, :width - n]], axis=1)
-            idx[:epochs * s, j] = order.reshape(epochs * s, batch)
-            idx[epochs * s:, j] = self.starts[cid]
-            counts[:epochs * s, j] = batch
-            counts[s - 1:epochs * s:s, j] = n - (s - 1) * batch
-            last[(epochs - 1) * s:epochs * s, j] = True
+                order = order[:, np.arange(width) % n]
+            idx[:epochs * s, j] = order.reshape(epochs * s, batch) + start
+            idx[epochs * s:, j] = start
+        step = np.arange(total)[:, None]
+        own = step < epochs * per_epoch                          # (S, C): the client still trains
+        partial = (step % per_epoch == per_epoch - 1) & own
+        counts = np.where(own, batch, 0)
+        counts = np.where(partial, sizes - (per_epoch - 1) * batch, counts)
+        last = own & (step >= (epochs - 1) * per_epoch)
         return idx, counts, last
 
+    def _scratch(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A reusable 1-D buffer of ``numel`` elements (kept across rounds: no re-allocation, no page faults)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = torch.empty(numel, dtype=dtype, device=self.device)
+            self._buffers[name] = buf
+        return buf[:numel]
+
+    def _blocks(self, flat: torch.Tensor, clients: int) -> list[torch.Tensor]:
+        """Parameter-major views of a flat buffer: parameter i is a contiguous (C, *shape_i) block."""
+        return [flat[clients * int(self.offsets[i]):clients * int(self.offsets[i + 1])].view(clients, *self.shapes[i])
+                for i in range(len(self.shapes))]
+
     def _train_chunk(self, w0: torch.Tensor, ids: np.ndarray, round_index: int) -> tuple[torch.Tensor, np.ndarray]:
-        dev, batch, clients = self.device, self.batch_size, len(ids)
+        dev, batch, clients, n = self.device, self.batch_size, len(ids), self.n_params
         idx_np, counts_np, last_np = self._plan(ids, round_index)
         total = idx_np.shape[0]
         full = (counts_np > 0).all(axis=1).tolist()    # steps where every client trains
-        idx = torch.from_numpy(idx_np).to(dev)
-        counts = torch.from_numpy(counts_np).to(dev)
+        idx = torch.from_numpy(idx_np.reshape(-1)).to(dev, non_blocking=True)
+        counts = torch.from_numpy(counts_np).to(dev, non_blocking=True)
         mask = torch.arange(batch, device=dev) < counts.unsqueeze(2)
-        sw = mask / counts.clamp(min=1).unsqueeze(2).to(torch.float32)          # (S, C, B)
-        active = (counts > 0).unsqueeze(2)                                       # (S, C, 1)
-        xs = self.x_all.index_select(0, idx.reshape(-1)).reshape(total, clients * batch, *self.x_all.shape[1:])
-        ys = self.y_all.index_select(0, idx.reshape(-1)).reshape(total, clients * batch)
+        sw = mask / counts.clamp(min=1).unsqueeze(2).to(torch.float32)          # (S, C, B) sample weights
+        active = counts > 0                                                      # (S, C)
+        feat = tuple(self.x_all.shape[1:])
+        xs = torch.index_select(self.x_all, 0, idx, out=self._scratch("x", idx.numel() * math.prod(feat),
+                                                                     self.x_all.dtype).view(-1, *feat))
+        ys = torch.index_select(self.y_all, 0, idx, out=self._scratch("y", idx.numel(), self.y_all.dtype))
+        xs, ys = xs.view(total, clients * batch, *feat), ys.view(total, clients * batch)
 
-        w = w0.unsqueeze(0).repeat(clients, 1)                                   # (C, n) local weights
-        g = torch.empty_like(w)
-        buf = torch.empty_like(w) if self.momentum else None
-        params = [w[:, int(self.offsets[i]):int(self.offsets[i + 1])].view(clients, *self.shapes[i])
-                  for i in self.order]
-        if self.method == "fold":   # autograd leaves that share storage with w (updated in place)
+        # Parameter-major flat storage: element-wise SGD updates are single ops on the whole chunk, and
+        # every parameter block is contiguous for bmm/conv and for gradients written in place.
+        w = self._scratch("w", clients * n)
+        g = self._scratch("g", clients * n)
+        buf = self._scratch("buf", clients * n) if self.momentum else None
+        w_blocks, g_blocks = self._blocks(w, clients), self._blocks(g, clients)
+        buf_blocks = self._blocks(buf, clients) if buf is not None else None
+        for i, block in enumerate(w_blocks):
+            block.copy_(w0[int(self.offsets[i]):int(self.offsets[i + 1])].view(self.shapes[i]).expand_as(block))
+        params = [w_blocks[i] for i in self.order]
+        if self.method == "fold":   # autograd leaves sharing storage with w (updated in place, no_grad)
             params = [p.detach().requires_grad_() for p in params]
-        grad_views = [g[:, int(self.offsets[i]):int(self.offsets[i + 1])] for i in self.order]
+        grads_out = [g_blocks[i] for i in self.order]
         lr, mom, wd = self.lr, self.momentum, self.weight_decay
-        step_losses = torch.empty(total, clients, device=dev)
+        step_losses = self._scratch("loss", total * clients).view(total, clients)
         for s in range(total):
-            grads, loss = self.step_fn(params, xs[s], ys[s], sw[s])
-            step_losses[s] = loss
-            _flat_into(g, grads, grad_views, clients)
+            _, loss = self.step_fn(params, xs[s], ys[s], sw[s], grads_out)
+            step_losses[s].copy_(loss)
             if wd:
                 g.add_(w, alpha=wd)
             if full[s]:
@@ -474,24 +631,27 @@ class BatchedEngine:
                     else:
                         buf.mul_(mom).add_(g)
                 w.sub_(buf if buf is not None else g, alpha=lr)
-            else:   # some clients are done: leave their weights and momentum untouched
-                act = active[s]
-                if buf is not None:
-                    buf.copy_(torch.where(act, buf * mom + g, buf))
-                w.copy_(torch.where(act, w - lr * (buf if buf is not None else g), w))
+            else:   # some clients are done: their weights and momentum stay as they are
+                self._masked_update(active[s], w_blocks, g_blocks, buf_blocks)
         last = torch.from_numpy(last_np).to(dev)
-        weights_ = torch.where(last, counts, 0).to(torch.float64)
-        loss_sum = torch.where(last, step_losses.to(torch.float64), 0.0).mul(weights_).sum(0)
+        loss_w = torch.where(last, counts, 0).to(torch.float64)
+        loss_sum = torch.where(last, step_losses.to(torch.float64), 0.0).mul(loss_w).sum(0)
         losses = (loss_sum / torch.as_tensor(self.sizes[ids], device=dev, dtype=torch.float64)).cpu().numpy()
-        return w.detach(), losses
+        out = torch.cat([block.reshape(clients, -1) for block in w_blocks], dim=1)   # a copy: w is reused
+        return out, losses
 
-
-def _flat_into(g: torch.Tensor, grads: list[torch.Tensor], views: list[torch.Tensor], clients: int) -> None:
-    """Copy per-parameter gradients into the flat (C, n) gradient matrix."""
-    if len(grads) == 1:
-        views[0].copy_(grads[0].reshape(clients, -1))
-        return
-    torch._foreach_copy_(views, [gr.reshape(clients, -1) for gr in grads])
+    def _masked_update(self, act: torch.Tensor, w_blocks: list[torch.Tensor], g_blocks: list[torch.Tensor],
+                       buf_blocks: list[torch.Tensor] | None) -> None:
+        """SGD step for the clients where ``act`` (C,) is True; the others keep weights and momentum."""
+        lr, mom = self.lr, self.momentum
+        for i, (wb, gb) in enumerate(zip(w_blocks, g_blocks)):
+            a = act.view(-1, *[1] * (wb.dim() - 1))
+            upd = gb
+            if buf_blocks is not None:
+                bb = buf_blocks[i]
+                bb.copy_(torch.where(a, bb * mom + gb, bb))
+                upd = bb
+            wb.copy_(torch.where(a, wb - lr * upd, wb))
 
 
 def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int) -> float:
