@@ -36,6 +36,15 @@ SURPLUS_ATTR = "surplus"
 FINGERPRINT_ATTR = "qsfl_fingerprint"
 
 
+def _quiet_experimental() -> None:
+    """Heartbeats and retries are marked experimental in Optuna; the warning is noise for our users."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def default_storage(out_dir: str | Path) -> str:
     """``sqlite:///OUT/study.db``."""
     return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
@@ -46,6 +55,7 @@ def make_storage(url: str, spec: StudySpec) -> Any:
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+    _quiet_experimental()
     s = spec.optuna
     kwargs: dict[str, Any] = {}
     if s.heartbeat_interval > 0:
