@@ -469,9 +469,9 @@ dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:
 dl.facts dt{color:#5a6275}dl.facts dd{margin:0;overflow-wrap:anywhere}
 .note{color:#5a6275;font-size:.88em}
 nav ul{padding-left:1.2em;columns:2;margin:.3em 0}
-details summary{cursor:pointer;color:#0b5394}
 @media (max-width:760px){main{padding:14px 12px 32px}table{font-size:.76em}th,td{padding:3px 4px}
-td.n{white-space:normal}table.wide{font-size:.68em}nav ul{columns:1}dl.facts{grid-template-columns:1fr}dl.facts dd{margin-bottom:4px}}
+td.n{white-space:normal}table.wide{font-size:.68em}nav ul{columns:1}
+dl.facts{grid-template-columns:1fr}dl.facts dd{margin-bottom:4px}}
 """
 
 
