@@ -1,0 +1,105 @@
+"""Optuna search: a re-run on the same storage continues the numbering and repeats no finished trial;
+trials left RUNNING by a killed run are re-queued; failures are FAIL with a reason; pruning is recorded."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+
+from qsfl_cli import main
+from test_tuning_cli import TINY
+
+OPTUNA = TINY + """
+[optuna]
+n_trials = 3
+sampler = "random"
+"""
+
+
+@pytest.fixture
+def spec_path(tmp_path):
+    path = tmp_path / "tiny_optuna.toml"
+    path.write_text(OPTUNA.replace('name = "tiny"', 'name = "tiny"\nengine = "optuna"'))
+    return path
+
+
+def _study(out):
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_rerun_continues_trial_numbering_without_repeating(spec_path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet"]) == 0
+    first = pd.read_parquet(out / "trials.parquet")
+    assert first["trial"].tolist() == [0, 1, 2] and set(first["generation"]) == {-1}
+    # the same budget again: nothing to do, nothing re-run
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet", "--resume"]) == 0
+    assert len(_study(out).trials) == 3
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet", "--resume",
+                 "--set", "optuna.n_trials=5"]) == 0
+    study = _study(out)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    df = pd.read_parquet(out / "trials.parquet")
+    assert df["trial"].tolist() == [0, 1, 2, 3, 4]
+    pd.testing.assert_frame_equal(df.iloc[:3].reset_index(drop=True), first)   # finished rows untouched
+    assert study.user_attrs["qsfl_fingerprint"]
+
+
+def test_orphaned_running_trial_is_requeued_with_its_params(spec_path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet",
+                 "--set", "optuna.n_trials=2"]) == 0
+    study = _study(out)
+    orphan = study.ask()   # as if a process died while running this trial
+    params = {"beta": orphan.suggest_float("beta", 0.0, 1.0), "k": orphan.suggest_int("k", 1, 6),
+              "ns": orphan.suggest_int("ns", 1, 6), "p": orphan.suggest_float("p", 0.05, 1.0)}
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet", "--resume"]) == 0
+    study = _study(out)
+    states = [t.state.name for t in study.trials]
+    assert states[2] == "FAIL" and states.count("COMPLETE") == 3
+    retried = study.trials[3]
+    assert retried.system_attrs.get("failed_trial") == 2 and retried.params == params
+    df = pd.read_parquet(out / "trials.parquet")
+    assert df["trial"].tolist() == [0, 1, 3]    # the orphan is no evaluation; its retry is
+
+
+def test_failed_trials_are_fail_with_reason(spec_path, tmp_path):
+    spec_path.write_text(spec_path.read_text() + "\n[space.lr]\nlow = 200.0\nhigh = 400.0\n")
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet",
+                 "--set", "optuna.n_trials=2"]) == 0
+    study = _study(out)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert all("diverged" in t.user_attrs["fail_reason"] for t in study.trials)
+    df = pd.read_parquet(out / "trials.parquet")
+    assert df["state"].tolist() == ["failed", "failed"] and df["fitness"].isna().all()
+
+
+def test_pruned_trials_are_rows_with_a_reason(spec_path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet",
+                 "--set", "optuna.n_trials=6", "--set", "optuna.pruner=\"median\"",
+                 "--set", "optuna.n_startup_trials=1", "--set", "optuna.warmup_rounds=0"]) == 0
+    study = _study(out)
+    df = pd.read_parquet(out / "trials.parquet")
+    assert len(df) == 6
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) == (df["state"] == "pruned").sum()
+    for t in pruned:
+        row = json.loads(t.user_attrs["qsfl_row"])
+        assert row["reason"].startswith("pruned at round")
+    assert all(t.intermediate_values for t in study.trials)
+
+
+def test_multi_objective_optuna_writes_fitness_columns(spec_path, tmp_path):
+    text = spec_path.read_text().replace('formula = "final_accuracy - 0.5 * uplink_fraction"\ndirection = "maximize"',
+                                         'objectives = ["final_accuracy", "uplink_mb"]')
+    spec_path.write_text(text.replace('sampler = "random"', 'sampler = "nsga2"\npopulation_size = 2'))
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet"]) == 0
+    df = pd.read_parquet(out / "trials.parquet")
+    assert {"fitness_0", "fitness_1"} <= set(df.columns) and "fitness" not in df.columns
+    assert [d.name for d in _study(out).directions] == ["MAXIMIZE", "MINIMIZE"]
