@@ -29,7 +29,7 @@ STRATEGIES = {
 }
 
 CASES = {
-    "digits": dict(dataset="digits", model="mlp", rounds=40, lr=0.05, batch_size=10),
+    "digits": dict(dataset="digits", model="mlp", rounds=40, lr=0.1, batch_size=10),
     "mnist1d": dict(dataset="mnist1d", model="cnn1d", rounds=60, lr=0.05, batch_size=32),
 }
 

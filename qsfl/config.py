@@ -112,7 +112,7 @@ class SimConfig:
     rounds: int = 20
     local_epochs: int = 1
     batch_size: int = 10
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0

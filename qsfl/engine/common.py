@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 
 @dataclass
@@ -32,9 +32,17 @@ def flat_weights(model: nn.Module) -> torch.Tensor:
 
 
 def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
-    """Copy a flat vector into the model's parameters."""
+    """Copy a flat vector into the model's parameters.
+
+    Copies, never aliases: torch's ``vector_to_parameters`` makes each parameter a *view* of ``flat``,
+    so training would then write into the caller's vector (e.g. the global weights).
+    """
+    offset = 0
     with torch.no_grad():
-        vector_to_parameters(flat, model.parameters())
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
 
 
 @torch.no_grad()
