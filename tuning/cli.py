@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", type=Path, help="study spec TOML (see studies/)")
     p.add_argument("--out", type=Path, help="output directory (default: studies/out/<study name>)")
     p.add_argument("--resume", action="store_true", help="continue the study already in --out")
-    p.add_argument("--workers", type=int, default=1, help="processes evaluating in parallel (default 1)")
+    p.add_argument("--workers", type=int, help="processes evaluating in parallel (default: study.workers, else 1)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://...")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. ga.population=4 or base.rounds=3 (repeatable)")
@@ -50,9 +50,10 @@ def run_tune(args: argparse.Namespace) -> int:
     from tuning.spec import load_spec
     from tuning.study import format_summary, run_study
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: {args.workers} is out of range; allowed [1, inf)")
     spec = load_spec(args.spec, args.overrides)
+    workers = args.workers if args.workers is not None else spec.study.workers
     if args.storage is not None and spec.study.engine != "optuna":
         raise ConfigError("--storage: only for study.engine = \"optuna\"; the GA keeps checkpoint.pkl in --out")
     if args.storage is not None and "://" not in args.storage:
@@ -61,7 +62,7 @@ def run_tune(args: argparse.Namespace) -> int:
     out = args.out or Path("studies") / "out" / spec.name
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     echo = (lambda s: None) if args.quiet else print
-    result = run_study(spec, out, resume=args.resume, workers=args.workers, storage=args.storage,
+    result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
                        progress=show_progress(args.quiet), verbose=verbose, echo=echo)
     if not args.no_report:
         report = write_report(out)

@@ -5,8 +5,10 @@ workers on several machines), resume by re-running with the same storage.
 * Budget: ``optuna.n_trials`` counts finished trials of the study (complete, pruned, and failed evaluations
   such as diverged runs); a re-run continues the numbering and only runs what is missing. Trials that died
   with their process (stale RUNNING trials) do not count: they are failed and re-queued with the same params.
-* Pruning uses the first seed's accuracy at each evaluation round and only for a single objective (Optuna
-  cannot prune multi-objective studies).
+* Pruning uses the first seed's test accuracy at each evaluation round (reported as ``1 - accuracy`` in a
+  minimised study, since Optuna's pruners read intermediate values in the study's direction), and only for
+  a single objective (Optuna cannot prune multi-objective studies). Use it when accuracy drives the fitness;
+  a pruner can stop a slow-learning but byte-frugal config that the fitness would have liked.
 * A failed evaluation ends as ``TrialState.FAIL`` with the reason in the user attr ``fail_reason``.
 * Each trial keeps its trials-table row in the user attr ``qsfl_row``: the table is rebuilt from the storage
   after every trial, so no finished trial is lost if a worker is killed between Optuna's commit and the
@@ -221,7 +223,10 @@ class TrialObjective:
             acc = row.get("test_accuracy", math.nan)
             if not self.prune or acc != acc:
                 return
-            trial.report(float(acc), int(row["round"]))
+            # Optuna's pruners read intermediate values in the study's direction: report the accuracy
+            # when maximising, the error (1 - accuracy) when minimising
+            value = float(acc) if self.spec.objective.directions[0] == "maximize" else 1.0 - float(acc)
+            trial.report(value, int(row["round"]))
             if trial.should_prune():
                 reason = f"pruned at round {row['round']} (test accuracy {acc:.4f})"
                 ev = Evaluation(point.params, point.id, list(self.spec.study.seeds), "pruned", reason,

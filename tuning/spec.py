@@ -23,7 +23,7 @@ from tuning.space import SearchSpace, build_space
 
 ENGINES = ("ga", "optuna")
 SECTIONS = ("study", "base", "space", "objective", "ga", "optuna")
-STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories")
+STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers")
 CROSSOVERS = ("sbx", "blend")
 MUTATIONS = ("polynomial", "gaussian")
 SAMPLERS = ("tpe", "cmaes", "nsga2", "random", "ga")
@@ -41,6 +41,7 @@ class StudyInfo:
     search_seed: int = 0
     description: str = ""
     save_histories: bool = True
+    workers: int = 1              # default for --workers
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ def _study(table: Any, default_name: str) -> StudyInfo:
         raise ConfigError(f"study.description: expected a string, got {description!r}")
     save = t.get("save_histories", True)
     check_bool("study.save_histories", save)
+    workers = t.get("workers", 1)
+    check_range("study.workers", workers, 1, None, integer=True)
     return StudyInfo(name=name, engine=engine, seeds=seeds, eval_seeds=eval_seeds, search_seed=search_seed,
-                     description=description, save_histories=save)
+                     description=description, save_histories=save, workers=workers)
 
 
 def _base(table: Any) -> SimConfig:
@@ -261,7 +264,7 @@ def spec_fingerprint(spec: StudySpec) -> str:
     import json
 
     # a longer run (more generations / trials) or another storage URL may resume the same study
-    skip = {"study": ("description", "eval_seeds", "save_histories"), "ga": ("generations",),
+    skip = {"study": ("description", "eval_seeds", "save_histories", "workers"), "ga": ("generations",),
             "optuna": ("n_trials", "storage")}
     data = {section: ({k: v for k, v in table.items() if k not in skip[section]}
                       if section in skip and isinstance(table, Mapping) else table)
