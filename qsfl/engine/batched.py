@@ -1,8 +1,10 @@
 """Vectorised engine: trains the whole cohort at once on stacked parameters, equal to the sequential loop.
 
-Every client's weights are one row of a ``(C, n)`` matrix. Each of the cohort's minibatch steps is one
-vectorised computation for all clients together; the SGD update (momentum, weight decay: exactly
-torch.optim.SGD's formulas) is then a handful of element-wise ops on the whole matrix.
+The cohort's weights live in one flat buffer, parameter-major (parameter i of all C clients is one
+contiguous ``(C, *shape_i)`` block), returned as the ``(C, n)`` matrix of the contract. Each of the
+cohort's minibatch steps is one vectorised computation for all clients together; the SGD update
+(momentum, weight decay: exactly torch.optim.SGD's formulas, d = g + wd*w; buf = d on the first step,
+then buf = m*buf + d; w -= lr*buf) is then a handful of element-wise ops on the whole buffer.
 
 Clients of different sizes: the cohort runs ``max_i steps_i`` steps; a sample slot of a partial last
 batch has weight 0 (its loss is the mean over the batch's real samples), and a client that has run all
@@ -22,14 +24,21 @@ Three ways to compute one step's per-client gradients (``method``; ``auto`` pick
 ``vmap``    anything else that is buffer-free: ``vmap(grad_and_value(functional_call))``.
 
 The cohort is split into chunks whose estimated memory (parameters, momentum, gradients, gathered
-minibatches and the activations of one step, measured by a dry run) stays under ``max_chunk_mb``.
+minibatches and the activations of one step, measured by a dry run) stays under ``max_chunk_mb``; on
+CPU chunks are also kept small enough for one step's tensors to stay in cache (``_CPU_STEP_BUDGET_MB``).
+The engine keeps its work buffers between rounds (at most one chunk's worth).
+
+Where the time goes (benchmarks/README.md): the MLP is bound by small batched GEMMs plus a fixed
+~1 ms per round to build the 50 clients' seeded minibatch orders; CNNs on CPU are bound by the same
+oneDNN convolution and max-pool kernels the sequential loop runs, so there batching only removes the
+per-step optimizer and Python overhead. On CUDA, where the sequential loop is launch-bound, the same
+code runs the whole chunk as a few large kernels.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import operator
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -48,6 +57,12 @@ METHODS = ("auto", "linear", "fold", "vmap")
 _PARAM_COPIES = 6
 # Safety factor on the dry run's activation bytes: the batched forms add transposed copies of conv inputs.
 _ACTIVATION_FACTOR = 2.0
+# On CPU a step whose tensors outgrow the caches makes the memory-bound ops (ReLU backward, max-pool,
+# layout copies) several times slower per element than the reference loop's small in-cache batches.
+# Chunks are therefore capped at this many MiB of dry-run step tensors; measured on a 2-core EPYC (1
+# thread): cnn1d B=32 fastest at 10 clients (30 MiB), B=10 at 25 (25 MiB), femnist_cnn at 2-8 (14-56 MiB);
+# the MLP (0.2 MiB per client) keeps whole cohorts. Results do not depend on the chunking.
+_CPU_STEP_BUDGET_MB = 32.0
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -270,7 +285,8 @@ class _LinearStep(_StepFn):
                 torch.bmm(gz.transpose(1, 2), a, out=out[2 * layer])
                 torch.sum(gz, 1, out=out[2 * layer + 1])
             if layer > 0:
-                gz = torch.bmm(gz, params[2 * layer]).mul_(a > 0)
+                # ReLU backward; aten's kernel is ~7x faster here than multiplying by a bool mask
+                gz = torch.ops.aten.threshold_backward(torch.bmm(gz, params[2 * layer]), a, 0.0)
         return grads, losses
 
 
@@ -521,18 +537,28 @@ class BatchedEngine:
         return ok
 
     # ----- memory -----------------------------------------------------------------------------------
+    def _activation_bytes(self) -> float:
+        """Bytes of the tensors one client's forward+backward creates in one step (dry run, cached)."""
+        if self._per_client_bytes is None:
+            self._per_client_bytes = _dry_run_bytes(self.model, self.x_all, self.y_all, self.batch_size)
+        return self._per_client_bytes
+
     def per_client_bytes(self, steps: int) -> float:
         """Estimated bytes one client adds to a chunk that runs ``steps`` minibatch steps."""
-        if self._per_client_bytes is None:
-            self._per_client_bytes = _ACTIVATION_FACTOR * _dry_run_bytes(self.model, self.x_all, self.y_all,
-                                                                         self.batch_size)
         sample_bytes = self.x_all[:1].numel() * self.x_all.element_size() + 8 + 8 + 4
-        return (_PARAM_COPIES * 4 * self.n_params + self._per_client_bytes
+        return (_PARAM_COPIES * 4 * self.n_params + _ACTIVATION_FACTOR * self._activation_bytes()
                 + steps * self.batch_size * sample_bytes)
 
-    def chunk_size(self, steps: int) -> int:
-        """Clients per chunk so that one chunk stays under ``max_chunk_mb``."""
+    def memory_chunk_size(self, steps: int) -> int:
+        """Clients per chunk so that one chunk's estimated memory stays under ``max_chunk_mb``."""
         return max(1, int(self.max_chunk_mb * 2**20 // self.per_client_bytes(steps)))
+
+    def chunk_size(self, steps: int) -> int:
+        """Clients per chunk: the memory budget, and on CPU also the cache budget of one step."""
+        size = self.memory_chunk_size(steps)
+        if self.device.type == "cpu":
+            size = min(size, max(1, int(_CPU_STEP_BUDGET_MB * 2**20 // self._activation_bytes())))
+        return size
 
     # ----- training ---------------------------------------------------------------------------------
     def train(self, global_weights: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
