@@ -82,11 +82,8 @@ def _text(v: Any) -> str:
 
 
 def _py(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-        return v
-    return v
+    """numpy scalars -> Python scalars (so params hash as they did when first evaluated)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 class TrialsTable:
