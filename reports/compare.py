@@ -36,7 +36,8 @@ DESCRIPTIONS = {
     "scss-only": "QSFL, SCSS only (no QJ): authors' defaults",
     "qsfl-default": "QSFL with the authors' defaults (beta=0.9, alpha=0.7, ns=6, p=0.4)",
 }
-METRICS = ("final_accuracy", "best_accuracy", "compression_ratio", "uplink_mb", "rounds_to_target")
+METRICS = ("final_accuracy", "best_accuracy", "compression_ratio", "uplink_mb", "rounds_to_target",
+           "uplink_mb_to_target")
 DEFAULT_SEEDS = 3
 
 
@@ -311,7 +312,7 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = False) -
 # ----- tables --------------------------------------------------------------------------------------
 def summarise(runs: pd.DataFrame, order: Sequence[str] | None = None,
               descriptions: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per label: mean and sample std over seeds of each metric; rounds to target over reached seeds."""
+    """One row per label: mean and sample std over seeds of each metric; the *_to_target ones over reached seeds."""
     rows = []
     labels = list(order) if order is not None else list(dict.fromkeys(runs["label"]))
     for label in labels:
@@ -345,6 +346,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         n = int(r["runs"])
         reached = int(r["reached"])
         rtt = _pm(r["rounds_to_target_mean"], r["rounds_to_target_std"], ".1f") if reached else "\u2013"
+        mtt = _pm(r["uplink_mb_to_target_mean"], r["uplink_mb_to_target_std"], ".3f") if reached else "\u2013"
         rows.append({
             "config": r["label"],
             "setting": r.get("setting", "") if isinstance(r.get("setting", ""), str) else "",
@@ -352,6 +354,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
             "compression": _pm(r["compression_ratio_mean"], r["compression_ratio_std"], ".2f", "\u00d7"),
             "uplink MB": _pm(r["uplink_mb_mean"], r["uplink_mb_std"], ".3f"),
             f"rounds to {r['target_accuracy']:g}": f"{rtt} ({reached}/{n})",
+            f"uplink MB to {r['target_accuracy']:g}": mtt,
         })
     return pd.DataFrame(rows)
 
@@ -364,8 +367,9 @@ def compare_markdown(summary: pd.DataFrame, *, seeds: Sequence[int], base: SimCo
     lines = ["# Comparison of tuned configurations with baselines", "",
              f"Each configuration run on seeds {', '.join(map(str, seeds))} (not used by the search): "
              f"{base.dataset}/{base.model}, {base.clients} clients, {base.rounds} rounds. "
-             "Cells are mean \u00b1 sample std over seeds; rounds to target averages the seeds that reached "
-             "the target accuracy, (reached/runs) counts them. Compression is vs FedAvg on the same rounds.", "",
+             "Cells are mean \u00b1 sample std over seeds; rounds and uplink MB to the target average the seeds "
+             "that reached the target accuracy, (reached/runs) counts them. Compression is vs FedAvg on the same "
+             "rounds.", "",
              md_table(disp), "", "![accuracy vs uplink](figures/compare_convergence.png)", ""]
     failed = summary[summary["failed"] > 0]
     for _, r in failed.iterrows():

@@ -123,6 +123,39 @@ def _int_ticks(axis: Any) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+def robust_range(values: Sequence[float], *, maximize: bool) -> tuple[float, float] | None:
+    """A y range that leaves far-off *worst* values (penalties, failures) off scale, or None if there are none.
+
+    A value is far off when it lies more than 3 interquartile ranges beyond the quartile on the worse side;
+    the better side is never cut, so the best evaluations always show.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 5:
+        return None
+    q1, q3 = np.percentile(v, [25, 75])
+    spread = q3 - q1 if q3 > q1 else max(abs(q3) * 0.1, 1e-12)
+    keep = v[v >= q1 - 3 * spread] if maximize else v[v <= q3 + 3 * spread]
+    if len(keep) == len(v):
+        return None
+    lo, hi = float(keep.min()), float(keep.max())
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-9)
+    return lo - pad, hi + pad
+
+
+def _off_scale(ax: Any, x: np.ndarray, y: np.ndarray, rng: tuple[float, float] | None, maximize: bool) -> int:
+    """Apply ``rng`` as y limits and mark the points beyond it at the edge; return how many there are."""
+    if rng is None:
+        return 0
+    ax.set_ylim(*rng)
+    off = np.isfinite(y) & ((y < rng[0]) if maximize else (y > rng[1]))
+    if off.any():
+        edge = rng[0] if maximize else rng[1]
+        ax.scatter(x[off], np.full(int(off.sum()), edge), marker="v" if maximize else "^", s=28, color="#7f7f7f",
+                   clip_on=False, zorder=4, label="_off scale")
+    return int(off.sum())
+
+
 def _empty(fig: Figure, ax: Any, message: str) -> Figure:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#555555")
     ax.set_xticks([])
@@ -341,7 +374,7 @@ def _blues(n: int) -> list[tuple[float, float, float, float]]:
 
 # ----- study: search progress ----------------------------------------------------------------------
 @styled
-def ga_fitness(logbook: pd.DataFrame, *, objective: int = 0, ylabel: str = "fitness",
+def ga_fitness(logbook: pd.DataFrame, *, objective: int = 0, ylabel: str = "fitness", maximize: bool = True,
                title: str | None = None) -> Figure:
     """GA fitness per generation from the logbook: min, mean (+-std band) and max lines."""
     fig = _figure((WIDTH_IN, HEIGHT_IN))
@@ -358,12 +391,19 @@ def ga_fitness(logbook: pd.DataFrame, *, objective: int = 0, ylabel: str = "fitn
     ax.plot(gen, logbook[cols["max"]], color="#009E73", marker="^", ms=4, label="max")
     ax.plot(gen, mean, color="#0072B2", marker="o", ms=4, label="mean \u00b1 std")
     ax.plot(gen, logbook[cols["min"]], color="#D55E00", marker="v", ms=4, label="min")
+    lines = {k: logbook[cols[k]].to_numpy(dtype=float) for k in ("max", "mean", "min")}
+    rng = robust_range(np.concatenate(list(lines.values())), maximize=maximize)
+    if rng is not None:  # penalised/failed evaluations would flatten the interesting part
+        ax.set_ylim(*rng)
+        off = {k: int(((v < rng[0]) if maximize else (v > rng[1])).sum()) for k, v in lines.items()}
+        _note(ax, "off scale: " + ", ".join(f"{k} in {n} gen." for k, n in off.items() if n)
+              + " (penalised evaluations)")
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel)
     if len(gen) <= 20:
         ax.set_xticks(gen)
     _title(ax, title or "GA fitness per generation")
-    ax.legend(loc="best")
+    _bottom_legend(fig, ax, ncols=3)
     return fig
 
 
@@ -386,6 +426,7 @@ def optimization_history(trials: pd.DataFrame, *, fitness: str = "fitness", maxi
     if pruned.any():
         ax.scatter(x[pruned], val[pruned], s=14, marker="x", color="#999999", alpha=0.6, label="pruned")
     ax.scatter(x[ok], val[ok], s=18, color="#0072B2", alpha=0.7, label="evaluation", linewidths=0)
+    n_off = _off_scale(ax, x[ok], val[ok], robust_range(val[ok], maximize=maximize), maximize)
     best = np.where(ok, val, -np.inf if maximize else np.inf)
     best = np.maximum.accumulate(best) if maximize else np.minimum.accumulate(best)
     first = int(np.argmax(ok))
@@ -395,7 +436,8 @@ def optimization_history(trials: pd.DataFrame, *, fitness: str = "fitness", maxi
     n_failed = int((state == "failed").sum())
     _title(ax, title or "Optimisation history")
     note = f"{int(ok.sum())} complete" + (f", {int(pruned.sum())} pruned" if pruned.any() else "") + \
-        (f", {n_failed} failed" if n_failed else "") + (" (maximised)" if maximize else " (minimised)")
+        (f", {n_failed} failed" if n_failed else "") + (f", {n_off} off scale (grey)" if n_off else "") + \
+        (" (maximised)" if maximize else " (minimised)")
     _note(ax, note)
     ax.legend(loc="lower right" if maximize else "upper right")
     return fig
@@ -529,7 +571,7 @@ def param_importance(trials: pd.DataFrame, *, fitness: Sequence[str] | None = No
 
 @styled
 def param_scatter(trials: pd.DataFrame, *, fitness: str | None = None, params: Sequence[str] | None = None,
-                  ylabel: str | None = None, title: str | None = None) -> Figure:
+                  maximize: bool = True, ylabel: str | None = None, title: str | None = None) -> Figure:
     """One panel per parameter: its value vs fitness over all complete evaluations, coloured by order."""
     fitness = fitness or fitness_columns(trials)[0]
     params = list(params or param_columns(trials, varying=True))
@@ -544,8 +586,11 @@ def param_scatter(trials: pd.DataFrame, *, fitness: str | None = None, params: S
         "trial", pd.Series(np.arange(len(df)), index=df.index))
     sc = None
     from matplotlib.ticker import MaxNLocator
+    y = df[fitness].to_numpy(dtype=float)
+    rng = robust_range(y, maximize=maximize)
     for ax, col in zip(axes, params):
         sc = ax.scatter(df[col], df[fitness], c=order, cmap="viridis", s=16, alpha=0.8, linewidths=0)
+        _off_scale(ax, df[col].to_numpy(dtype=float), y, rng, maximize)
         ax.set_xlabel(_pname(col))
         if pd.api.types.is_integer_dtype(df[col]):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -579,6 +624,9 @@ def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, pa
         return _empty(fig, ax, "no complete evaluations with varying parameters")
     cols = params + [fitness]
     data = df[cols].to_numpy(dtype=float)
+    rng = robust_range(data[:, -1], maximize=maximize)
+    if rng is not None:  # far-off penalised values would squash every other line onto one end
+        data[:, -1] = np.clip(data[:, -1], *rng)
     lo, hi = data.min(axis=0), data.max(axis=0)
     scaled = (data - lo) / np.where(hi > lo, hi - lo, 1.0)
     norm = Normalize(lo[-1], hi[-1] if hi[-1] > lo[-1] else lo[-1] + 1)
@@ -591,8 +639,10 @@ def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, pa
     ax.plot(xs, scaled[best], color="#D55E00", lw=2.6, label="best")  # legend would crowd: the note says it
     for j, x in enumerate(xs):
         ax.axvline(x, color="#444444", lw=0.8)
-        ax.text(x, -0.04, _fmt(lo[j]), ha="center", va="top", fontsize=8)
-        ax.text(x, 1.04, _fmt(hi[j]), ha="center", va="bottom", fontsize=8)
+        clipped = j == len(cols) - 1 and rng is not None
+        ax.text(x, -0.04, ("\u2264" if clipped and maximize else "") + _fmt(lo[j]), ha="center", va="top", fontsize=8)
+        ax.text(x, 1.04, ("\u2265" if clipped and not maximize else "") + _fmt(hi[j]), ha="center", va="bottom",
+                fontsize=8)
     ax.set_xticks(xs, [_pname(c) for c in cols])
     ax.tick_params(axis="x", pad=16)
     ax.set_yticks([])

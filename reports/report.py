@@ -151,9 +151,15 @@ def load_study(out_dir: str | Path) -> Study:
     logbook = pd.read_csv(d / "logbook.csv") if (d / "logbook.csv").is_file() else None
     compare = pd.read_csv(d / "compare.csv") if (d / "compare.csv").is_file() else None
     labels = list(compare["label"]) if compare is not None and "label" in compare.columns else None
-    return Study(out_dir=d, spec=spec, trials=read_trials(d), logbook=logbook, best=read_best(d),
+    runs = load_compare_runs(d, labels)
+    if compare is not None and "seeds" in compare.columns:  # older runs of other seeds may lie there too
+        seeds = {str(r["label"]): {int(s) for s in str(r["seeds"]).split(",") if s.strip().isdigit()}
+                 for _, r in compare.iterrows()}
+        runs = {k: [h for h in v if int(h.config.get("seed", -1)) in seeds.get(k, set())] for k, v in runs.items()}
+        runs = {k: v for k, v in runs.items() if v}
+    return Study(out_dir=d, spec=spec, trials=_with_derived(read_trials(d)), logbook=logbook, best=read_best(d),
                  baseline=read_baseline(d), histories=load_histories(d / "histories"), compare=compare,
-                 compare_runs=load_compare_runs(d, labels))
+                 compare_runs=runs)
 
 
 # ----- what the spec says ------------------------------------------------------------------------
@@ -298,9 +304,23 @@ def match_trial(trials: pd.DataFrame, params: dict[str, Any]) -> pd.Series | Non
     return df[mask].iloc[0] if mask.any() else None
 
 
-METRIC_COLUMNS = (("metric_final_accuracy", "final acc."), ("metric_best_accuracy", "best acc."),
-                  ("metric_uplink_mb", "uplink MB"), ("metric_compression_ratio", "compression"),
-                  ("metric_rounds_to_target", "rounds to target"))
+METRIC_COLUMNS = (("metric_final_accuracy", "final acc."), ("metric_uplink_mb", "uplink MB"), ("metric_compression_ratio", "compression"),
+                  ("metric_rounds_to_target", "rounds to target"), ("metric_uplink_mb_to_target", "MB to target"))
+
+
+def _with_derived(trials: pd.DataFrame) -> pd.DataFrame:
+    """Add metric_uplink_mb_to_target (the bytes-at-equal-accuracy number) when only bytes are there."""
+    if "metric_uplink_bytes_to_target" in trials.columns and "metric_uplink_mb_to_target" not in trials.columns:
+        trials = trials.assign(metric_uplink_mb_to_target=pd.to_numeric(
+            trials["metric_uplink_bytes_to_target"], errors="coerce") / 1e6)
+    return trials
+
+
+def _metric(metrics: dict[str, Any], name: str) -> Any:
+    """A metric from a best.toml/baseline.toml ``metrics`` table (MB to target derived from bytes)."""
+    if name == "uplink_mb_to_target" and name not in metrics and metrics.get("uplink_bytes_to_target") is not None:
+        return float(metrics["uplink_bytes_to_target"]) / 1e6
+    return metrics.get(name)
 
 
 def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
@@ -324,8 +344,8 @@ def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
                                "fitness": ", ".join(fmt_num(f) for f in fitness)}
         match = match_trial(study.trials, params) if params else None
         for col, name in METRIC_COLUMNS:
-            row[name] = match[col] if match is not None and col in match.index else entry.get(
-                "metrics", {}).get(col.removeprefix("metric_"))
+            row[name] = match[col] if match is not None and col in match.index else _metric(
+                entry.get("metrics", {}), col.removeprefix("metric_"))
         rows.append(row)
     if study.baseline:
         metrics = study.baseline.get("metrics", {})
@@ -333,7 +353,7 @@ def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
         fitness = fitness if isinstance(fitness, list) else [fitness]
         rows.append({"rank": "authors' defaults", "params": _params_text(study.baseline.get("params", {})),
                      "fitness": ", ".join(fmt_num(f) for f in fitness),
-                     **{name: metrics.get(col.removeprefix("metric_")) for col, name in METRIC_COLUMNS}})
+                     **{name: _metric(metrics, col.removeprefix("metric_")) for col, name in METRIC_COLUMNS}})
     return pd.DataFrame(rows)
 
 
@@ -376,7 +396,7 @@ def study_figures(study: Study) -> list[FigureEntry]:
             ylabel = ylabels[j] if j < len(ylabels) else label
             add(f"ga_fitness_{j}", search, f"GA: min, mean \u00b1 std and max of {label} in each generation's "
                 "population (logbook.csv).", lambda j=j, label=label, ylabel=ylabel: plots.ga_fitness(
-                    study.logbook, objective=j, ylabel=ylabel,
+                    study.logbook, objective=j, ylabel=ylabel, maximize=maximize[j] if j < len(maximize) else True,
                     title="GA fitness per generation" + (f" ({label})" if len(fcols) > 1 else "")))
     for j, f in enumerate(fcols):
         add(f"optimization_history_{j}", search, f"Every evaluation's {f} in order, and the best so far "
@@ -398,7 +418,7 @@ def study_figures(study: Study) -> list[FigureEntry]:
             "(optuna's fANOVA on the evaluated configurations).",
             lambda: plots.param_importance(trials, fitness=fcols))
         add("param_scatter", params, f"Each parameter against {fcols[0]}, coloured by generation/trial.",
-            lambda: plots.param_scatter(trials, fitness=fcols[0], ylabel=ylabels[0]))
+            lambda: plots.param_scatter(trials, fitness=fcols[0], maximize=maximize[0], ylabel=ylabels[0]))
         add("parallel_coordinates", params, "Every evaluation across the parameter ranges, coloured by "
             f"{fcols[0]}; the best in orange.",
             lambda: plots.parallel_coordinates(trials, fitness=fcols[0], maximize=maximize[0]))
@@ -547,7 +567,7 @@ def _top_trials(study: Study, n: int = 10) -> pd.DataFrame:
     names = {"generation": "gen", "duration_s": "time (s)", **dict(METRIC_COLUMNS)}
     cols = [c for c in ("trial", "generation") if c in top.columns and (c != "generation" or study.engine == "ga")] \
         + plots.param_columns(top) + fcols \
-        + [c for c, _ in METRIC_COLUMNS if c in top.columns and c != "metric_best_accuracy"] \
+        + [c for c, _ in METRIC_COLUMNS if c in top.columns] \
         + (["duration_s"] if "duration_s" in top.columns else [])
     out = top[cols].copy()
     out.columns = [names.get(c, c.removeprefix("param_").replace("_", " ")) for c in cols]
@@ -602,8 +622,8 @@ def _compare_note(study: Study) -> str:
     note = "Mean \u00b1 sample std over seeds " + ", ".join(map(str, seeds)) + " (not used by the search)." \
         if seeds else "Mean \u00b1 std over seeds."
     if c is not None and "target_accuracy" in c.columns and len(c):
-        note += (f" Rounds to target: mean over the seeds that reached accuracy {c['target_accuracy'].iloc[0]:g};"
-                 " 'reached' counts them.")
+        note += (f" Rounds and uplink MB to target: mean over the seeds that reached accuracy "
+                 f"{c['target_accuracy'].iloc[0]:g}; (reached/runs) counts them. Compression is vs FedAvg.")
     return note
 
 

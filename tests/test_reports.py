@@ -268,6 +268,18 @@ def test_study_figures_from_a_real_trials_table(study_template):
     assert len(polylines) == len(trials) + 1  # one per evaluation + the best highlighted
 
 
+def test_penalised_outliers_go_off_scale_on_the_worse_side_only():
+    vals = [0.21, 0.22, 0.25, 0.3, 0.24, 0.23, 24.0]  # one penalised evaluation, minimised
+    lo, hi = plots.robust_range(vals, maximize=False)
+    assert lo < 0.21 and 0.3 < hi < 1.0
+    assert plots.robust_range(vals, maximize=True) is None  # a far-off *best* value is never cut
+    trials = pd.DataFrame({"trial": range(7), "fitness": vals, "state": "complete"})
+    ax = plots.optimization_history(trials, maximize=False).axes[0]
+    assert ax.get_ylim()[1] == pytest.approx(hi)
+    assert "1 off scale" in ax.get_title(loc="right")
+    assert len(ax.collections[-1].get_offsets()) == 1  # the grey edge marker
+
+
 def test_pareto_mask():
     mask = plots.pareto_mask([1, 2, 3, 2, 1], [0.5, 0.8, 0.9, 0.7, 0.5])
     assert mask.tolist() == [True, True, True, False, True]
