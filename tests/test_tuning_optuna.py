@@ -45,6 +45,7 @@ def test_rerun_continues_trial_numbering_without_repeating(spec_path, tmp_path):
     df = pd.read_parquet(out / "trials.parquet")
     assert df["trial"].tolist() == [0, 1, 2, 3, 4]
     pd.testing.assert_frame_equal(df.iloc[:3].reset_index(drop=True), first)   # finished rows untouched
+    assert df["individual"].is_unique    # the resumed sampler does not re-propose the first trials' params
     assert study.user_attrs["qsfl_fingerprint"]
 
 

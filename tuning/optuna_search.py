@@ -76,12 +76,22 @@ def make_storage(url: str, spec: StudySpec) -> Any:
         raise
 
 
-def make_sampler(spec: StudySpec, worker: int = 0, workers: int = 1) -> Any:
-    """The sampler named in the spec, seeded with search_seed + worker index."""
+def sampler_seed(spec: StudySpec, worker: int, n_existing: int) -> int:
+    """The sampler's seed: search_seed for a fresh study's first worker; other workers and resumed runs get
+    their own stream (a resumed sampler with the original seed would re-propose the first trials' params)."""
+    if worker == 0 and n_existing == 0:
+        return spec.study.search_seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([spec.study.search_seed, worker, n_existing]).generate_state(1)[0])
+
+
+def make_sampler(spec: StudySpec, worker: int = 0, workers: int = 1, n_existing: int = 0) -> Any:
+    """The sampler named in the spec, seeded by :func:`sampler_seed`."""
     import optuna
 
     s = spec.optuna
-    seed = spec.study.search_seed + worker
+    seed = sampler_seed(spec, worker, n_existing)
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
                                           constant_liar=workers > 1)
@@ -115,9 +125,9 @@ def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int 
     import optuna
 
     storage = make_storage(storage_url, spec)
-    study = optuna.create_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec, worker, workers),
-                                pruner=make_pruner(spec), directions=list(spec.objective.directions),
-                                load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
+                                directions=list(spec.objective.directions), load_if_exists=True)
+    study.sampler = make_sampler(spec, worker, workers, len(study.get_trials(deepcopy=False)))
     if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
         raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
                           f"{[d.name.lower() for d in study.directions]}; choose another study.name")
