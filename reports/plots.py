@@ -205,8 +205,9 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15 if len(runs) <= 4 else 0.09, linewidth=0)
     if target is not None:
         ax.axhline(target, color="#777777", lw=0.9, ls=(0, (4, 3)), label="_target", zorder=0)
-        ax.annotate(f"target {target:g}", xy=(1.0, target), xycoords=("axes fraction", "data"),
-                    xytext=(-2, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8,
+        # at the left end: curves start low, so the label rarely sits on one
+        ax.annotate(f"target {target:g}", xy=(0.0, target), xycoords=("axes fraction", "data"),
+                    xytext=(3, 3), textcoords="offset points", ha="left", va="bottom", fontsize=8,
                     color="#555555")
     if log_x:
         ax.set_xscale("log")
@@ -592,8 +593,8 @@ def param_scatter(trials: pd.DataFrame, *, fitness: str | None = None, params: S
         sc = ax.scatter(df[col], df[fitness], c=order, cmap="viridis", s=16, alpha=0.8, linewidths=0)
         _off_scale(ax, df[col].to_numpy(dtype=float), y, rng, maximize)
         ax.set_xlabel(_pname(col))
-        if pd.api.types.is_integer_dtype(df[col]):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # narrow panels: few ticks, whole numbers for integer parameters
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=pd.api.types.is_integer_dtype(df[col])))
     for ax in axes[len(params):]:
         ax.set_visible(False)
     for r in range(nrows):
