@@ -11,7 +11,6 @@ accuracy (uplink bytes spent until the target accuracy is first reached, default
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import random
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qsfl.config import load_toml  # noqa: E402
 from tuning.evaluate import Evaluator, Point, make_map, run_task  # noqa: E402
 from tuning.objective import Evaluation, SeedResult, combine  # noqa: E402
-from tuning.spec import StudySpec, load_spec, parse_spec  # noqa: E402
+from tuning.spec import StudySpec, load_spec  # noqa: E402
 from tuning.study import baseline_params, best_entries, run_study  # noqa: E402
 from tuning.space import baseline_overrides  # noqa: E402
 from tuning.trials import TrialsTable, read_trials  # noqa: E402

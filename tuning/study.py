@@ -14,7 +14,7 @@ import pandas as pd
 
 from qsfl.config import ConfigError, dump_toml, load_toml
 from qsfl.io import atomic_write, atomic_write_text
-from tuning.evaluate import Evaluator, Point, SameParams, SerialMap, configure_threads, make_map, run_task
+from tuning.evaluate import Evaluator, SameParams, SerialMap, configure_threads, make_map, run_task
 from tuning.objective import Evaluation, SeedResult, combine
 from tuning.space import baseline_overrides
 from tuning.spec import StudySpec, spec_fingerprint
@@ -231,6 +231,10 @@ def run_ga_search(spec: StudySpec, out_dir: Path, *, resume: bool, mapper: Any, 
     def on_generation(state: Any) -> None:
         write_logbook(out_dir, state.logbook, spec.objective.n)
         progress.set(state.generation + 1)
+        rec = state.logbook[-1]
+        log.info("generation %d/%d: %d new evaluations, %d failed; best so far %s", state.generation,
+                 spec.ga.generations, rec["nevals"], rec["nfailed"],
+                 [round(v, 6) for v in state.hof[0].fitness.values] if len(state.hof) else None)
 
     ga = GeneticAlgorithm(spec.space.dim, spec.objective.weights, spec.ga, evaluate, seed=spec.study.search_seed,
                           checkpoint=out_dir / "checkpoint.pkl", fingerprint=spec_fingerprint(spec),
