@@ -214,6 +214,10 @@ class Evaluator:
                 self.remember(ev)
                 done[pid] = ev
                 continue
+            if replay is not None:  # a row that this run does not reproduce: it is replaced, not duplicated
+                log.warning("trials row %d (%s) does not match the resumed run; re-evaluating", trial,
+                            replay["individual"])
+                self.table.rows = [r for r in self.table.rows if int(r["trial"]) != trial]
             if pt.penalty:
                 ev = failed_evaluation(pt.params, seeds, pt.penalty, self.spec.objective, pt.repair)
                 self.penalised[pid] = ev

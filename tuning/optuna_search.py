@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -228,6 +229,7 @@ class TrialObjective:
             trial.set_user_attr(SURPLUS_ATTR, True)
             return nan if len(nan) > 1 else nan[0]
         point = self.evaluator.point(self.spec.space.suggest(trial))
+        start = time.perf_counter()
 
         def on_round(row: dict[str, Any]) -> None:
             acc = row.get("test_accuracy", math.nan)
@@ -240,7 +242,7 @@ class TrialObjective:
             if trial.should_prune():
                 reason = f"pruned at round {row['round']} (test accuracy {acc:.4f})"
                 ev = Evaluation(point.params, point.id, list(self.spec.study.seeds), "pruned", reason,
-                                {}, {}, self.spec.objective.worst(), 0.0, point.repair)
+                                {}, {}, self.spec.objective.worst(), time.perf_counter() - start, point.repair)
                 self._store(trial, ev)
                 if self.on_done is not None:
                     self.on_done(ev)
