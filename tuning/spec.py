@@ -174,7 +174,7 @@ def _ga(table: Any, dim: int, n_objectives: int) -> GASettings:
         check_range("ga.indpb", s.indpb, 0.0, 1.0)
     check_range("ga.sigma", s.sigma, 0.0, None, lo_open=True)
     check_range("ga.blend_alpha", s.blend_alpha, 0.0, None)
-    check_range("ga.tournament_size", s.tournament_size, 1, s.population, integer=True)
+    check_range("ga.tournament_size", s.tournament_size, 1, None, integer=True)
     check_range("ga.elitism", s.elitism, 0, s.population - 1, integer=True)
     check_range("ga.hof_size", s.hof_size, 1, None, integer=True)
     if s.nsga2 is not None:
