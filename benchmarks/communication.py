@@ -52,6 +52,10 @@ def run_case(name: str, seeds: list[int], rounds: int | None, target: float) -> 
                          "uplink_mb_to_target": (s["uplink_bytes_to_target"] / 1e6
                                                  if s["uplink_bytes_to_target"] is not None else math.nan),
                          "rounds_to_target": s["rounds_to_target"], "seconds": time.perf_counter() - start})
+            r = rows[-1]
+            print(f"  {name:8s} {label:12s} seed {seed}: acc {r['final_accuracy']:.3f}, "
+                  f"uplink {r['uplink_mb']:.2f} MB, to target {r['uplink_mb_to_target']:.3f} MB, "
+                  f"{r['seconds']:.1f} s", flush=True)
     return pd.DataFrame(rows)
 
 
