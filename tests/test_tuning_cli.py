@@ -206,3 +206,12 @@ def test_study_toml_files_parse():
     for path in studies:
         spec = load_spec(path)
         assert spec.name == textwrap.dedent(spec.name)
+
+
+@pytest.mark.slow
+def test_report_is_written_at_the_end_unless_no_report(tiny_spec, tmp_path, capsys):
+    pytest.importorskip("reports.report")
+    out = tmp_path / "out"
+    assert main(["tune", str(tiny_spec), "--out", str(out), "--set", "study.save_histories=true"]) == 0
+    assert (out / "report.html").is_file() and (out / "histories" / "best" / "history.parquet").is_file()
+    assert "report:" in capsys.readouterr().out
