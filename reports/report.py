@@ -424,7 +424,8 @@ def study_figures(study: Study) -> list[FigureEntry]:
             lambda: plots.parallel_coordinates(trials, fitness=fcols[0], maximize=maximize[0]))
 
     names = {"best": "best", "baseline": "qsfl-default"}  # tuning's histories/ keys -> plot labels
-    runs = study.compare_runs or {names.get(k, k): [h] for k, h in study.histories.items()}
+    ordered = sorted(study.histories.items(), key=lambda kv: (kv[0] != "best", kv[0]))  # best first
+    runs = study.compare_runs or {names.get(k, k): [h] for k, h in ordered}
     conv = "Convergence and communication"
     if runs:
         src = "qsfl compare, mean \u00b1 std over the comparison seeds" if study.compare_runs else \

@@ -529,6 +529,7 @@ def test_report_without_compare_uses_saved_histories(study_dir):
     assert "Comparison with baselines" not in text
     assert "convergence_uplink" in " ".join(p.stem for p in (study_dir / "figures").glob("*.png"))
     assert text.count('src="data:image/png;base64,') >= 9
+    assert "Inside one run: best, seed 0" in text  # the best config's history, not the baseline's
 
 
 def test_cli_errors(study_dir, tmp_path, capsys):
