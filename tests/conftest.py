@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-# Tests run on CPU with few threads so the suite behaves the same on 2-core CI machines.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread: the models under test are tiny, and extra threads only add contention on a busy
+# 2-core CI machine (measured 10-100x slow-downs under load with 2 threads).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
