@@ -131,10 +131,12 @@ def worker(name: str, threads: int, rounds: int, seq_rounds: int, max_chunk_mb: 
             t_s.append(time.perf_counter() - start)
             c_s.append(time.process_time() - cpu)
     flops = round_flops(model, data, spec["batch_size"]) / 1e9
+    steps = EPOCHS * int(-(-np.max(batched.sizes) // spec["batch_size"]))
     tb, ts = statistics.median(t_b), statistics.median(t_s)
     cb, cs = statistics.median(c_b), statistics.median(c_s)
     return {"case": name, "method": batched.method, "clients": len(ids), "threads": threads,
-            "chunk": batched.chunk_size(int(np.max(batched.sizes) // spec["batch_size"] + 1)),
+            "chunk": min(len(ids), batched.chunk_size(steps)),
+            "memory_chunk": min(len(ids), batched.memory_chunk_size(steps)),
             "batched_s": tb, "sequential_s": ts, "speedup": ts / tb,
             "batched_cpu_s": cb, "sequential_cpu_s": cs, "cpu_speedup": cs / cb, "gflop_round": flops,
             "batched_gflops": flops / tb, "sequential_gflops": flops / ts,
@@ -200,12 +202,12 @@ def main(argv: list[str] | None = None) -> None:
               f"sequential {row['sequential_s']*1e3:.1f} ms ({row['sequential_cpu_s']*1e3:.1f} ms CPU)", flush=True)
     print()
     print(f"threads={args.threads}; matmul peak {peak:.0f} GFLOP/s wall, {peak_cpu:.0f} per CPU-second")
-    print("| case | method (chunk) | C | batched s/round | sequential s/round | speedup wall | speedup CPU | "
+    print("| case | method (chunk; memory-budget chunk) | C | batched s/round | sequential s/round | speedup wall | speedup CPU | "
           "GFLOP/round | batched GFLOP/s wall (% peak) | batched GFLOP/CPU-s (% peak) | sequential GFLOP/CPU-s | "
           "peak RSS MiB (batched extra) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['method']} ({r['chunk']}) | {r['clients']} | {r['batched_s']:.4f} | "
+        print(f"| {r['case']} | {r['method']} ({r['chunk']}; {r['memory_chunk']}) | {r['clients']} | {r['batched_s']:.4f} | "
               f"{r['sequential_s']:.4f} | {r['speedup']:.1f}x | {r['cpu_speedup']:.1f}x | {r['gflop_round']:.2f} | "
               f"{r['batched_gflops']:.1f} ({r['pct_peak']:.0f}%) | {r['batched_gflops_cpu']:.1f} "
               f"({r['pct_peak_cpu']:.0f}%) | {r['sequential_gflops_cpu']:.1f} | "
