@@ -255,6 +255,9 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
     out = Path(out_dir)
     storage = storage or spec.optuna.storage
     prepare_out(spec, out, resume)
+    import torch
+
+    threads = torch.get_num_threads()
     configure_threads(1)
     mapper = make_map(workers, spec.base) if spec.study.engine == "ga" else SerialMap()
     ok = False
@@ -311,6 +314,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
             mapper.terminate()
         else:
             mapper.close()
+        torch.set_num_threads(threads)  # a library caller gets its thread setting back
     return StudyResult(spec, out, best, baseline, len(rows), time.perf_counter() - start)
 
 
