@@ -104,3 +104,14 @@ def test_multi_objective_optuna_writes_fitness_columns(spec_path, tmp_path):
     df = pd.read_parquet(out / "trials.parquet")
     assert {"fitness_0", "fitness_1"} <= set(df.columns) and "fitness" not in df.columns
     assert [d.name for d in _study(out).directions] == ["MAXIMIZE", "MINIMIZE"]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
+def test_every_single_objective_sampler_runs_a_tiny_study(sampler, tmp_path):
+    path = tmp_path / f"tiny_{sampler}.toml"
+    path.write_text(OPTUNA.replace('name = "tiny"', 'name = "tiny"\nengine = "optuna"')
+                    .replace('sampler = "random"', f'sampler = "{sampler}"'))
+    out = tmp_path / "out"
+    assert main(["tune", str(path), "--out", str(out), "--no-report", "--quiet"]) == 0
+    df = pd.read_parquet(out / "trials.parquet")
+    assert len(df) == 3 and set(df["state"]) <= {"complete", "failed"}
