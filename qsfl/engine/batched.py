@@ -540,7 +540,11 @@ class BatchedEngine:
     def _activation_bytes(self) -> float:
         """Bytes of the tensors one client's forward+backward creates in one step (dry run, cached)."""
         if self._per_client_bytes is None:
-            self._per_client_bytes = _dry_run_bytes(self.model, self.x_all, self.y_all, self.batch_size)
+            try:
+                self._per_client_bytes = _dry_run_bytes(self.model, self.x_all, self.y_all, self.batch_size)
+            except Exception as exc:   # noqa: BLE001 - private torch API; fall back to a generous guess
+                log.debug("dry run failed (%s); guessing 64 input copies per sample", exc)
+                self._per_client_bytes = 64.0 * self.batch_size * self.x_all[:1].numel() * 4
         return self._per_client_bytes
 
     def per_client_bytes(self, steps: int) -> float:
