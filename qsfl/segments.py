@@ -35,11 +35,16 @@ def ceil_fraction(fraction: float, total: int) -> int:
 
 def top_p_indices(values: torch.Tensor, p: float) -> torch.Tensor:
     """Ascending indices of the ceil(p * size) largest-magnitude entries; ties go to the lower index."""
-    k = ceil_fraction(p, values.numel())
-    if k == values.numel():
-        return torch.arange(values.numel(), device=values.device)
-    order = torch.sort(values.abs(), descending=True, stable=True).indices[:k]
-    return torch.sort(order).values
+    n = values.numel()
+    k = ceil_fraction(p, n)
+    if k == n:
+        return torch.arange(n, device=values.device)
+    mag = values.abs()
+    kth = torch.topk(mag, k, sorted=False).values.min()     # the k-th largest magnitude
+    keep = mag > kth
+    ties = torch.nonzero(mag == kth).squeeze(1)[:k - int(keep.sum())]   # lowest indices win ties
+    keep[ties] = True
+    return torch.nonzero(keep).squeeze(1)
 
 
 @dataclass

@@ -59,3 +59,14 @@ def test_encode_decode_round_trip_and_exact_bytes(encoding, size, p):
     kept[seg.indices] = True
     dense[~kept] = 0
     np.testing.assert_array_equal(seg.decode(), dense)
+
+
+def test_top_p_equals_a_stable_sort_reference_with_many_ties():
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 60, (1,), generator=gen))
+        values = torch.randint(-3, 4, (n,), generator=gen).float()   # lots of equal magnitudes
+        p = float(torch.rand(1, generator=gen)) * 0.99 + 0.01
+        k = ceil_fraction(p, n)
+        ref = torch.sort(torch.sort(values.abs(), descending=True, stable=True).indices[:k]).values
+        assert top_p_indices(values, p).tolist() == ref.tolist()

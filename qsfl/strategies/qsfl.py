@@ -71,14 +71,12 @@ class QSFL(Strategy):
             cid = int(client_ids[row])
             u = self.residuals.add(cid, updates[row])
             if row not in qualified_rows:   # unqualified: sends nothing, keeps everything as residual
-                self.residuals.keep(cid, u, torch.zeros_like(u))
+                self.residuals.keep_unsent(cid, u, None)
                 continue
             seg = segment_id(round_index, cid, self.ns)
             lo, hi = int(self.bounds[seg]), int(self.bounds[seg + 1])
             idx = top_p_indices(u[lo:hi], self.scfg.p) + lo
-            sent = torch.zeros_like(u)
-            sent[idx] = u[idx]
-            self.residuals.keep(cid, u, sent)
+            self.residuals.keep_unsent(cid, u, idx)
             ledger.uplink(sparse_message(len(idx), hi - lo, self.scfg.index_encoding))
             n_i = float(cohort.num_samples[row])
             # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).

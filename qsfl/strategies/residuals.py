@@ -18,10 +18,13 @@ class Residuals:
             return update + self._store[client_id]
         return update
 
-    def keep(self, client_id: int, accumulated: torch.Tensor, sent: torch.Tensor) -> None:
-        """Remember ``accumulated - sent`` as the client's residual."""
+    def keep_unsent(self, client_id: int, accumulated: torch.Tensor, sent_indices: torch.Tensor | None) -> None:
+        """Remember ``accumulated`` with the entries at ``sent_indices`` zeroed (None: nothing was sent)."""
         if self.enabled:
-            self._store[client_id] = (accumulated - sent).detach().clone()
+            residual = accumulated.detach().clone()
+            if sent_indices is not None:
+                residual[sent_indices] = 0.0
+            self._store[client_id] = residual
 
     def get(self, client_id: int) -> torch.Tensor | None:
         return self._store.get(client_id)

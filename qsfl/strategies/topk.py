@@ -27,7 +27,7 @@ class TopK(Strategy):
             u = self.residuals.add(int(cid), updates[row])
             idx = top_p_indices(u, self.scfg.p)
             sparse[row, idx] = u[idx]
-            self.residuals.keep(int(cid), u, sparse[row])
+            self.residuals.keep_unsent(int(cid), u, idx)
             ledger.uplink(sparse_message(len(idx), self.n_params, self.scfg.index_encoding))
         new = global_weights + weighted_mean(sparse, cohort.num_samples)
         return new, RoundInfo(qualified=[int(c) for c in client_ids])
