@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from qsfl.config import ConfigError, SimConfig, load_toml, parse_assignments
+from qsfl.config import ConfigError, SimConfig, load_config, parse_assignments
 
 EXIT_USAGE = 2
 
@@ -59,8 +59,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_sim_config(args: argparse.Namespace) -> SimConfig:
     """SimConfig from --config, the flags and --set overrides, validated."""
-    data: dict[str, Any] = load_toml(args.config) if args.config else {}
-    config = SimConfig.from_dict(data)
+    config = load_config(args.config) if args.config else SimConfig()
     overrides = {SIM_FLAGS[flag]: getattr(args, flag) for flag in SIM_FLAGS if getattr(args, flag) is not None}
     overrides.update(parse_assignments(args.overrides))
     return config.with_overrides(overrides) if overrides else config
@@ -87,11 +86,20 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_simulate(args: argparse.Namespace) -> int:
-    from qsfl.sim import simulate
+def prepare_out_dir(path: Path) -> None:
+    """Create the output directory before any work, so a bad --out fails at once with a clear error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create directory {str(path)!r}: {exc.strerror or exc}") from None
 
-    config = build_sim_config(args)
-    history = simulate(config, progress=show_progress(args.quiet))
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from qsfl.sim import Simulation
+
+    simulation = Simulation(build_sim_config(args))   # every check (data, model, ns) before any output
+    prepare_out_dir(args.out)
+    history = simulation.run(progress=show_progress(args.quiet))
     out = history.save(args.out)
     print(format_summary(history.summary))
     print(f"written to          {out}/history.csv, history.parquet, config.toml")

@@ -272,14 +272,20 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return data
 
 
 def load_config(path: str | Path) -> SimConfig:
-    """Read a SimConfig from TOML (top-level fields plus a [strategy] table)."""
-    return SimConfig.from_dict(load_toml(path))
+    """Read a SimConfig from TOML (top-level fields plus a [strategy] table); an empty file is an error."""
+    data = load_toml(path)
+    if not data:
+        raise ConfigError(f"{path}: the config file holds no settings (empty TOML)")
+    return SimConfig.from_dict(data)
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:

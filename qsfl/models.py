@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from qsfl.config import ConfigError
+from qsfl.config import ConfigError, check_range
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -35,6 +35,10 @@ class MLP(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128,)) -> None:
         super().__init__()
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ConfigError(f"model_options.hidden: expected a list of layer widths, got {hidden!r}")
+        for h in hidden:
+            check_range("model_options.hidden[]", h, 1, 1_000_000, integer=True)
         layers: list[nn.Module] = []
         width = _numel(input_shape)
         for h in hidden:
@@ -52,7 +56,10 @@ class CNN1D(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 32) -> None:
         super().__init__()
+        check_range("model_options.channels", channels, 1, 4096, integer=True)
         length = _numel(input_shape)
+        if length < 4:
+            raise ConfigError(f"model: cnn1d needs inputs of length >= 4, got shape {tuple(input_shape)}")
         self.length = length
         self.conv1 = nn.Conv1d(1, channels, 5, padding=2)
         self.conv2 = nn.Conv1d(channels, channels, 5, padding=2)

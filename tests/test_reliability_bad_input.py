@@ -254,8 +254,6 @@ def test_bad_config_path_exit_code_2(kind, tmp_path):
 # qsfl.config.load_toml catches only TOMLDecodeError/UnicodeDecodeError: a config file that exists but cannot be
 # read (EIO here; PermissionError for a non-root user) raises OSError with a traceback.
 # Fix: also catch OSError in load_toml -> ConfigError(f"{path}: cannot read: {exc.strerror}").
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="crash: qsfl.config.load_toml lets OSError through; fix: catch it -> ConfigError")
 def test_unreadable_config_file_exit_code_2():
     rc, err = simulate_cli(None, config_path="/proc/self/mem")   # is_file() but every read fails with EIO
     assert_usage_error(rc, err, "/proc/self/mem")
@@ -266,7 +264,6 @@ def test_unreadable_config_file_exit_code_2():
 # exit 2. Fix: in qsfl_cli.build_sim_config (or qsfl.config.load_config) raise ConfigError(f"{path}: empty
 # config file; expected SimConfig fields such as dataset, clients, rounds and a [strategy] table") when
 # load_toml returns {} (as tuning.spec.load_spec already does for an empty study spec).
-@pytest.mark.xfail(strict=True, reason="an empty --config file runs with all defaults; fix: ConfigError when {}")
 def test_empty_config_file_exit_code_2(text, monkeypatch):
     import qsfl.sim
 
@@ -283,8 +280,6 @@ def test_empty_config_file_exit_code_2(text, monkeypatch):
 # raises FileExistsError/NotADirectoryError with a traceback. Fix: in qsfl_cli.run_simulate create args.out
 # before simulating and turn OSError into UsageError(f"--out {args.out}: cannot create the output directory:
 # {exc.strerror}").
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="crash: --out at a file -> OSError after the run; fix: mkdir --out first in run_simulate")
 def test_out_path_that_is_a_file_exit_code_2(target, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -317,7 +312,6 @@ MODEL_OPTION_CRASH = "crash: unvalidated MLP hidden / CNN1D channels in qsfl/mod
     ("cnn1d", {"channels": 1.5}),
     ("cnn1d", {"channels": NAN}),
 ])
-@pytest.mark.xfail(strict=True, raises=(ValueError, RuntimeError), reason=MODEL_OPTION_CRASH)
 def test_bad_model_options_exit_code_2(model, options):
     data = with_value("model", model)
     data["model_options"] = options
@@ -328,8 +322,6 @@ def test_bad_model_options_exit_code_2(model, options):
 # dataset_options.test_fraction = 0.0001 on digits leaves an empty test split; qsfl.engine.common.evaluate divides
 # by len(y) == 0. Fix: in qsfl.data.datasets._split (used by every loader) raise ConfigError("dataset_options.
 # test_fraction: ... leaves an empty train or test split"), as load_mnist1d already does.
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="crash: empty test split -> ZeroDivisionError in evaluate; fix: check splits in _split")
 def test_tiny_test_fraction_exit_code_2():
     rc, err = simulate_cli(toml_text(with_value("dataset_options.test_fraction", 0.0001)))
     assert_usage_error(rc, err, "dataset_options.test_fraction")
@@ -339,8 +331,6 @@ def test_tiny_test_fraction_exit_code_2():
 # dataset_options.path = 5 (not a string) reaches Path(5) in qsfl.data.datasets._require_dir / _leaf_files:
 # TypeError traceback. Fix: in _require_dir (and for train_path/test_path) raise ConfigError(f"dataset_options.path:
 # expected a directory path (a string), got {path!r}") unless isinstance(path, (str, os.PathLike)).
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="crash: non-string dataset_options.path -> TypeError in Path(); fix: type check")
 def test_non_string_dataset_path_exit_code_2(dataset):
     data = with_value("dataset", dataset)
     data["dataset_options"] = {"path": 5}
@@ -353,8 +343,6 @@ def test_non_string_dataset_path_exit_code_2(dataset):
 # batch_size even though a client never has more samples than its partition). Fix: in qsfl/engine/batched.py
 # clamp the minibatch to the largest client's sample count (min(batch_size, max n_i): the same full-batch
 # steps), or reject batch_size above the training-set size in SimConfig.
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="crash: huge batch_size -> MemoryError in batched._plan; fix: clamp to max client size")
 def test_huge_batch_size_does_not_crash():
     rc, err = simulate_cli(toml_text(with_value("batch_size", 10**18)), "--engine", "batched")
     assert rc in (0, 2) and "Traceback" not in err

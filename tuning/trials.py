@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from qsfl.config import ConfigError
 from qsfl.io import atomic_write
 from tuning.objective import METRICS, Evaluation, Objective, SeedResult, combine, failed_evaluation
 
@@ -143,8 +144,12 @@ class TrialsTable:
 def read_trials(out_dir: str | Path) -> pd.DataFrame | None:
     """The trials table of a study directory, or None when there is none yet."""
     d = Path(out_dir)
-    if (d / PARQUET).is_file():
-        return pd.read_parquet(d / PARQUET)
-    if (d / CSV).is_file():
-        return pd.read_csv(d / CSV, keep_default_na=False, na_values=[""])
+    for name, read in ((PARQUET, pd.read_parquet),
+                       (CSV, lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]))):
+        if (d / name).is_file():
+            try:
+                return read(d / name)
+            except Exception as exc:   # noqa: BLE001 - any parser error means a damaged table
+                raise ConfigError(f"{d / name}: damaged trials table ({type(exc).__name__}: {exc}); "
+                                  f"restore it or start the study in a new --out directory") from None
     return None

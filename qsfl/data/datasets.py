@@ -54,6 +54,10 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
 
 
 def _tensors(name: str, xtr, ytr, xte, yte, num_classes: int, client_ids=None) -> Dataset:
+    if len(ytr) == 0 or len(yte) == 0:
+        which = "training" if len(ytr) == 0 else "test"
+        raise ConfigError(f"dataset_options.test_fraction: dataset {name!r} has an empty {which} split "
+                          f"({len(ytr)} train / {len(yte)} test samples); choose a fraction that leaves both non-empty")
     # torch.tensor copies, so a cached numpy array is never shared with (and mutated through) a Dataset.
     return Dataset(name=name,
                    x_train=torch.tensor(np.asarray(xtr), dtype=torch.float32),
@@ -80,6 +84,8 @@ def _head(x: np.ndarray, y: np.ndarray, limit: int | None):
 def _require_dir(path: Any, name: str, expected: str) -> Path:
     if path is None:
         raise ConfigError(f"dataset_options.path: required for dataset {name!r}; give a directory with {expected}")
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"dataset_options.path: expected a path string, got {path!r}")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"dataset_options.path: {str(root)!r} is not a directory; "
@@ -178,6 +184,8 @@ _LEAF_EXPECTED = "'train/*.json' and 'test/*.json' (LEAF format: users, num_samp
 
 def _leaf_files(path: Any, train_path: Any, test_path: Any) -> tuple[list[Path], list[Path]]:
     def jsons(p: Any, field: str) -> list[Path]:
+        if not isinstance(p, (str, Path)):
+            raise ConfigError(f"dataset_options.{field}: expected a path string, got {p!r}")
         p = Path(p).expanduser()
         files = sorted(p.glob("*.json")) if p.is_dir() else [p] if p.is_file() else []
         if not files:

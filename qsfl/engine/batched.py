@@ -464,6 +464,9 @@ class BatchedEngine:
         self.sizes = np.asarray([len(y) for _, y in client_data], dtype=np.int64)
         if np.any(self.sizes <= 0):
             raise ValueError(f"client(s) {np.flatnonzero(self.sizes <= 0)[:5].tolist()} have no samples")
+        # A batch larger than every client is one full batch per epoch, exactly as in the sequential loop;
+        # clamping keeps the padded (steps, C, B) index tensor from growing with a huge batch_size.
+        self.batch_size = min(self.batch_size, int(self.sizes.max()))
         # One copy of all clients' data, so a step gathers every client's minibatch with one index op.
         self.x_all = torch.cat([x.to(self.device) for x, _ in client_data])
         self.y_all = torch.cat([y.to(self.device) for _, y in client_data])
