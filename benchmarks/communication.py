@@ -29,24 +29,27 @@ STRATEGIES = {
 }
 
 CASES = {
-    "digits": dict(dataset="digits", model="mlp", rounds=40, lr=0.1, batch_size=10),
-    "mnist1d": dict(dataset="mnist1d", model="cnn1d", rounds=60, lr=0.05, batch_size=32),
+    "digits": dict(dataset="digits", model="mlp", rounds=40, lr=0.1, batch_size=10, target_accuracy=0.85),
+    # cnn1d on non-IID mnist1d stays near 60 % after 60 FedAvg rounds, so its target is lower
+    "mnist1d": dict(dataset="mnist1d", model="cnn1d", rounds=60, lr=0.05, batch_size=32, target_accuracy=0.5),
 }
 
 
-def run_case(name: str, seeds: list[int], rounds: int | None, target: float) -> pd.DataFrame:
+def run_case(name: str, seeds: list[int], rounds: int | None, target: float | None) -> pd.DataFrame:
     """All strategies on one dataset over ``seeds``; one row per (strategy, seed)."""
     base = dict(CASES[name])
     if rounds:
         base["rounds"] = rounds
+    if target is not None:
+        base["target_accuracy"] = target
     rows = []
     for label, strategy in STRATEGIES.items():
         for seed in seeds:
             cfg = SimConfig(partition="dirichlet", partition_options={"alpha": 0.5}, clients=20, seed=seed,
-                            target_accuracy=target, strategy=strategy, **base)
+                            strategy=strategy, **base)
             start = time.perf_counter()
             s = qsfl.simulate(cfg).summary
-            rows.append({"dataset": name, "strategy": label, "seed": seed, "final_accuracy": s["final_accuracy"],
+            rows.append({"dataset": name, "target": cfg.target_accuracy, "strategy": label, "seed": seed, "final_accuracy": s["final_accuracy"],
                          "best_accuracy": s["best_accuracy"], "uplink_mb": s["total_uplink_bytes"] / 1e6,
                          "compression_ratio": s["compression_ratio"],
                          "uplink_mb_to_target": (s["uplink_bytes_to_target"] / 1e6
@@ -79,7 +82,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="override the rounds of every case")
-    parser.add_argument("--target", type=float, default=0.85)
+    parser.add_argument("--target", type=float, default=None, help="override every case's target accuracy")
     parser.add_argument("--quick", action="store_true", help="digits only, seeds 0 1, 25 rounds")
     parser.add_argument("--csv", help="also write the per-seed rows to this CSV")
     args = parser.parse_args()
@@ -90,7 +93,9 @@ def main() -> None:
     if args.csv:
         df.to_csv(args.csv, index=False)
     pd.set_option("display.width", 160)
-    print(f"Dirichlet(0.5) non-IID, 20 clients, seeds {args.seeds}, target accuracy {args.target}")
+    targets = ", ".join(f"{n} {CASES[n]['target_accuracy'] if args.target is None else args.target}"
+                        for n in args.datasets)
+    print(f"Dirichlet(0.5) non-IID, 20 clients, seeds {args.seeds}, target accuracy: {targets}")
     print("x_fewer_bytes_to_target = FedAvg's uplink bytes to reach the target / this strategy's (same seed);")
     print("NaN where the strategy (or FedAvg) did not reach the target in that seed.\n")
     print(summarise(df).round(3).to_string())
