@@ -3,8 +3,9 @@ override) gives exit code 2 and one ``error: `` line naming the key, never a tra
 
 Most cases call ``qsfl_cli.main`` in this process (it returns the exit code; argparse errors raise
 SystemExit(2)); a few run ``python -m qsfl_cli`` in a real process. Every mutated config is invalid by
-construction, so no case runs a simulation and the module stays fast. Known crashes in qsfl/ are strict
-xfails whose reason says where they happen and the suggested fix.
+construction, so no case runs a simulation and the module stays fast. The crashes this suite found (tracebacks
+from unreadable/empty files, --out at a file, model options, empty splits, non-string paths, huge batch sizes)
+were fixed in 9edb980; their tests below keep them fixed.
 """
 
 from __future__ import annotations
@@ -251,19 +252,14 @@ def test_bad_config_path_exit_code_2(kind, tmp_path):
     assert_usage_error(rc, err, str(path))
 
 
-# qsfl.config.load_toml catches only TOMLDecodeError/UnicodeDecodeError: a config file that exists but cannot be
-# read (EIO here; PermissionError for a non-root user) raises OSError with a traceback.
-# Fix: also catch OSError in load_toml -> ConfigError(f"{path}: cannot read: {exc.strerror}").
+# Regression: load_toml let OSError through (EIO here; PermissionError for a non-root user).
 def test_unreadable_config_file_exit_code_2():
     rc, err = simulate_cli(None, config_path="/proc/self/mem")   # is_file() but every read fails with EIO
     assert_usage_error(rc, err, "/proc/self/mem")
 
 
+# Regression: an empty --config file was read as "all defaults" (20 clients, 20 rounds) and ran.
 @pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n"])
-# An empty --config file is silently read as "all defaults" (20 clients, 20 rounds) and runs; the issue asks for
-# exit 2. Fix: in qsfl_cli.build_sim_config (or qsfl.config.load_config) raise ConfigError(f"{path}: empty
-# config file; expected SimConfig fields such as dataset, clients, rounds and a [strategy] table") when
-# load_toml returns {} (as tuning.spec.load_spec already does for an empty study spec).
 def test_empty_config_file_exit_code_2(text, monkeypatch):
     import qsfl.sim
 
@@ -275,11 +271,9 @@ def test_empty_config_file_exit_code_2(text, monkeypatch):
     assert_usage_error(rc, err, "empty")
 
 
+# Regression: --out at an existing file (or below one) ran the whole simulation, then History.save's mkdir raised
+# FileExistsError/NotADirectoryError.
 @pytest.mark.parametrize("target", ["file", "below_a_file"])
-# `qsfl simulate --out` at an existing file (or below one) runs the whole simulation, then History.save's mkdir
-# raises FileExistsError/NotADirectoryError with a traceback. Fix: in qsfl_cli.run_simulate create args.out
-# before simulating and turn OSError into UsageError(f"--out {args.out}: cannot create the output directory:
-# {exc.strerror}").
 def test_out_path_that_is_a_file_exit_code_2(target, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -292,15 +286,9 @@ def test_out_path_that_is_a_file_exit_code_2(target, tmp_path):
     assert_usage_error(rc, err.getvalue(), "--out")
 
 
-# ----- known crashes in qsfl/ (strict xfails: they flip to failures once fixed, then drop the marker) -----
-# qsfl.models: MLP(hidden=...) and CNN1D(channels=...) are not validated; build_model turns only TypeError into
-# ConfigError, so ValueError/RuntimeError from int("a"), int(nan), nn.Linear(-1) or a huge allocation escape as
-# tracebacks (and hidden=[0] or [1.5] is silently accepted). Fix: in MLP.__init__ require a list and check every
-# hidden[i] with check_range(f"model_options.hidden[{i}]", h, 1, None, integer=True); in CNN1D
-# check_range("model_options.channels", channels, 1, None, integer=True); in build_model also turn
-# RuntimeError/MemoryError from allocation into ConfigError("model_options: model too large ...").
-MODEL_OPTION_CRASH = "crash: unvalidated MLP hidden / CNN1D channels in qsfl/models.py; fix: check_range them"
-
+# ----- crashes this suite found in qsfl/ (fixed; kept as regression tests) ---------------------------------
+# Regression: MLP hidden / CNN1D channels were unvalidated, so int("a"), int(nan), nn.Linear(-1) or a conv with
+# 1.5 channels raised ValueError/RuntimeError tracebacks.
 
 @pytest.mark.parametrize("model, options", [
     ("mlp", {"hidden": "abc"}),
@@ -319,18 +307,14 @@ def test_bad_model_options_exit_code_2(model, options):
     assert_usage_error(rc, err, f"model_options.{next(iter(options))}")
 
 
-# dataset_options.test_fraction = 0.0001 on digits leaves an empty test split; qsfl.engine.common.evaluate divides
-# by len(y) == 0. Fix: in qsfl.data.datasets._split (used by every loader) raise ConfigError("dataset_options.
-# test_fraction: ... leaves an empty train or test split"), as load_mnist1d already does.
+# Regression: test_fraction = 0.0001 left digits without a test split -> ZeroDivisionError in evaluate.
 def test_tiny_test_fraction_exit_code_2():
     rc, err = simulate_cli(toml_text(with_value("dataset_options.test_fraction", 0.0001)))
     assert_usage_error(rc, err, "dataset_options.test_fraction")
 
 
+# Regression: dataset_options.path = 5 reached Path(5) -> TypeError.
 @pytest.mark.parametrize("dataset", ["femnist", "mnist", "cifar10"])
-# dataset_options.path = 5 (not a string) reaches Path(5) in qsfl.data.datasets._require_dir / _leaf_files:
-# TypeError traceback. Fix: in _require_dir (and for train_path/test_path) raise ConfigError(f"dataset_options.path:
-# expected a directory path (a string), got {path!r}") unless isinstance(path, (str, os.PathLike)).
 def test_non_string_dataset_path_exit_code_2(dataset):
     data = with_value("dataset", dataset)
     data["dataset_options"] = {"path": 5}
@@ -338,11 +322,8 @@ def test_non_string_dataset_path_exit_code_2(dataset):
     assert_usage_error(rc, err, "dataset_options.path")
 
 
-# batch_size far above any client's sample count: the batched engine's _plan allocates
-# np.empty((steps, clients, batch_size)) -> MemoryError traceback (6.9 EiB for 1e18; memory and time grow with
-# batch_size even though a client never has more samples than its partition). Fix: in qsfl/engine/batched.py
-# clamp the minibatch to the largest client's sample count (min(batch_size, max n_i): the same full-batch
-# steps), or reject batch_size above the training-set size in SimConfig.
+# Regression: a batch_size far above any client's sample count made the batched engine allocate
+# np.empty((steps, clients, batch_size)) -> MemoryError (6.9 EiB for 1e18).
 def test_huge_batch_size_does_not_crash():
     rc, err = simulate_cli(toml_text(with_value("batch_size", 10**18)), "--engine", "batched")
     assert rc in (0, 2) and "Traceback" not in err

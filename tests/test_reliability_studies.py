@@ -380,8 +380,8 @@ def test_optuna_diverging_trials_are_fail_with_the_reason_and_the_study_goes_on(
 # ----- a failing (raising) simulation inside a study -----------------------------------------------------------
 @pytest.mark.slow
 def test_ga_trial_whose_simulation_raises_is_failed_with_the_exception_text(tmp_path):
-    # test_fraction = 0.0001 leaves digits without a test split: the simulation raises (today ZeroDivisionError in
-    # evaluate; a ConfigError from the loader once that is validated). Either way: failed row, exception text.
+    # test_fraction = 0.0001 leaves digits without a test split: the simulation raises (a ConfigError from the
+    # loader; a ZeroDivisionError in evaluate before 9edb980). Either way: a failed row with the exception text.
     text = GA_SPEC.replace("batch_size = 50", "batch_size = 50\ndataset_options = {{test_fraction = 0.0001}}")
     text = text.replace("generations = 4", "generations = 1").replace("population = 6", "population = 3")
     spec = write_spec(tmp_path, text, "raising_ga")
@@ -506,12 +506,8 @@ def test_damaged_checkpoint_on_resume_exit_code_2(finished_ga_dir, capsys, damag
     assert rc == 2 and err.startswith("error: ") and "checkpoint.pkl" in err
 
 
-# tuning.trials.read_trials calls pd.read_parquet / pd.read_csv unguarded: a damaged or empty table file (disk
-# full, a copy cut short, an editor) gives ArrowInvalid / EmptyDataError tracebacks on --resume. The writes are
-# atomic, so qsfl itself never leaves such a file. Fix: in read_trials catch (OSError, ValueError,
-# pyarrow.ArrowException, pd.errors.EmptyDataError, pd.errors.ParserError) and fall back from a bad
-# trials.parquet to trials.csv, else raise ConfigError(f"{path}: cannot read the trials table ({exc}); restore
-# it or start a new study with another --out").
+# Regression: read_trials let ArrowInvalid / EmptyDataError through for a damaged or empty table file (disk full,
+# a copy cut short, an editor; qsfl's own writes are atomic and never leave one).
 @pytest.mark.parametrize("which", ["parquet_garbage", "parquet_truncated", "csv_empty"])
 def test_damaged_trials_table_on_resume_exit_code_2(finished_ga_dir, capsys, which):
     spec, out = finished_ga_dir
