@@ -113,8 +113,6 @@ def test_two_tune_processes_finish_the_budget_together_without_duplicate_or_lost
 # SeedSequence([search_seed, worker, n_existing, os.getpid(), hash(socket.gethostname())]) or a documented
 # --worker-index option, and use TPESampler(constant_liar=True) for shared storages so running trials are seen.
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
-@pytest.mark.xfail(strict=True, reason="two fresh worker processes get the same sampler seed and propose the "
-                                       "same params; fix: per-process sampler stream for shared storages")
 def test_two_fresh_workers_propose_different_params(pg_url, study_name, tmp_path):
     from tuning.optuna_search import open_study
     from tuning.spec import load_spec

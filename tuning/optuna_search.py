@@ -77,25 +77,33 @@ def make_storage(url: str, spec: StudySpec) -> Any:
         raise
 
 
-def sampler_seed(spec: StudySpec, worker: int, n_existing: int) -> int:
+def sampler_seed(spec: StudySpec, worker: int, n_existing: int, shared: bool = False) -> int:
     """The sampler's seed: search_seed for a fresh study's first worker; other workers and resumed runs get
-    their own stream (a resumed sampler with the original seed would re-propose the first trials' params)."""
-    if worker == 0 and n_existing == 0:
-        return spec.study.search_seed
+    their own stream (a resumed sampler with the original seed would re-propose the first trials' params).
+
+    On a shared server database (``shared``) several ``qsfl tune`` processes may start at the same moment,
+    each believing it is the first: each sampler then draws fresh OS entropy so that no two propose the
+    same parameters. Such studies are not bit-reproducible (trial order depends on timing anyway).
+    """
     import numpy as np
 
+    if shared:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if worker == 0 and n_existing == 0:
+        return spec.study.search_seed
     return int(np.random.SeedSequence([spec.study.search_seed, worker, n_existing]).generate_state(1)[0])
 
 
-def make_sampler(spec: StudySpec, worker: int = 0, workers: int = 1, n_existing: int = 0) -> Any:
+def make_sampler(spec: StudySpec, worker: int = 0, workers: int = 1, n_existing: int = 0,
+                 shared: bool = False) -> Any:
     """The sampler named in the spec, seeded by :func:`sampler_seed`."""
     import optuna
 
     s = spec.optuna
-    seed = sampler_seed(spec, worker, n_existing)
+    seed = sampler_seed(spec, worker, n_existing, shared)
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
-                                          constant_liar=workers > 1)
+                                          constant_liar=workers > 1 or shared)
     if s.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401
@@ -128,7 +136,8 @@ def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int 
     storage = make_storage(storage_url, spec)
     study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
                                 directions=list(spec.objective.directions), load_if_exists=True)
-    study.sampler = make_sampler(spec, worker, workers, len(study.get_trials(deepcopy=False)))
+    shared = not storage_url.startswith("sqlite")   # a server database other processes may share
+    study.sampler = make_sampler(spec, worker, workers, len(study.get_trials(deepcopy=False)), shared)
     if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
         raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
                           f"{[d.name.lower() for d in study.directions]}; choose another study.name")
