@@ -167,18 +167,15 @@ _MINIMISED = ("uplink", "bytes", "rounds_to_target", "loss", "mb", "fraction", "
 
 
 def spec_base(spec: dict[str, Any]) -> SimConfig:
-    """The study's base SimConfig from spec.toml's [base] (strategy defaults to qsfl, as in tuning.spec)."""
-    base = spec.get("base")
-    if not isinstance(base, dict):
+    """The study's base SimConfig from spec.toml's [base], parsed exactly as tuning.spec does."""
+    from tuning.spec import parse_base
+
+    if not isinstance(spec.get("base"), dict):
         raise ConfigError("spec.toml: no [base] table")
-    data = dict(base)
-    strategy = data.get("strategy", {})
-    if isinstance(strategy, dict):
-        data["strategy"] = {"name": "qsfl", **strategy}
     try:
-        return SimConfig.from_dict(data)
+        return parse_base(spec["base"])
     except ConfigError as exc:
-        raise ConfigError(f"spec.toml: base.{exc}") from None
+        raise ConfigError(f"spec.toml: {exc}") from None
 
 
 def spec_objective(spec: dict[str, Any]) -> Any:

@@ -143,7 +143,8 @@ def _study(table: Any, default_name: str) -> StudyInfo:
                      description=description, save_histories=save, workers=workers)
 
 
-def _base(table: Any) -> SimConfig:
+def parse_base(table: Any) -> SimConfig:
+    """The spec's [base] table as a validated SimConfig ([base.strategy] defaults to name = "qsfl")."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"base: expected a table of SimConfig fields, got {table!r}")
     data = copy.deepcopy(dict(table))
@@ -222,7 +223,7 @@ def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec
         if key not in raw:
             raise ConfigError(f"{key}: missing section; a study spec needs [base], [space.<param>] and [objective]")
     study = _study(raw.get("study", {}), default_name)
-    base = _base(raw["base"])
+    base = parse_base(raw["base"])
     space = build_space(raw["space"], base)
     objective = build_objective(raw["objective"])
     ga = _ga(raw.get("ga", {}), space.dim, objective.n)
