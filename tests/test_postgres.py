@@ -130,8 +130,9 @@ def test_two_fresh_workers_propose_different_params(pg_url, study_name, tmp_path
 def test_killed_worker_trial_is_retried_by_another_worker(pg_url, study_name, tmp_path):
     import optuna
 
-    # 8 rounds: a trial lasts long enough that the kill lands inside the one seen running
-    text = OPTUNA_SPEC.replace("n_trials = 8", "n_trials = 6").replace("rounds = 2", "rounds = 8")
+    # 40 rounds: a trial lasts long enough that the kill lands inside the one seen running even on a busy
+    # machine (with 8 rounds CI once saw the trial finish between the poll and the SIGKILL)
+    text = OPTUNA_SPEC.replace("n_trials = 8", "n_trials = 6").replace("rounds = 2", "rounds = 40")
     text += "heartbeat_interval = 1\ngrace_period = 2\n"
     spec = write_spec(tmp_path, text, study_name)
 
