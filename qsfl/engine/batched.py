@@ -115,12 +115,33 @@ def _param_names(module: nn.Module, prefix: str) -> tuple[str, str | None]:
     return weight, bias
 
 
+_FOLDED_CACHE: dict[tuple, tuple[torch.fx.GraphModule, list[str]] | None] = {}
+
+
+def _architecture_key(model: nn.Module) -> tuple:
+    """What a trace of ``model`` depends on: its class, layers (repr) and plain attributes (e.g. lengths)."""
+    plain = tuple(sorted((k, v) for k, v in vars(model).items()
+                         if not k.startswith("_") and isinstance(v, (int, float, str, bool, tuple))))
+    return type(model), repr(model), plain
+
+
 def build_folded(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]] | None:
     """A torch.fx copy of ``model`` taking ``(x, *stacked_params)`` with clients folded into the batch dim.
 
     Returns (module, parameter names in argument order), or None when the model holds parameters
-    outside nn.Linear/nn.Conv1d/nn.Conv2d or cannot be traced.
+    outside nn.Linear/nn.Conv1d/nn.Conv2d or cannot be traced. Built once per architecture: the module
+    takes the parameters as inputs, so every Simulation can share it, and torch.fx's generated source
+    (kept forever in linecache and fx's eval cache) does not pile up over a long study.
     """
+    key = _architecture_key(model)
+    if key not in _FOLDED_CACHE:
+        if len(_FOLDED_CACHE) >= 64:
+            _FOLDED_CACHE.pop(next(iter(_FOLDED_CACHE)))
+        _FOLDED_CACHE[key] = _trace_folded(model)
+    return _FOLDED_CACHE[key]
+
+
+def _trace_folded(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]] | None:
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as exc:   # noqa: BLE001 - any tracing failure means "use vmap"
@@ -486,8 +507,10 @@ class BatchedEngine:
             chosen, order = known
             if chosen == "vmap":
                 return chosen, _VmapStep(self.model, self.names), order
+            if chosen == "linear":
+                return chosen, _LinearStep(len(order) // 2), order
             gm, _ = build_folded(self.model)   # type: ignore[misc]
-            return chosen, (_LinearStep(len(order) // 2) if chosen == "linear" else _FoldStep(gm)), order
+            return chosen, _FoldStep(gm), order
         chosen, step, order = self._select(method)
         if len(_METHOD_CACHE) >= 64:
             _METHOD_CACHE.pop(next(iter(_METHOD_CACHE)))
