@@ -94,6 +94,8 @@ def test_two_tune_processes_finish_the_budget_together_without_duplicate_or_lost
     done = [t for t in study.trials if counted(t)]
     assert len(done) == 8                                                  # the budget, not more, not less
     assert all(t.state.name == "COMPLETE" for t in done)
+    evaluated = [t.user_attrs["params_evaluated"] for t in done]
+    assert len({tuple(sorted(p.items())) for p in evaluated}) == 8          # no config evaluated twice
     tables = [read_table(out) for out in outs]
     for df in tables:
         assert df["trial"].is_unique and set(df["trial"]) <= {t.number for t in done}
@@ -106,12 +108,9 @@ def test_two_tune_processes_finish_the_budget_together_without_duplicate_or_lost
     pd.testing.assert_frame_equal(a.loc[common], b.loc[common])
 
 
-# Two `qsfl tune --storage URL` processes started together (the README's several-machines recipe) are both worker 0
-# of a study that has no trials yet, so tuning.optuna_search.sampler_seed gives both the same seed: they propose
-# the same params in lockstep (measured: 8 trials, 4 distinct configs, each simulated twice). Fix: when the storage
-# is shared (--storage given / not owned by this run) give every process its own sampler stream, e.g.
-# SeedSequence([search_seed, worker, n_existing, os.getpid(), hash(socket.gethostname())]) or a documented
-# --worker-index option, and use TPESampler(constant_liar=True) for shared storages so running trials are seen.
+# Regression (fixed in e3fbac3): two `qsfl tune --storage URL` processes started together were both worker 0 of a
+# study without trials, got the same sampler seed and proposed the same params in lockstep (measured: 8 trials,
+# 4 distinct configs, each simulated twice).
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_two_fresh_workers_propose_different_params(pg_url, study_name, tmp_path):
     from tuning.optuna_search import open_study
@@ -148,12 +147,13 @@ def test_killed_worker_trial_is_retried_by_another_worker(pg_url, study_name, tm
     time.sleep(3)   # longer than grace_period: A's RUNNING trial is stale now
     run_tune(spec, tmp_path / "machine_b", "--storage", pg_url)           # a second machine takes over
     study = pg_study(pg_url, study_name)
+    trials = [(t.number, t.state.name, t.params, t.system_attrs, sorted(t.user_attrs)) for t in study.trials]
     done = [t for t in study.trials if counted(t)]
-    assert len(done) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    assert len(done) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in done), trials
     stale = [t for t in study.trials if t.state.name == "FAIL" and not counted(t)]
-    assert len(stale) == 1, [(t.number, t.state.name, t.params, t.system_attrs) for t in study.trials]
+    assert len(stale) == 1, trials
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == stale[0].number]
-    assert len(retried) == 1 and counted(retried[0])
-    assert stale[0].params and retried[0].params == stale[0].params                # re-run with its params
+    assert len(retried) == 1 and counted(retried[0]), trials
+    assert stale[0].params and retried[0].params == stale[0].params, trials          # re-run with its params
     table = read_table(tmp_path / "machine_b")
     assert sorted(table["trial"]) == sorted(t.number for t in done)
