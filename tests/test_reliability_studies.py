@@ -319,15 +319,13 @@ def test_optuna_same_spec_and_seed_give_identical_tables(tmp_path):
     pd.testing.assert_frame_equal(comparable(a), comparable(b))
 
 
-# tuning.optuna_search.open_study treats only server databases as shared (shared = not url.startswith("sqlite")),
+# Regression: tuning.optuna_search.open_study treated only server databases as shared (shared = not url.startswith("sqlite")),
 # so two `qsfl tune --storage sqlite:///somewhere/study.db` processes started together (two terminals on one
 # machine, or a network file system) are both worker 0 of a study without trials, get search_seed and propose
 # the same params in lockstep, like the PostgreSQL case fixed in e3fbac3. Fix: treat every storage given with
 # --storage / optuna.storage as shared (run_optuna already knows: owns_storage=False), i.e. pass
 # shared = not owns_storage or not url.startswith("sqlite") down to make_sampler.
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
-@pytest.mark.xfail(strict=True, reason="two processes on one explicit SQLite --storage get the same sampler seed; "
-                                       "fix: any --storage URL is shared (per-process sampler entropy)")
 def test_two_processes_on_one_explicit_sqlite_storage_propose_different_params(tmp_path):
     import optuna
 

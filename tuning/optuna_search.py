@@ -81,7 +81,7 @@ def sampler_seed(spec: StudySpec, worker: int, n_existing: int, shared: bool = F
     """The sampler's seed: search_seed for a fresh study's first worker; other workers and resumed runs get
     their own stream (a resumed sampler with the original seed would re-propose the first trials' params).
 
-    On a shared server database (``shared``) several ``qsfl tune`` processes may start at the same moment,
+    On a shared storage (``shared``: any --storage URL) several ``qsfl tune`` processes may start at the same moment,
     each believing it is the first: each sampler then draws fresh OS entropy so that no two propose the
     same parameters. Such studies are not bit-reproducible (trial order depends on timing anyway).
     """
@@ -129,14 +129,17 @@ def make_pruner(spec: StudySpec) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int = 1) -> Any:
-    """Create or load (load_if_exists) the study; a different spec under the same name is an error."""
+def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int = 1, shared: bool = True) -> Any:
+    """Create or load (load_if_exists) the study; a different spec under the same name is an error.
+
+    ``shared``: other ``qsfl tune`` processes may use this storage (any --storage URL): each process then
+    gets its own sampler entropy. Only the run's own default SQLite file is not shared (deterministic).
+    """
     import optuna
 
     storage = make_storage(storage_url, spec)
     study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
                                 directions=list(spec.objective.directions), load_if_exists=True)
-    shared = not storage_url.startswith("sqlite")   # a server database other processes may share
     study.sampler = make_sampler(spec, worker, workers, len(study.get_trials(deepcopy=False)), shared)
     if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
         raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
@@ -275,10 +278,10 @@ def seed_cache(evaluator: Evaluator, study: Any, spec: StudySpec) -> None:
 
 
 def worker_loop(spec: StudySpec, out_dir: Path, storage_url: str, worker: int = 0, workers: int = 1,
-                on_trial: Callable[[Any], None] | None = None) -> None:
+                on_trial: Callable[[Any], None] | None = None, shared: bool = True) -> None:
     """Run trials until the study has n_trials that count; rewrite the trials table after each one."""
     configure_threads(1)
-    study = open_study(spec, storage_url, worker, workers)
+    study = open_study(spec, storage_url, worker, workers, shared)
     table = TrialsTable(out_dir, spec.space.names, spec.objective.n,
                         {p.name: p.type for p in spec.space.params})
     evaluator = Evaluator(spec, table, engine="optuna")
@@ -303,7 +306,7 @@ def _has_waiting(study: Any) -> bool:
 
 
 def _worker_main(raw: dict[str, Any], name: str, out_dir: str, storage_url: str, worker: int, workers: int,
-                 verbose: bool) -> None:
+                 verbose: bool, shared: bool = True) -> None:
     """Entry of a spawned Optuna worker process."""
     import optuna
 
@@ -311,7 +314,7 @@ def _worker_main(raw: dict[str, Any], name: str, out_dir: str, storage_url: str,
                         format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
     spec = parse_spec(raw, default_name=name)
-    worker_loop(spec, Path(out_dir), storage_url, worker, workers)
+    worker_loop(spec, Path(out_dir), storage_url, worker, workers, shared=shared)
 
 
 def run_optuna(spec: StudySpec, out_dir: Path, storage_url: str | None, *, workers: int = 1, owns_storage: bool = True,
@@ -322,7 +325,8 @@ def run_optuna(spec: StudySpec, out_dir: Path, storage_url: str | None, *, worke
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url or default_storage(out_dir)
-    study = open_study(spec, url)
+    shared = not owns_storage   # a --storage URL may be used by other processes too
+    study = open_study(spec, url, shared=shared)
     if owns_storage:
         n = fail_orphans(study)
         if n:
@@ -332,18 +336,18 @@ def run_optuna(spec: StudySpec, out_dir: Path, storage_url: str | None, *, worke
         ctx = mp.get_context("spawn")
         for w in range(1, workers):
             p = ctx.Process(target=_worker_main, args=(dict(spec.raw), spec.name, str(out_dir), url, w, workers,
-                                                       verbose), daemon=False)
+                                                       verbose, shared), daemon=False)
             p.start()
             procs.append(p)
     try:
-        worker_loop(spec, out_dir, url, 0, workers, on_trial=on_trial)
+        worker_loop(spec, out_dir, url, 0, workers, on_trial=on_trial, shared=shared)
     finally:
         for p in procs:
             p.join()
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         log.warning("%d Optuna worker process(es) exited with codes %s", len(bad), bad)
-    study = open_study(spec, url)
+    study = open_study(spec, url, shared=shared)
     TrialsTable(out_dir, spec.space.names, spec.objective.n,
                 {p.name: p.type for p in spec.space.params}).replace(rows_from_study(study, spec))
     return study
