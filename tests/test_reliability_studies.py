@@ -319,12 +319,9 @@ def test_optuna_same_spec_and_seed_give_identical_tables(tmp_path):
     pd.testing.assert_frame_equal(comparable(a), comparable(b))
 
 
-# Regression: tuning.optuna_search.open_study treated only server databases as shared (shared = not url.startswith("sqlite")),
-# so two `qsfl tune --storage sqlite:///somewhere/study.db` processes started together (two terminals on one
-# machine, or a network file system) are both worker 0 of a study without trials, get search_seed and propose
-# the same params in lockstep, like the PostgreSQL case fixed in e3fbac3. Fix: treat every storage given with
-# --storage / optuna.storage as shared (run_optuna already knows: owns_storage=False), i.e. pass
-# shared = not owns_storage or not url.startswith("sqlite") down to make_sampler.
+# Regression (fixed in 281eda3): only server databases counted as shared, so two `qsfl tune --storage
+# sqlite:///somewhere/study.db` processes started together (two terminals, a network file system) were both
+# worker 0 of a study without trials, got search_seed and proposed the same params in lockstep.
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_two_processes_on_one_explicit_sqlite_storage_propose_different_params(tmp_path):
     import optuna
