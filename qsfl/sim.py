@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,14 +78,19 @@ class Simulation:
         self.n_params = int(sum(p.numel() for p in self.model.parameters()))
         self.strategy = make_strategy(config, self.n_params)
 
-    def sample_cohorts(self) -> list[np.ndarray]:
-        """The sampled client ids of every round (all clients when client_fraction is 1)."""
+    def sample_cohorts(self) -> Iterator[np.ndarray]:
+        """The sampled client ids of each round in turn (all clients when client_fraction is 1).
+
+        A generator, so memory does not grow with the number of rounds.
+        """
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, 0xC0407])
         size = cfg.cohort_size
-        if size == cfg.clients:
-            return [np.arange(cfg.clients) for _ in range(cfg.rounds)]
-        return [np.sort(rng.choice(cfg.clients, size=size, replace=False)) for _ in range(cfg.rounds)]
+        for _ in range(cfg.rounds):
+            if size == cfg.clients:
+                yield np.arange(cfg.clients)
+            else:
+                yield np.sort(rng.choice(cfg.clients, size=size, replace=False))
 
     def run(self, on_round: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> History:
         """Run every round; ``on_round(row)`` sees each finished row and may raise to stop the run."""
@@ -137,7 +142,7 @@ class Simulation:
         if status != "complete":
             log.warning("simulation stopped: %s", reason)
         return History.from_rows(rows, cfg, n_params=self.n_params,
-                                 fedavg_uplink_bytes=fedavg_uplink_bytes(self.n_params, [len(c) for c in cohorts[:len(rows)]]),
+                                 fedavg_uplink_bytes=fedavg_uplink_bytes(self.n_params, [r["n_sampled"] for r in rows]),
                                  status=status, reason=reason)
 
 
