@@ -55,6 +55,14 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) ->
         raise ConfigError(f"{name}: unknown value {value!r}; valid: {', '.join(choices)}")
 
 
+def check_options(field: str, kind: str, name: str, options: Mapping[str, Any], valid: list[str]) -> None:
+    """Raise ConfigError if ``options`` (the ``field`` table of ``kind`` ``name``) has names not in ``valid``."""
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"{field}: unknown option(s) {', '.join(map(repr, unknown))} for {kind} "
+                          f"{name!r}; valid: {', '.join(valid) or '(none)'}")
+
+
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: expected true or false, got {value!r}")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from qsfl.config import ConfigError, check_bool, check_range
+from qsfl.config import ConfigError, check_bool, check_options, check_range
 
 
 @dataclass
@@ -398,10 +398,6 @@ def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
     """Load a registered dataset; ``options`` are the loader's keyword arguments (e.g. path)."""
     if name not in DATASETS:
         raise ConfigError(f"dataset: unknown value {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    valid = dataset_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"dataset_options: unknown option(s) {', '.join(map(repr, unknown))} for dataset "
-                          f"{name!r}; valid: {', '.join(valid)}")
+    check_options("dataset_options", "dataset", name, options, dataset_options(name))
     check_range("seed", seed, 0, 2**63 - 1, integer=True)
     return DATASETS[name](seed=seed, **options)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qsfl.config import ConfigError, check_range
+from qsfl.config import ConfigError, check_options, check_range
 
 DIRICHLET_ATTEMPTS = 200   # resamples before dirichlet gives up on min_size
 
@@ -99,11 +99,7 @@ def partition(name: str, labels: np.ndarray, num_clients: int, seed: int,
     """Split sample indices among ``num_clients`` clients with the named scheme (seeded)."""
     if name not in PARTITIONS:
         raise ConfigError(f"partition: unknown value {name!r}; valid: {', '.join(sorted(PARTITIONS))}")
-    valid = partition_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"partition_options: unknown option(s) {', '.join(map(repr, unknown))} for partition "
-                          f"{name!r}; valid: {', '.join(valid) or '(none)'}")
+    check_options("partition_options", "partition", name, options, partition_options(name))
     labels = np.asarray(labels)
     check_range("clients", num_clients, 1, None, integer=True)
     if num_clients > len(labels):
