@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -157,3 +158,68 @@ def test_killed_worker_trial_is_retried_by_another_worker(pg_url, study_name, tm
     assert stale[0].params and retried[0].params == stale[0].params, trials          # re-run with its params
     table = read_table(tmp_path / "machine_b")
     assert sorted(table["trial"]) == sorted(t.number for t in done)
+
+
+# ----- opening a storage concurrently (issue 16) ------------------------------------------------------------
+RACE_SCHEMAS = 5        # fresh schemas, each an empty Optuna database
+RACE_PROCESSES = 4      # processes that open each schema at the same instant
+
+
+def _open_at_barrier(barrier: Any, url: str, spec_path: str, results: Any) -> None:
+    """A spawned process: import everything, wait for the others, then open the study like `qsfl tune` does."""
+    import traceback
+
+    from tuning.optuna_search import open_study
+    from tuning.spec import load_spec
+
+    spec = load_spec(spec_path)
+    barrier.wait(timeout=300)
+    try:
+        study = open_study(spec, url)
+        results.put(("ok", study.study_name))
+    except BaseException:  # noqa: BLE001 - the parent reports what went wrong
+        results.put(("error", traceback.format_exc()))
+
+
+def _schema_url(url: str, schema: str) -> str:
+    """The URL with the connection's search_path set to ``schema`` (Optuna's tables are created there)."""
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def test_processes_released_together_all_open_a_fresh_storage(pg_url, tmp_path):
+    import multiprocessing as mp
+
+    import sqlalchemy
+
+    name = f"race_{uuid.uuid4().hex[:8]}"
+    spec = write_spec(tmp_path, OPTUNA_SPEC, name)
+    schemas = [f"qsfl_race_{uuid.uuid4().hex[:8]}" for _ in range(RACE_SCHEMAS)]
+    engine = sqlalchemy.create_engine(pg_url)
+    ctx = mp.get_context("spawn")
+    try:
+        with engine.begin() as con:
+            for schema in schemas:
+                con.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        for schema in schemas:
+            url = _schema_url(pg_url, schema)
+            barrier = ctx.Barrier(RACE_PROCESSES)
+            results = ctx.Queue()
+            procs = [ctx.Process(target=_open_at_barrier, args=(barrier, url, str(spec), results))
+                     for _ in range(RACE_PROCESSES)]
+            for p in procs:
+                p.start()
+            outcomes = [results.get(timeout=600) for _ in procs]
+            for p in procs:
+                p.join(timeout=60)
+            errors = [detail for kind, detail in outcomes if kind != "ok"]
+            assert not errors, f"schema {schema}: {len(errors)} of {RACE_PROCESSES} failed:\n" + errors[0][-3000:]
+            assert all(p.exitcode == 0 for p in procs)
+            with engine.connect() as con:   # one study, created once, in the schema the processes shared
+                count = con.execute(sqlalchemy.text(f"SELECT count(*) FROM {schema}.studies "
+                                                    f"WHERE study_name = :n"), {"n": name}).scalar()
+            assert count == 1
+    finally:
+        with engine.begin() as con:
+            for schema in schemas:
+                con.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()

@@ -29,6 +29,7 @@ from qsfl.config import ConfigError
 from tuning.evaluate import Evaluator, configure_threads
 from tuning.objective import Evaluation
 from tuning.spec import StudySpec, parse_spec, spec_fingerprint
+from tuning.storage import open_serialised, storage_kwargs
 from tuning.trials import TrialsTable, evaluation_from_row, make_row
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,11 @@ def default_storage(out_dir: str | Path) -> str:
 
 
 def make_storage(url: str, spec: StudySpec) -> Any:
-    """An RDBStorage with heartbeats (stale trials are failed and retried with the same params)."""
-    import optuna
+    """An RDBStorage with heartbeats (stale trials are failed and retried with the same params).
+
+    Opening an empty database creates Optuna's schema: call this inside :func:`tuning.storage.open_serialised`
+    (as :func:`open_study` does) when other processes may open the same database at the same moment.
+    """
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     _quiet_experimental()
@@ -65,16 +69,19 @@ def make_storage(url: str, spec: StudySpec) -> Any:
         kwargs = dict(heartbeat_interval=s.heartbeat_interval,
                       grace_period=s.grace_period or 3 * s.heartbeat_interval,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except ImportError as exc:
-        raise ConfigError(f"--storage {url}: a database driver is missing ({exc}); e.g. pip install "
-                          f"psycopg2-binary for PostgreSQL") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors for an unreachable or bad URL
-        if isinstance(exc, optuna.exceptions.OptunaError) or "sqlalchemy" in type(exc).__module__:
-            raise ConfigError(f"--storage {url}: cannot open the storage: {exc}") from None
-        raise
+    return RDBStorage(url, engine_kwargs=storage_kwargs(url), **kwargs)
+
+
+def storage_error(url: str, exc: Exception) -> ConfigError | None:
+    """A one-line ConfigError for a storage that cannot be opened (missing driver, bad or unreachable URL)."""
+    import optuna
+
+    if isinstance(exc, ImportError):
+        return ConfigError(f"--storage {url}: a database driver is missing ({exc}); e.g. pip install "
+                           f"psycopg2-binary for PostgreSQL")
+    if isinstance(exc, optuna.exceptions.OptunaError) or "sqlalchemy" in type(exc).__module__:
+        return ConfigError(f"--storage {url}: cannot open the storage: {exc}")
+    return None
 
 
 def sampler_seed(spec: StudySpec, worker: int, n_existing: int, shared: bool = False) -> int:
@@ -137,22 +144,34 @@ def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int 
     """
     import optuna
 
-    storage = make_storage(storage_url, spec)
-    study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
-                                directions=list(spec.objective.directions), load_if_exists=True)
+    def create() -> Any:
+        study = optuna.create_study(storage=make_storage(storage_url, spec), study_name=spec.name,
+                                    pruner=make_pruner(spec), directions=list(spec.objective.directions),
+                                    load_if_exists=True)
+        if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
+            raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
+                              f"{[d.name.lower() for d in study.directions]}; choose another study.name")
+        fp = spec_fingerprint(spec)
+        old = study.user_attrs.get(FINGERPRINT_ATTR)
+        if old is None:
+            study.set_user_attr(FINGERPRINT_ATTR, fp)
+            study.set_user_attr("objectives", spec.objective.describe())
+            study.set_user_attr("search_space", spec.space.names)
+        elif old != fp:
+            raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} run with a different "
+                              f"spec (only optuna.n_trials may change on resume); choose another study.name or --out")
+        return study
+
+    try:
+        study = open_serialised(storage_url, create)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - driver/SQLAlchemy errors of an unreachable or bad URL
+        error = storage_error(storage_url, exc)
+        if error is None:
+            raise
+        raise error from None
     study.sampler = make_sampler(spec, worker, workers, len(study.get_trials(deepcopy=False)), shared)
-    if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
-        raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
-                          f"{[d.name.lower() for d in study.directions]}; choose another study.name")
-    fp = spec_fingerprint(spec)
-    old = study.user_attrs.get(FINGERPRINT_ATTR)
-    if old is None:
-        study.set_user_attr(FINGERPRINT_ATTR, fp)
-        study.set_user_attr("objectives", spec.objective.describe())
-        study.set_user_attr("search_space", spec.space.names)
-    elif old != fp:
-        raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} run with a different spec "
-                          f"(only optuna.n_trials may change on resume); choose another study.name or --out")
     return study
 
 
