@@ -11,10 +11,12 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from qsfl.config import ConfigError, SimConfig, load_config, parse_assignments
+from qsfl.config import SimConfig, load_config, parse_assignments
+from qsfl.errors import ConfigError
 
 EXIT_USAGE = 2
 

@@ -14,7 +14,6 @@ import argparse
 import math
 import time
 
-import numpy as np
 import pandas as pd
 
 import qsfl

@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qsfl.config import load_toml  # noqa: E402
-from tuning.evaluate import Evaluator, Point, make_map, run_task  # noqa: E402
-from tuning.objective import Evaluation, SeedResult, combine  # noqa: E402
-from tuning.spec import StudySpec, load_spec  # noqa: E402
-from tuning.study import baseline_params, best_entries, run_study  # noqa: E402
-from tuning.space import baseline_overrides  # noqa: E402
-from tuning.trials import TrialsTable, read_trials  # noqa: E402
+from qsfl.config import load_toml
+from tuning.evaluate import Evaluator, Point, make_map, run_task
+from tuning.objective import Evaluation, SeedResult, combine
+from tuning.space import baseline_overrides
+from tuning.spec import StudySpec, load_spec
+from tuning.study import baseline_params, best_entries, run_study
+from tuning.trials import TrialsTable, read_trials
 
 
 def random_search(spec: StudySpec, n: int, out: Path, mapper, seed: int) -> dict:

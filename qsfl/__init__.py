@@ -1,6 +1,7 @@
 """qsfl: a seeded, reproducible federated-learning simulator of QSFL and its baselines."""
 
-from qsfl.config import ConfigError, SimConfig, StrategyConfig, load_config
+from qsfl.config import SimConfig, StrategyConfig, load_config
+from qsfl.errors import ConfigError
 from qsfl.history import History
 
 __version__ = "0.1.0"
@@ -13,4 +14,4 @@ def simulate(config: SimConfig, **kwargs) -> History:
     return _simulate(config, **kwargs)
 
 
-__all__ = ["ConfigError", "SimConfig", "StrategyConfig", "History", "load_config", "simulate", "__version__"]
+__all__ = ["ConfigError", "History", "SimConfig", "StrategyConfig", "__version__", "load_config", "simulate"]

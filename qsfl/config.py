@@ -7,11 +7,21 @@ and the allowed range, so a CLI can print it and exit with code 2.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from qsfl.errors import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_options,
+    check_range,
+    check_table,
+    reject_unknown,
+)
 
 STRATEGIES = ("fedavg", "topk", "qsfl")
 SELECTIONS = ("topk", "percentile")
@@ -22,50 +32,28 @@ ENGINES = ("auto", "batched", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field and the allowed range."""
+def _check_options(field: str, kind: str, name: str, options: Any, valid: list[str]) -> None:
+    """:func:`qsfl.errors.check_options`, with a hint naming the other ``kind`` that takes an unknown option."""
+    unknown = sorted(set(check_table(field, options, "a table of options")) - set(valid))
+    check_options(field, kind, name, options, valid, hint=_elsewhere(kind, unknown))
 
 
-def _check_number(name: str, value: Any, *, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{name}: expected {kind}, got {value!r} ({type(value).__name__})")
-    if not integer and not math.isfinite(value):
-        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+def _elsewhere(kind: str, names: list[str]) -> str:
+    """Which other registered ``kind`` (dataset, partition, model) takes the first of ``names``, if any."""
+    if not names:
+        return ""
+    from qsfl.data.datasets import DATASETS, dataset_options
+    from qsfl.data.partition import PARTITIONS, partition_options
+    from qsfl.models import MODELS, model_options
 
-
-def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-                integer: bool = False, lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise ConfigError unless ``value`` is a number (integer if asked) inside the given interval."""
-    _check_number(name, value, integer=integer)
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-          (hi is not None and (value >= hi if hi_open else value > hi))
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        lo_s = "-inf" if lo is None else repr(lo)
-        hi_s = "inf" if hi is None else repr(hi)
-        raise ConfigError(f"{name}: {value!r} is out of range; allowed {left}{lo_s}, {hi_s}{right}")
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
-    """Raise ConfigError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"{name}: unknown value {value!r}; valid: {', '.join(choices)}")
-
-
-def check_options(field: str, kind: str, name: str, options: Mapping[str, Any], valid: list[str]) -> None:
-    """Raise ConfigError if ``options`` (the ``field`` table of ``kind`` ``name``) has names not in ``valid``."""
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"{field}: unknown option(s) {', '.join(map(repr, unknown))} for {kind} "
-                          f"{name!r}; valid: {', '.join(valid) or '(none)'}")
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    registries: dict[str, tuple[Mapping[str, Any], Callable[[str], list[str]]]] = {
+        "dataset": (DATASETS, dataset_options), "partition": (PARTITIONS, partition_options),
+        "model": (MODELS, model_options)}
+    registry, options = registries[kind]
+    owners = [other for other in sorted(registry) if names[0] in options(other)]
+    if not owners:
+        return ""
+    return f"{names[0]!r} is an option of {kind} {', '.join(owners)}"
 
 
 @dataclass(frozen=True)
@@ -144,16 +132,10 @@ class SimConfig:
         from qsfl.data.partition import partition_options
         from qsfl.models import model_options
 
-        valid_options = {"dataset_options": dataset_options(self.dataset),
-                         "model_options": model_options(self.model),
-                         "partition_options": partition_options(self.partition)}
-        for name, valid in valid_options.items():
-            table = getattr(self, name)
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"{name}: expected a table of options, got {table!r}")
-            for key in table:
-                if key not in valid:
-                    raise ConfigError(f"{name}.{key}: unknown option; valid: {', '.join(valid) or '(none)'}")
+        _check_options("dataset_options", "dataset", self.dataset, self.dataset_options, dataset_options(self.dataset))
+        _check_options("model_options", "model", self.model, self.model_options, model_options(self.model))
+        _check_options("partition_options", "partition", self.partition, self.partition_options,
+                      partition_options(self.partition))
         check_range("clients", self.clients, 1, None, integer=True)
         check_range("client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True)
         check_range("rounds", self.rounds, 1, None, integer=True)
@@ -190,7 +172,7 @@ class SimConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SimConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
         """Build from a nested dict; unknown keys are errors."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a table, got {type(data).__name__}")
@@ -204,11 +186,11 @@ class SimConfig:
         _reject_unknown(StrategyConfig, strategy, "strategy.")
         return cls(**data, strategy=StrategyConfig(**strategy))
 
-    def replace(self, **changes: Any) -> "SimConfig":
+    def replace(self, **changes: Any) -> SimConfig:
         """Copy with top-level fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "SimConfig":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> SimConfig:
         """Copy with dotted-key overrides, e.g. {"strategy.beta": 0.5, "lr": 0.1}."""
         data = self.to_dict()
         for key, value in overrides.items():
@@ -221,12 +203,7 @@ def _field_names(cls: type) -> list[str]:
 
 
 def _reject_unknown(cls: type, data: Mapping[str, Any], prefix: str) -> None:
-    valid = [n for n in _field_names(cls) if n != "strategy"] if cls is SimConfig else _field_names(cls)
-    if cls is SimConfig:
-        valid = valid + ["strategy"]
-    for key in data:
-        if key not in valid:
-            raise ConfigError(f"{prefix}{key}: unknown key; valid keys: {', '.join(prefix + v for v in valid)}")
+    reject_unknown(prefix.rstrip("."), data, _field_names(cls))
 
 
 _OPTION_TABLES = ("dataset_options", "model_options", "partition_options")
@@ -236,16 +213,13 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``data[a][b] = value`` for key "a.b"; unknown keys raise ConfigError."""
     parts = key.split(".")
     if len(parts) == 1:
-        if key not in _field_names(SimConfig):
-            raise ConfigError(f"{key}: unknown key; valid keys: {', '.join(_field_names(SimConfig))}, "
-                              f"strategy.<{'|'.join(_field_names(StrategyConfig))}>")
+        reject_unknown("", [key], _field_names(SimConfig),
+                       hint=f"or strategy.<{'|'.join(_field_names(StrategyConfig))}>")
         data[key] = value
         return
     head, rest = parts[0], ".".join(parts[1:])
     if head == "strategy" and len(parts) == 2:
-        if rest not in _field_names(StrategyConfig):
-            raise ConfigError(f"{key}: unknown key; valid: "
-                              f"{', '.join('strategy.' + n for n in _field_names(StrategyConfig))}")
+        reject_unknown("strategy", [rest], _field_names(StrategyConfig))
         data.setdefault("strategy", {})[rest] = value
         return
     if head in _OPTION_TABLES and len(parts) == 2:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qsfl.config import ConfigError, SimConfig, dump_toml, load_toml
+from qsfl.config import SimConfig, dump_toml, load_toml
+from qsfl.errors import ConfigError
 from qsfl.io import atomic_write as _atomic
 
 LIST_COLUMNS = ("sampled_clients", "qualified_clients", "segment_coverage")
@@ -38,7 +39,7 @@ class History:
         self.df.attrs["summary"] = self.summary
 
     @classmethod
-    def from_rows(cls, rows: list[dict[str, Any]], config: SimConfig | dict[str, Any], **kwargs: Any) -> "History":
+    def from_rows(cls, rows: list[dict[str, Any]], config: SimConfig | dict[str, Any], **kwargs: Any) -> History:
         """Build from the simulator's per-round dicts."""
         df = pd.DataFrame(rows, columns=list(COLUMNS))
         cfg = config.to_dict() if isinstance(config, SimConfig) else dict(config)
@@ -62,7 +63,7 @@ class History:
         return {
             "status": self.status,
             "reason": self.reason,
-            "rounds_run": int(len(df)),
+            "rounds_run": len(df),
             "n_params": self.n_params,
             "final_accuracy": float(evaluated["test_accuracy"].iloc[-1]) if len(evaluated) else math.nan,
             "best_accuracy": float(evaluated["test_accuracy"].max()) if len(evaluated) else math.nan,
@@ -95,7 +96,7 @@ class History:
         return out
 
     @classmethod
-    def load(cls, directory: str | Path) -> "History":
+    def load(cls, directory: str | Path) -> History:
         """Read a History written by :meth:`save`."""
         d = Path(directory)
         missing = [f for f in ("history.parquet", "config.toml", "summary.json") if not (d / f).is_file()]

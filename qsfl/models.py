@@ -7,12 +7,13 @@ reshapes its flat input itself, so datasets may store images flat or shaped.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from qsfl.config import ConfigError, check_range
+from qsfl.errors import ConfigError, check_range
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -79,7 +79,7 @@ class SparseSegment:
         return header + index_block + self.values.astype("<f4").tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, size: int, encoding: str = "auto") -> "SparseSegment":
+    def from_bytes(cls, data: bytes, size: int, encoding: str = "auto") -> SparseSegment:
         """Inverse of :meth:`to_bytes` for a segment of known ``size`` and the same encoding policy."""
         client_id, segment, count = struct.unpack_from("<iii", data, 0)
         body = data[HEADER_BYTES:]

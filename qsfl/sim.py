@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from qsfl.config import ConfigError
+        from qsfl.errors import ConfigError
         raise ConfigError("device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
@@ -132,7 +133,8 @@ class Simulation:
                 rows.append(row)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(acc=f"{acc:.3f}" if acc == acc else "-", up_MB=f"{counts['cum_uplink_bytes']/1e6:.2f}")
+                    bar.set_postfix(acc=f"{acc:.3f}" if acc == acc else "-",
+                                    up_MB=f"{counts['cum_uplink_bytes'] / 1e6:.2f}")
                 if on_round is not None:
                     on_round(row)
         finally:

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``qsfl compare`` and print the table."""
-    from qsfl.config import check_range
+    from qsfl.errors import check_range
     from qsfl_cli import show_progress
     from reports.compare import compare_study, display_table, parse_seeds
     from reports.report import md_table

@@ -12,15 +12,17 @@ import dataclasses
 import logging
 import math
 import multiprocessing as mp
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from qsfl.config import ConfigError, SimConfig, StrategyConfig, load_toml
+from qsfl.config import SimConfig, StrategyConfig, load_toml
+from qsfl.errors import ConfigError, check_table, reject_unknown
 from qsfl.history import History
 from qsfl.io import atomic_write_text
 
@@ -131,10 +133,8 @@ def read_configs_file(path: str | Path) -> list[tuple[str | None, dict[str, Any]
         raise ConfigError(f"{path}: expected [[config]] tables with params = {{...}} (or a best.toml's [[best]])")
     out = []
     for i, entry in enumerate(entries):
-        unknown = set(entry) - {"label", "params", "set", "fitness", "metrics"}
-        if unknown:
-            raise ConfigError(f"{path}: config {i + 1}: unknown key(s) {', '.join(sorted(unknown))}; "
-                              "valid: label, params, set")
+        reject_unknown(f"{path}: config {i + 1}", check_table(f"{path}: config {i + 1}", entry),
+                       ("label", "params", "set", "fitness", "metrics"))
         overrides = dict(entry.get("params", {}))
         overrides.update(entry.get("set", {}))
         if not overrides:
@@ -150,7 +150,12 @@ def read_configs_file(path: str | Path) -> list[tuple[str | None, dict[str, Any]
 def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str | Path | None,
                   spec: Mapping[str, Any] | None = None) -> dict[str, tuple[SimConfig, dict[str, Any]]]:
     """label -> (config, params) of the configs to compare: from --configs, else best.toml / trials."""
-    from reports.report import complete_rows, objective_directions, read_best, read_trials
+    from reports.report import (
+        complete_rows,
+        objective_directions,
+        read_best,
+        read_trials,
+    )
 
     if configs_file is not None:
         entries = read_configs_file(configs_file)
@@ -217,7 +222,8 @@ def choose_seeds(seeds: Sequence[int] | None, used: set[int], n: int = DEFAULT_S
         return list(seeds)
     if preferred and not set(preferred) & used:
         return list(preferred)
-    out, s = [], 0
+    out: list[int] = []
+    s = 0
     while len(out) < n:
         if s not in used:
             out.append(s)
@@ -253,7 +259,7 @@ def run_job(job: Job) -> dict[str, Any]:
     if history is None:
         try:
             history = simulate(config)
-        except Exception as exc:  # one broken run must not lose the others' results
+        except Exception as exc:  # noqa: BLE001 - one broken run must not lose the others' results
             log.warning("%s seed %d failed: %s: %s", job.label, job.seed, type(exc).__name__, exc)
             return {"label": job.label, "kind": job.kind, "seed": job.seed, "status": "failed",
                     "reason": f"{type(exc).__name__}: {exc}", "path": str(path)}

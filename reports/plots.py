@@ -7,10 +7,12 @@ study can draw hundreds of figures without leaking memory and a notebook display
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,10 +20,18 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 from qsfl.io import atomic_write
-from reports.style import DPI, HEIGHT_IN, WIDTH_IN, byte_unit, color_for, linestyle_for, styled
+from reports.style import (
+    DPI,
+    HEIGHT_IN,
+    WIDTH_IN,
+    byte_unit,
+    color_for,
+    linestyle_for,
+    styled,
+)
 
 RunLike = Any  # pd.DataFrame or qsfl.history.History
-Runs = Mapping[str, Union[RunLike, Sequence[RunLike]]]
+Runs = Mapping[str, RunLike | Sequence[RunLike]]
 
 ACCURACY = "test accuracy"
 UPLINK_MB = "cumulative uplink (MB)"
@@ -168,6 +178,10 @@ def _pname(col: str) -> str:
     return col[len("param_"):] if col.startswith("param_") else col
 
 
+def _savefig(fig: Figure, fmt: str, path: Path) -> None:
+    fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight", facecolor="white")
+
+
 def save_figure(fig: Figure, path_stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write ``<stem>.png`` (150 dpi) and ``<stem>.svg`` atomically; return the paths."""
     stem = Path(path_stem)
@@ -175,8 +189,7 @@ def save_figure(fig: Figure, path_stem: str | Path, formats: Sequence[str] = ("p
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        atomic_write(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=DPI, bbox_inches="tight",
-                                                          facecolor="white"))
+        atomic_write(path, functools.partial(_savefig, fig, fmt))
         paths.append(path)
     return paths
 
@@ -393,7 +406,7 @@ def ga_fitness(logbook: pd.DataFrame, *, objective: int = 0, ylabel: str = "fitn
     ax.plot(gen, mean, color="#0072B2", marker="o", ms=4, label="mean \u00b1 std")
     ax.plot(gen, logbook[cols["min"]], color="#D55E00", marker="v", ms=4, label="min")
     lines = {k: logbook[cols[k]].to_numpy(dtype=float) for k in ("max", "mean", "min")}
-    rng = robust_range(np.concatenate(list(lines.values())), maximize=maximize)
+    rng = robust_range(np.concatenate(list(lines.values())).tolist(), maximize=maximize)
     if rng is not None:  # penalised/failed evaluations would flatten the interesting part
         ax.set_ylim(*rng)
         off = {k: int(((v < rng[0]) if maximize else (v > rng[1])).sum()) for k, v in lines.items()}
@@ -638,7 +651,7 @@ def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, pa
         ax.plot(xs, scaled[i], color=cmap(norm(data[i, -1])), alpha=0.55, lw=1.0)
     best = order[-1]
     ax.plot(xs, scaled[best], color="#D55E00", lw=2.6, label="best")  # legend would crowd: the note says it
-    for j, x in enumerate(xs):
+    for j, x in enumerate(xs.tolist()):
         ax.axvline(x, color="#444444", lw=0.8)
         clipped = j == len(cols) - 1 and rng is not None
         ax.text(x, -0.04, ("\u2264" if clipped and maximize else "") + _fmt(lo[j]), ha="center", va="top", fontsize=8)

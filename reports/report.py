@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import html
 import io
 import logging
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qsfl.config import ConfigError, SimConfig, dump_toml, load_toml
+from qsfl.config import SimConfig, dump_toml, load_toml
+from qsfl.errors import ConfigError
 from qsfl.history import History
 from qsfl.io import atomic_write_text
 from reports import plots
@@ -301,8 +304,9 @@ def match_trial(trials: pd.DataFrame, params: dict[str, Any]) -> pd.Series | Non
     return df[mask].iloc[0] if mask.any() else None
 
 
-METRIC_COLUMNS = (("metric_final_accuracy", "final acc."), ("metric_uplink_mb", "uplink MB"), ("metric_compression_ratio", "compression"),
-                  ("metric_rounds_to_target", "rounds to target"), ("metric_uplink_mb_to_target", "MB to target"))
+METRIC_COLUMNS = (("metric_final_accuracy", "final acc."), ("metric_uplink_mb", "uplink MB"),
+                  ("metric_compression_ratio", "compression"), ("metric_rounds_to_target", "rounds to target"),
+                  ("metric_uplink_mb_to_target", "MB to target"))
 
 
 def _with_derived(trials: pd.DataFrame) -> pd.DataFrame:
@@ -383,7 +387,7 @@ def study_figures(study: Study) -> list[FigureEntry]:
     def add(name: str, section: str, caption: str, build: Callable[[], Figure]) -> None:
         try:
             entries.append(FigureEntry(name, caption, build(), section))
-        except Exception as exc:  # a broken figure must not cost the user the rest of the report
+        except Exception as exc:  # noqa: BLE001 - a broken figure must not cost the user the rest of the report
             log.warning("figure %s skipped: %s: %s", name, type(exc).__name__, exc)
 
     search = "Search"
@@ -392,14 +396,15 @@ def study_figures(study: Study) -> list[FigureEntry]:
             label = fcols[j] if j < len(fcols) else "fitness"
             ylabel = ylabels[j] if j < len(ylabels) else label
             add(f"ga_fitness_{j}", search, f"GA: min, mean \u00b1 std and max of {label} in each generation's "
-                "population (logbook.csv).", lambda j=j, label=label, ylabel=ylabel: plots.ga_fitness(
-                    study.logbook, objective=j, ylabel=ylabel, maximize=maximize[j] if j < len(maximize) else True,
+                "population (logbook.csv).", functools.partial(
+                    plots.ga_fitness, study.logbook, objective=j, ylabel=ylabel,
+                    maximize=maximize[j] if j < len(maximize) else True,
                     title="GA fitness per generation" + (f" ({label})" if len(fcols) > 1 else "")))
     for j, f in enumerate(fcols):
         add(f"optimization_history_{j}", search, f"Every evaluation's {f} in order, and the best so far "
             f"({'higher' if maximize[j] else 'lower'} is better).",
-            lambda f=f, j=j: plots.optimization_history(trials, fitness=f, maximize=maximize[j], ylabel=ylabels[j],
-                                                        title=f"Optimisation history ({f})"))
+            functools.partial(plots.optimization_history, trials, fitness=f, maximize=maximize[j], ylabel=ylabels[j],
+                              title=f"Optimisation history ({f})"))
     if {"metric_uplink_mb", "metric_final_accuracy"} <= set(trials.columns):
         marks = {}
         if study.baseline and {"uplink_mb", "final_accuracy"} <= set(study.baseline.get("metrics", {})):
@@ -550,7 +555,7 @@ def _facts(study: Study) -> list[tuple[str, str]]:
     if study.logbook is not None:
         facts.append(("generations", str(len(study.logbook))))
     facts.append(("directory", str(study.out_dir.resolve())))
-    facts.append(("report written", f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"))
+    facts.append(("report written", f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"))
     return facts
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)  # never open a window; harmless when a notebook chose its backend already
 
-from matplotlib import rc_context  # noqa: E402
+from cycler import cycler
+from matplotlib import rc_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +47,7 @@ RC: dict[str, Any] = {
     "axes.axisbelow": True,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "axes.prop_cycle": cycler(color=PALETTE),
     "grid.color": "#d9d9d9",
     "grid.linewidth": 0.6,
     "legend.fontsize": 9,
@@ -62,7 +64,7 @@ def styled(func: F) -> F:
     """Decorator: build the figure under the package's rc settings without touching global state."""
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with rc_context(RC):
+        with rc_context(RC):  # type: ignore[arg-type]  # RC's keys are valid rcParams
             return func(*args, **kwargs)
     return wrapper  # type: ignore[return-value]
 

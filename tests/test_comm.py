@@ -2,8 +2,15 @@ import math
 
 import pytest
 
-from qsfl.comm import (HEADER_BYTES, Ledger, dense_message, fedavg_uplink_bytes, index_encoding_bytes,
-                       meta_message, sparse_message)
+from qsfl.comm import (
+    HEADER_BYTES,
+    Ledger,
+    dense_message,
+    fedavg_uplink_bytes,
+    index_encoding_bytes,
+    meta_message,
+    sparse_message,
+)
 
 
 def test_header_and_dense_sizes():

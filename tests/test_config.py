@@ -1,6 +1,7 @@
 import pytest
 
-from qsfl.config import ConfigError, SimConfig, StrategyConfig, parse_assignments, parse_value
+from qsfl.config import SimConfig, StrategyConfig, parse_assignments, parse_value
+from qsfl.errors import ConfigError
 
 
 @pytest.mark.parametrize("field, value, fragment", [
@@ -77,9 +78,9 @@ def test_cohort_size():
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(partition_options={"alpha": 0.5}), "partition_options.alpha: unknown option; valid: (none)"),
-    (dict(partition="dirichlet", partition_options={"alhpa": 0.5}), "partition_options.alhpa: unknown option; valid: alpha"),
-    (dict(model_options={"depth": 2}), "model_options.depth: unknown option; valid: hidden"),
+    (dict(partition_options={"alpha": 0.5}), "partition_options.alpha: unknown option of partition 'iid'; valid options: none; 'alpha' is an option of partition dirichlet"),
+    (dict(partition="dirichlet", partition_options={"alhpa": 0.5}), "partition_options.alhpa: unknown option of partition 'dirichlet'; valid options: alpha, min_size"),
+    (dict(model_options={"depth": 2}), "model_options.depth: unknown option of model 'mlp'; valid options: hidden"),
     (dict(dataset_options={"path": "x"}), "dataset_options.path: unknown option"),
 ])
 def test_unknown_option_names_are_rejected_before_running(kwargs, fragment):

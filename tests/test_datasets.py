@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from fixtures_data import idx_bytes, write_cifar, write_leaf, write_mnist
-from qsfl.config import ConfigError
+
 from qsfl.data.datasets import DATASETS, NATURAL_ID_DATASETS, load_dataset
+from qsfl.errors import ConfigError
 
 
 def check_types(ds, num_classes: int) -> None:
@@ -38,7 +38,7 @@ def test_unknown_dataset_lists_valid_names():
 
 
 def test_unknown_option_names_it_and_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) 'bogus' for dataset 'synthetic'; valid: .*alpha"):
+    with pytest.raises(ConfigError, match=r"dataset_options.bogus: unknown option of dataset 'synthetic'; valid options: .*alpha"):
         load_dataset("synthetic", bogus=1)
 
 
@@ -185,7 +185,7 @@ def test_femnist_errors(tmp_path):
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_idx(tmp_path, gz):
-    xtr, ytr, xte, yte = write_mnist(tmp_path, gz=gz)
+    xtr, ytr, _xte, yte = write_mnist(tmp_path, gz=gz)
     ds = load_dataset("mnist", path=str(tmp_path))
     check_types(ds, 10)
     assert ds.x_train.shape == (12, 1, 28, 28) and ds.x_test.shape == (5, 1, 28, 28)
@@ -221,7 +221,7 @@ def test_mnist_errors(tmp_path):
 
 @pytest.mark.parametrize("bytes_keys, protocol", [(True, 2), (False, pickle.DEFAULT_PROTOCOL)])
 def test_cifar10_batches(tmp_path, bytes_keys, protocol):
-    xtr, ytr, xte, yte = write_cifar(tmp_path, bytes_keys=bytes_keys, protocol=protocol)
+    xtr, ytr, _xte, yte = write_cifar(tmp_path, bytes_keys=bytes_keys, protocol=protocol)
     for path in (tmp_path, tmp_path / "cifar-10-batches-py"):
         ds = load_dataset("cifar10", path=str(path))
         check_types(ds, 10)

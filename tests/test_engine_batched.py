@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 import qsfl
-from qsfl.config import ConfigError, SimConfig, StrategyConfig
+from qsfl.config import SimConfig, StrategyConfig
 from qsfl.engine import make_engine
 from qsfl.engine.batched import BatchedEngine, clients_epoch_orders, unsupported_reason
 from qsfl.engine.common import epoch_orders, flat_weights
 from qsfl.engine.sequential import SequentialEngine
 from qsfl.engine.threads import configure_threads, threads_per_worker
+from qsfl.errors import ConfigError
 from qsfl.models import MODELS, build_model
 
 # Sizes differ per client, and 13, 7 and 9 leave a partial last batch with batch size 5 or 4.

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qsfl.config import ConfigError
+from qsfl.errors import ConfigError
 from qsfl.models import MODELS, build_model, count_parameters
 
 

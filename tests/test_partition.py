@@ -7,8 +7,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from qsfl.config import ConfigError
 from qsfl.data.partition import PARTITIONS, partition, partition_options
+from qsfl.errors import ConfigError
 
 LABELS = np.repeat(np.arange(10), 60)          # 600 samples, 60 per class, label-sorted
 NATURAL = np.arange(600) % 25                  # 25 natural users
@@ -127,9 +127,9 @@ def test_natural_on_synthetic_dataset():
 
 
 def test_option_validation():
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) 'alhpa' for partition 'dirichlet'; valid: alpha, min_size"):
+    with pytest.raises(ConfigError, match=r"partition_options.alhpa: unknown option of partition 'dirichlet'; valid options: alpha, min_size"):
         partition("dirichlet", LABELS, 10, seed=0, alhpa=0.5)
-    with pytest.raises(ConfigError, match=r"for partition 'iid'; valid: \(none\)"):
+    with pytest.raises(ConfigError, match=r"partition_options.alpha: unknown option of partition 'iid'; valid options: none"):
         partition("iid", LABELS, 10, seed=0, alpha=0.5)
     with pytest.raises(ConfigError, match=r"partition: unknown value 'zipf'; valid: dirichlet, iid, natural, shards"):
         partition("zipf", LABELS, 10, seed=0)

@@ -6,6 +6,7 @@ url)``; locally do the same, then ``pytest -m postgres``. Each test uses its own
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -16,8 +17,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
-
-from test_reliability_studies import OPTUNA_SPEC, REPO, kill_when, read_table, run_tune, tune_cmd, write_spec
+from test_reliability_studies import (
+    OPTUNA_SPEC,
+    REPO,
+    kill_when,
+    read_table,
+    run_tune,
+    tune_cmd,
+    write_spec,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -40,10 +48,8 @@ def study_name(pg_url):
 
     name = f"reliability_{uuid.uuid4().hex[:10]}"
     yield name
-    try:
+    with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=pg_url)
-    except KeyError:
-        pass
 
 
 def pg_study(url: str, name: str):
@@ -177,7 +183,7 @@ def _open_at_barrier(barrier: Any, url: str, spec_path: str, results: Any) -> No
     try:
         study = open_study(spec, url)
         results.put(("ok", study.study_name))
-    except BaseException:  # noqa: BLE001 - the parent reports what went wrong
+    except BaseException:
         results.put(("error", traceback.format_exc()))
 
 

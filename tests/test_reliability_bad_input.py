@@ -26,8 +26,18 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qsfl.config import (AGGREGATES, DEVICES, ENGINES, INDEX_ENCODINGS, RELEVANCES, SELECTIONS, STRATEGIES,
-                         ConfigError, SimConfig, load_toml)
+from qsfl.config import (
+    AGGREGATES,
+    DEVICES,
+    ENGINES,
+    INDEX_ENCODINGS,
+    RELEVANCES,
+    SELECTIONS,
+    STRATEGIES,
+    SimConfig,
+    load_toml,
+)
+from qsfl.errors import ConfigError
 from qsfl_cli import main
 
 # A valid, quick config (logreg on digits: 64 * 10 + 10 = 650 parameters; 1437 training samples).

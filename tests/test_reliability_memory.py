@@ -8,8 +8,6 @@ import gc
 import linecache
 import tracemalloc
 
-import pytest
-
 import qsfl
 from qsfl.config import SimConfig, StrategyConfig
 

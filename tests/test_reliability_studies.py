@@ -16,7 +16,6 @@ The process-level tests take tens of seconds each: they are marked ``slow`` (CI 
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import signal

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 import qsfl
-from qsfl.config import ConfigError, SimConfig, dump_toml
+from qsfl.config import SimConfig, dump_toml
+from qsfl.errors import ConfigError
 from qsfl.history import History
 from reports import plots
 
@@ -65,7 +66,7 @@ def build_study_dir(out: Path) -> Path:
     """A GA study output directory made of real simulations, in the contract's file layout."""
     out.mkdir(parents=True, exist_ok=True)
     rows, logbook, cache = [], [], {}
-    t = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
     for gen, pop in enumerate(POPULATION):
         fits = []
         for params in pop:
@@ -384,7 +385,7 @@ def test_compare_configs_file_and_base_file(tmp_path):
     out = tmp_path / "cmp"
     table = compare_study(out, configs_file=tmp_path / "configs.toml", base_file=tmp_path / "base.toml",
                           seeds=[3])
-    assert list(table["label"])[0] == "mine"
+    assert next(iter(table["label"])) == "mine"
     s = History.load(out / "compare" / "mine" / "seed3").config["strategy"]
     assert (s["beta"], s["k"], s["ns"], s["p"]) == (0.3, 4, 2, 0.25)
 

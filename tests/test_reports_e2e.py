@@ -49,6 +49,7 @@ generations = 1
 def test_tune_compare_report(tmp_path, capsys):
     pytest.importorskip("tuning.cli")
     import torch
+
     from qsfl.history import History
     from qsfl_cli import main
 

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from qsfl.segments import (SparseSegment, ceil_fraction, encode_segment, segment_bounds, segment_id,
-                           top_p_indices)
+from qsfl.segments import (
+    SparseSegment,
+    ceil_fraction,
+    encode_segment,
+    segment_bounds,
+    segment_id,
+    top_p_indices,
+)
 
 
 def test_segment_bounds_array_split_semantics():
@@ -63,7 +69,7 @@ def test_encode_decode_round_trip_and_exact_bytes(encoding, size, p):
 
 def test_top_p_equals_a_stable_sort_reference_with_many_ties():
     gen = torch.Generator().manual_seed(0)
-    for trial in range(200):
+    for _trial in range(200):
         n = int(torch.randint(1, 60, (1,), generator=gen))
         values = torch.randint(-3, 4, (n,), generator=gen).float()   # lots of equal magnitudes
         p = float(torch.rand(1, generator=gen)) * 0.99 + 0.01

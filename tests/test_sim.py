@@ -1,4 +1,3 @@
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -7,7 +6,6 @@ import qsfl
 from qsfl.comm import HEADER_BYTES
 from qsfl.config import SimConfig, StrategyConfig
 from qsfl.data.datasets import load_dataset
-from qsfl.engine.common import load_flat
 from qsfl.models import build_model
 from qsfl.sim import Simulation
 

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from qsfl.comm import Ledger
-from qsfl.config import ConfigError, SimConfig, StrategyConfig
+from qsfl.config import SimConfig, StrategyConfig
 from qsfl.engine.common import CohortResult
-from qsfl.strategies import FedAvg, QSFL, TopK
+from qsfl.errors import ConfigError
+from qsfl.strategies import QSFL, FedAvg, TopK
 
 
 def cohort(weights, losses=None, samples=None):

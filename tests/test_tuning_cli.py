@@ -126,7 +126,7 @@ def test_diverging_evaluations_are_recorded_as_failed(tiny_spec, tmp_path):
     (["space.ns.high=0"], "space.ns.high: 0 is out of range; allowed [1, inf]"),
     (["space.k.high=7"], "space.k.high: 7 is out of range; allowed [1, 6]"),
     (["objective.formula=\"__import__('os')\""], "objective.formula: call of '__import__' is not allowed"),
-    (["nosection.x=1"], "unknown section 'nosection'"),
+    (["nosection.x=1"], "nosection: unknown section in --set nosection.x; valid sections: study"),
     (["base.rounds=0"], "base.rounds: 0 is out of range"),
 ])
 def test_bad_spec_exit_code_2_names_the_key(tiny_spec, tmp_path, capsys, sets, fragment):

@@ -6,9 +6,17 @@ import math
 
 import pytest
 
-from qsfl.config import ConfigError
-from tuning.objective import (METRICS, WORST, Formula, SeedResult, build_objective, combine, params_id,
-                              summary_metrics)
+from qsfl.errors import ConfigError
+from tuning.objective import (
+    METRICS,
+    WORST,
+    Formula,
+    SeedResult,
+    build_objective,
+    combine,
+    params_id,
+    summary_metrics,
+)
 
 NAMES = list(METRICS)
 

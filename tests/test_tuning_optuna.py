@@ -8,9 +8,9 @@ import json
 import optuna
 import pandas as pd
 import pytest
+from test_tuning_cli import TINY
 
 from qsfl_cli import main
-from test_tuning_cli import TINY
 
 OPTUNA = TINY + """
 [optuna]

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsfl.config import ConfigError, SimConfig, StrategyConfig
+from qsfl.config import SimConfig, StrategyConfig
+from qsfl.errors import ConfigError
 from tuning.space import Param, build_space, effective_k
 from tuning.spec import parse_spec
 
@@ -132,7 +133,7 @@ def test_bad_spec_names_the_key(path, value, fragment):
     raw = _with(path, value)
     if path == "objective.weights":
         del raw["objective"]["formula"]
-        fragment = "objective.weights.accuracy: unknown metric; valid: final_accuracy"
+        fragment = "objective.weights.accuracy: unknown metric; valid metrics: final_accuracy"
     if path == "space.beta.low":
         raw["space"]["beta"]["high"] = 0.5
         fragment = "space.beta: low 0.9 > high 0.5; need low <= high"

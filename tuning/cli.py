@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from qsfl.config import ConfigError
+from qsfl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-from qsfl.config import ConfigError, SimConfig
-from tuning.objective import Evaluation, SeedResult, combine, failed_evaluation, params_id, run_seed
+from qsfl.config import SimConfig
+from qsfl.errors import ConfigError
+from tuning.objective import (
+    Evaluation,
+    SeedResult,
+    combine,
+    failed_evaluation,
+    params_id,
+    run_seed,
+)
 from tuning.spec import StudySpec
 from tuning.trials import TrialsTable, evaluation_from_row, make_row
 
@@ -23,14 +32,8 @@ log = logging.getLogger(__name__)
 # ----- threads and worker processes -----------------------------------------------------------------------
 def configure_threads(n: int = 1) -> None:
     """One torch thread per evaluation (the engine's helper when present)."""
-    try:
-        from qsfl.engine.threads import configure_threads as engine_threads  # type: ignore[import-not-found]
-    except ImportError:
-        import torch
+    from qsfl.engine.threads import configure_threads as engine_threads
 
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-        return
     engine_threads(n)
 
 

@@ -18,14 +18,15 @@ import math
 import operator
 import pickle
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from deap import algorithms, base, tools
 
-from qsfl.config import ConfigError
+from qsfl.errors import ConfigError
 from qsfl.io import atomic_write
 from tuning.spec import GASettings, indpb_for
 

@@ -21,12 +21,14 @@ import math
 import operator
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from qsfl.config import ConfigError, SimConfig
+from qsfl.config import SimConfig
+from qsfl.errors import ConfigError, check_table, reject_unknown
 
 DIRECTIONS = ("maximize", "minimize")
 WORST = 1e9  # fitness of a failed evaluation (negated for maximised objectives); finite so NSGA-II works
@@ -121,9 +123,10 @@ class Formula:
         elif isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
                 self._reject(node, f"call of {ast.unparse(node.func)!r}")
+            name = node.func.id if isinstance(node.func, ast.Name) else ""
             if node.keywords or not node.args or any(isinstance(a, ast.Starred) for a in node.args):
-                self._reject(node, f"this call form of {node.func.id}()")  # type: ignore[union-attr]
-            if node.func.id == "abs" and len(node.args) != 1:  # type: ignore[union-attr]
+                self._reject(node, f"this call form of {name}()")
+            if name == "abs" and len(node.args) != 1:
                 self._reject(node, "abs() with more than one argument")
             for arg in node.args:
                 self._check(arg)
@@ -145,11 +148,12 @@ class Formula:
         if isinstance(node, ast.UnaryOp):
             return _UNARY[type(node.op)](self._eval(node.operand, v))
         if isinstance(node, ast.Constant):
-            return float(node.value)
+            return float(node.value)  # type: ignore[arg-type]  # _check admits numeric constants only
         if isinstance(node, ast.Name):
             return float(v[node.id])
         if isinstance(node, ast.Call):
-            return float(_FUNCS[node.func.id](*(self._eval(a, v) for a in node.args)))  # type: ignore[union-attr]
+            assert isinstance(node.func, ast.Name)   # _check admits calls of whitelisted names only
+            return float(_FUNCS[node.func.id](*(self._eval(a, v) for a in node.args)))
         raise AssertionError(f"unchecked node {node!r}")  # _check guarantees this is unreachable
 
 
@@ -227,12 +231,7 @@ OBJECTIVE_KEYS = ("weights", "formula", "objectives", "direction", "directions",
 
 def build_objective(table: Any) -> Objective:
     """Validate the ``[objective]`` table (exactly one of weights, formula, objectives)."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"objective: expected a table, got {table!r}")
-    for key in table:
-        if key not in OBJECTIVE_KEYS:
-            raise ConfigError(f"objective.{key}: unknown key; valid keys: "
-                              f"{', '.join('objective.' + k for k in OBJECTIVE_KEYS)}")
+    reject_unknown("objective", check_table("objective", table), OBJECTIVE_KEYS)
     given = [k for k in ("weights", "formula", "objectives") if k in table]
     if len(given) != 1:
         raise ConfigError("objective: give exactly one of objective.weights (a table metric = weight), "
@@ -244,9 +243,8 @@ def build_objective(table: Any) -> Objective:
         if not isinstance(weights, Mapping) or not weights:
             raise ConfigError("objective.weights: expected a table such as {final_accuracy = 1.0, "
                               "uplink_fraction = -0.05}")
+        reject_unknown("objective.weights", weights, names, what="metric", qualify=False)
         for name, w in weights.items():
-            if name not in METRICS:
-                raise ConfigError(f"objective.weights.{name}: unknown metric; valid: {', '.join(names)}")
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ConfigError(f"objective.weights.{name}: expected a finite number, got {w!r}")
         text = " + ".join(f"({float(w)!r}) * {name}" for name, w in weights.items())
@@ -278,7 +276,7 @@ def build_objective(table: Any) -> Objective:
             else:
                 raise ConfigError(f"objective.direction: required for the formula {text!r}; "
                                   f"allowed: {', '.join(DIRECTIONS)}")
-    for i, d in enumerate(dirs):
+    for _i, d in enumerate(dirs):
         if d not in DIRECTIONS:
             raise ConfigError(f"objective.direction{'s' if len(dirs) > 1 else ''}: unknown value {d!r}; "
                               f"valid: {', '.join(DIRECTIONS)}")
@@ -309,7 +307,7 @@ class SeedResult:
                 "fedavg_uplink_bytes": self.fedavg_uplink_bytes}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SeedResult":
+    def from_dict(cls, d: Mapping[str, Any]) -> SeedResult:
         return cls(seed=int(d["seed"]), status=str(d["status"]), reason=str(d["reason"]),
                    metrics={k: float(v) for k, v in d["metrics"].items()}, duration_s=float(d["duration_s"]),
                    rounds=int(d.get("rounds", 0)), fedavg_uplink_bytes=float(d.get("fedavg_uplink_bytes", math.nan)))
@@ -344,7 +342,7 @@ def run_seed(config: SimConfig, on_round: Callable[[dict[str, Any]], None] | Non
         history = simulate(config, on_round=on_round)
     except (KeyboardInterrupt, MemoryError):
         raise
-    except Exception as exc:  # noqa: BLE001 - any simulator error is recorded, the study goes on
+    except Exception as exc:
         if _is_control_flow(exc):
             raise
         where = traceback.extract_tb(exc.__traceback__)[-1]

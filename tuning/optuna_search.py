@@ -22,10 +22,11 @@ import logging
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from qsfl.config import ConfigError
+from qsfl.errors import ConfigError
 from tuning.evaluate import Evaluator, configure_threads
 from tuning.objective import Evaluation
 from tuning.spec import StudySpec, parse_spec, spec_fingerprint
@@ -136,6 +137,13 @@ def make_pruner(spec: StudySpec) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def study_directions(spec: StudySpec) -> list[Any]:
+    """The spec's directions as Optuna's StudyDirection values."""
+    from optuna.study import StudyDirection
+
+    return [StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in spec.objective.directions]
+
+
 def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int = 1, shared: bool = True) -> Any:
     """Create or load (load_if_exists) the study; a different spec under the same name is an error.
 
@@ -146,7 +154,7 @@ def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int 
 
     def create() -> Any:
         study = optuna.create_study(storage=make_storage(storage_url, spec), study_name=spec.name,
-                                    pruner=make_pruner(spec), directions=list(spec.objective.directions),
+                                    pruner=make_pruner(spec), directions=study_directions(spec),
                                     load_if_exists=True)
         if [d.name.lower() for d in study.directions] != list(spec.objective.directions):
             raise ConfigError(f"study.name: the storage already holds a study {spec.name!r} with directions "
@@ -166,7 +174,7 @@ def open_study(spec: StudySpec, storage_url: str, worker: int = 0, workers: int 
         study = open_serialised(storage_url, create)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - driver/SQLAlchemy errors of an unreachable or bad URL
+    except Exception as exc:
         error = storage_error(storage_url, exc)
         if error is None:
             raise

@@ -19,10 +19,18 @@ gets the worst fitness. Nothing invalid is ever evaluated silently.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from qsfl.config import ConfigError, SimConfig, StrategyConfig, check_bool, check_choice, check_range
+from qsfl.config import SimConfig, StrategyConfig
+from qsfl.errors import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_range,
+    reject_unknown,
+)
 
 PARAM_TYPES = ("float", "int")
 CONSTRAINT_MODES = ("repair", "penalty")
@@ -224,10 +232,7 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
     where = f"space.{name}"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table with low/high, got {table!r}")
-    for key in table:
-        if key not in PARAM_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown key; valid keys: "
-                              f"{', '.join(where + '.' + k for k in PARAM_KEYS)}")
+    reject_unknown(where, table, PARAM_KEYS)
     info = KNOWN_PARAMS.get(name)
     if "key" in table:
         key = table["key"]

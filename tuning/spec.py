@@ -13,11 +13,20 @@ Layout (see ``studies/*.toml`` and docs/tuning.md)::
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from qsfl.config import ConfigError, SimConfig, check_bool, check_choice, check_range, load_toml, parse_assignments
+from qsfl.config import SimConfig, load_toml, parse_assignments
+from qsfl.errors import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_range,
+    check_table,
+    reject_unknown,
+)
 from tuning.objective import Objective, build_objective
 from tuning.space import SearchSpace, build_space
 
@@ -98,11 +107,7 @@ class StudySpec:
 
 
 def _check_keys(where: str, table: Any, valid: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {table!r}")
-    for key in table:
-        if key not in valid:
-            raise ConfigError(f"{where}.{key}: unknown key; valid keys: {', '.join(where + '.' + v for v in valid)}")
+    reject_unknown(where, check_table(where, table), valid)
     return dict(table)
 
 
@@ -216,9 +221,7 @@ def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec
     """Validate a spec dict (as read from TOML) into a StudySpec."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"spec: expected a table, got {type(raw).__name__}")
-    for key in raw:
-        if key not in SECTIONS:
-            raise ConfigError(f"{key}: unknown section; valid sections: {', '.join(SECTIONS)}")
+    reject_unknown("", raw, SECTIONS, what="section")
     for key in ("base", "space", "objective"):
         if key not in raw:
             raise ConfigError(f"{key}: missing section; a study spec needs [base], [space.<param>] and [objective]")
@@ -237,8 +240,7 @@ def set_spec_value(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise ConfigError(f"--set {key!r}: expected section.key=value, e.g. ga.population=4 or base.rounds=3")
-    if parts[0] not in SECTIONS:
-        raise ConfigError(f"--set {key}: unknown section {parts[0]!r}; valid sections: {', '.join(SECTIONS)}")
+    reject_unknown("", [parts[0]], SECTIONS, what="section", owner=f"in --set {key}")
     node = raw
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})

@@ -6,15 +6,24 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from qsfl.config import ConfigError, dump_toml, load_toml
+from qsfl.config import dump_toml, load_toml
+from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
-from tuning.evaluate import Evaluator, SameParams, SerialMap, configure_threads, make_map, run_task
+from tuning.evaluate import (
+    Evaluator,
+    SameParams,
+    SerialMap,
+    configure_threads,
+    make_map,
+    run_task,
+)
 from tuning.objective import Evaluation, SeedResult, combine
 from tuning.space import baseline_overrides
 from tuning.spec import StudySpec, spec_fingerprint
@@ -109,11 +118,11 @@ def best_entries(rows: Sequence[Mapping[str, Any]], spec: StudySpec, limit: int 
     signs = spec.objective.weights
     seen: dict[str, Mapping[str, Any]] = {}
     for r in rows:
-        if r.get("state") == "complete" and r["individual"] not in seen:
-            if all(isinstance(r[c], (int, float)) and math.isfinite(r[c]) for c in cols):
-                seen[r["individual"]] = r
+        if r.get("state") == "complete" and r["individual"] not in seen and \
+                all(isinstance(r[c], (int, float)) and math.isfinite(r[c]) for c in cols):
+            seen[r["individual"]] = r
     cand = list(seen.values())
-    key = lambda r: tuple(-s * r[c] for c, s in zip(cols, signs)) + (r["trial"],)  # noqa: E731
+    key = lambda r: tuple(-s * r[c] for c, s in zip(cols, signs)) + (r["trial"],)
     if spec.objective.n == 1:
         chosen = sorted(cand, key=key)[:limit]
     else:
@@ -188,7 +197,7 @@ class Progress:
     def _postfix(self) -> None:
         if self.bar is None:
             return
-        fmt = lambda xs: "/".join(f"{x:.4g}" for x in xs)  # noqa: E731
+        fmt = lambda xs: "/".join(f"{x:.4g}" for x in xs)
         post = {"evals": self.evals, "best": fmt(self.best) if self.best else "-"}
         if self.baseline:
             post["defaults"] = fmt(self.baseline)

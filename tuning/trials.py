@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from qsfl.config import ConfigError
+from qsfl.errors import ConfigError
 from qsfl.io import atomic_write
-from tuning.objective import METRICS, Evaluation, Objective, SeedResult, combine, failed_evaluation
+from tuning.objective import (
+    METRICS,
+    Evaluation,
+    Objective,
+    SeedResult,
+    combine,
+    failed_evaluation,
+)
 
 PARQUET = "trials.parquet"
 CSV = "trials.csv"
@@ -38,7 +46,7 @@ def columns(param_names: Sequence[str], n_objectives: int) -> list[str]:
 
 def now_iso() -> str:
     """The current UTC time, ISO-8601, second precision."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def make_row(study: str, engine: str, generation: int, trial: int, ev: Evaluation, param_names: Sequence[str],

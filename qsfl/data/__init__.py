@@ -3,4 +3,4 @@
 from qsfl.data.datasets import DATASETS, Dataset, load_dataset
 from qsfl.data.partition import PARTITIONS, partition
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "PARTITIONS", "partition"]
+__all__ = ["DATASETS", "PARTITIONS", "Dataset", "load_dataset", "partition"]

@@ -16,14 +16,15 @@ import pickle
 import random
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from qsfl.config import ConfigError, check_bool, check_options, check_range
+from qsfl.errors import ConfigError, check_bool, check_options, check_range
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Dataset:
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float,
+           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
     n_test = int(round(test_fraction * len(y)))
@@ -108,7 +110,10 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
 @functools.lru_cache(maxsize=4)
 def _mnist1d_arrays(num_samples: int, seed: int, test_fraction: float):
-    from mnist1d.data import get_dataset_args, make_dataset   # never get_dataset: it downloads
+    from mnist1d.data import (  # never get_dataset: it downloads
+        get_dataset_args,
+        make_dataset,
+    )
 
     args = get_dataset_args()
     args.num_samples = num_samples
@@ -305,7 +310,7 @@ def load_mnist(seed: int = 0, path: str | None = None, max_samples: int | None =
     if missing:
         raise ConfigError(f"dataset_options.path: {str(root)!r} lacks {', '.join(missing)}; "
                           f"expected {_IDX_EXPECTED}")
-    arrays = {stem: _read_idx(f, 3 if "images" in stem else 1) for stem, f in found.items()}
+    arrays = {stem: _read_idx(f, 3 if "images" in stem else 1) for stem, f in found.items() if f is not None}
     split = []
     for part in ("train", "t10k"):
         x, y = arrays[f"{part}-images-idx3-ubyte"], arrays[f"{part}-labels-idx1-ubyte"]

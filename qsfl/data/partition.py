@@ -8,11 +8,12 @@ keyword-only parameters are its options (``natural_ids`` is passed by :func:`par
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from qsfl.config import ConfigError, check_options, check_range
+from qsfl.errors import ConfigError, check_options, check_range
 
 DIRICHLET_ATTEMPTS = 200   # resamples before dirichlet gives up on min_size
 

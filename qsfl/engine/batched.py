@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,7 +166,7 @@ def _trace_folded(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]] | 
         module = gm.get_submodule(node.target)
         if isinstance(module, nn.Linear):
             weight, bias = _param_names(module, node.target)
-            args = (node.args[0], slots[weight], slots[bias] if bias else None)
+            args: tuple[Any, ...] = (node.args[0], slots[weight], slots[bias] if bias else None)
             fn: Callable = _batched_linear
         elif type(module) in (nn.Conv1d, nn.Conv2d) and module.padding_mode == "zeros":
             weight, bias = _param_names(module, node.target)
@@ -245,8 +246,8 @@ def _is_relu(node: torch.fx.Node) -> bool:
 
 def _is_flatten1(node: torch.fx.Node) -> bool:
     start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-    return ((node.op == "call_method" and node.target == "flatten") or
-            (node.op == "call_function" and node.target is torch.flatten)) and start == 1 and len(node.args) <= 2
+    return bool(((node.op == "call_method" and node.target == "flatten") or
+                 (node.op == "call_function" and node.target is torch.flatten)) and start == 1 and len(node.args) <= 2)
 
 
 def _relu_modules_to_functions(gm: torch.fx.GraphModule) -> None:
@@ -385,16 +386,16 @@ def _seed_states(columns: list[np.ndarray]) -> np.ndarray:
     u32 = np.uint32
     hash_const = _INIT_A
 
-    def hashmix(value: np.ndarray) -> np.ndarray:
+    def hashmix(value: Any) -> np.ndarray:
         nonlocal hash_const
         value = value ^ u32(hash_const)
         hash_const = (hash_const * _MULT_A) & _M32
         value = value * u32(hash_const)
-        return value ^ (value >> u32(16))
+        return np.asarray(value ^ (value >> u32(16)))
 
-    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def mix(x: Any, y: Any) -> np.ndarray:
         result = x * u32(_MIX_L) - y * u32(_MIX_R)
-        return result ^ (result >> u32(16))
+        return np.asarray(result ^ (result >> u32(16)))
 
     zeros = np.zeros_like(columns[0])
     with np.errstate(over="ignore"):
@@ -648,7 +649,7 @@ class BatchedEngine:
         dev, batch, clients, n = self.device, self.batch_size, len(ids), self.n_params
         idx_np, counts_np, last_np = self._plan(ids, round_index)
         total = idx_np.shape[0]
-        full = (counts_np > 0).all(axis=1).tolist()    # steps where every client trains
+        full: list[bool] = np.all(counts_np > 0, axis=1).astype(bool).tolist()    # steps where every client trains
         idx = torch.from_numpy(idx_np.reshape(-1)).to(dev, non_blocking=True)
         counts = torch.from_numpy(counts_np).to(dev, non_blocking=True)
         mask = torch.arange(batch, device=dev) < counts.unsqueeze(2)
@@ -664,7 +665,7 @@ class BatchedEngine:
         # every parameter block is contiguous for bmm/conv and for gradients written in place.
         w = self._scratch("w", clients * n)
         g = self._scratch("g", clients * n)
-        buf = self._scratch("buf", clients * n) if self.momentum else None
+        buf: torch.Tensor | None = self._scratch("buf", clients * n) if self.momentum else None
         w_blocks, g_blocks = self._blocks(w, clients), self._blocks(g, clients)
         buf_blocks = self._blocks(buf, clients) if buf is not None else None
         for i, block in enumerate(w_blocks):

@@ -15,5 +15,13 @@ def make_strategy(config, n_params: int) -> Strategy:
     return STRATEGY_CLASSES[config.strategy.name](config, n_params)
 
 
-__all__ = ["RoundInfo", "Strategy", "weighted_mean", "FedAvg", "QSFL", "TopK", "STRATEGY_CLASSES",
-           "make_strategy"]
+__all__ = [
+    "QSFL",
+    "STRATEGY_CLASSES",
+    "FedAvg",
+    "RoundInfo",
+    "Strategy",
+    "TopK",
+    "make_strategy",
+    "weighted_mean",
+]

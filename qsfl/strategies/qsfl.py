@@ -11,8 +11,8 @@ import torch
 
 from qsfl import qualification as qj
 from qsfl.comm import Ledger, dense_message, meta_message, sparse_message
-from qsfl.config import ConfigError
 from qsfl.engine.common import CohortResult
+from qsfl.errors import ConfigError
 from qsfl.segments import segment_bounds, segment_id, top_p_indices
 from qsfl.strategies.base import RoundInfo, Strategy, weighted_mean
 from qsfl.strategies.residuals import Residuals
@@ -86,9 +86,9 @@ class QSFL(Strategy):
             coverage[seg] += 1
             sent_segments[cid] = seg
         new = global_weights.clone()
-        for seg in np.flatnonzero(seg_weight > 0):
-            lo, hi = int(self.bounds[seg]), int(self.bounds[seg + 1])
-            mean = acc[lo:hi] / seg_weight[seg]
+        for seg_index in np.flatnonzero(seg_weight > 0):
+            lo, hi = int(self.bounds[seg_index]), int(self.bounds[seg_index + 1])
+            mean = acc[lo:hi] / seg_weight[seg_index]
             new[lo:hi] = mean if official else global_weights[lo:hi] + mean
         return new, RoundInfo(qualified=[int(c) for c in qualified], segment_coverage=coverage.tolist(),
                               segment_ids=sent_segments)
