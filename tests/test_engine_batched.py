@@ -81,6 +81,29 @@ def test_every_method_equals_sequential(method):
     np.testing.assert_allclose(got.losses, want_l, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn1d"])
+def test_per_row_start_weights_and_repeated_clients(name):
+    """Rows start from their own weights; a client id may appear in several rows (simulate_many's lockstep)."""
+    shape, classes, sizes, batch = CASES[name]
+    model = build_model(name, shape, classes, seed=1)
+    data = client_data(shape, classes, sizes)
+    kw = dict(epochs=2, batch_size=batch, lr=0.05, momentum=0.9, weight_decay=0.0, seed=3)
+    w0 = flat_weights(model)
+    gen = torch.Generator().manual_seed(9)
+    ids = [0, 2, 0, 1, 2]
+    starts = torch.stack([w0 + 0.05 * torch.randn(w0.shape, generator=gen) for _ in ids])
+    got = BatchedEngine(model, data, **kw).train(starts, ids, 5)
+    want_w, want_l = reference(model, data, starts, ids, 5, **kw)
+    torch.testing.assert_close(got.weights, want_w, atol=TOL[name], rtol=0)
+    np.testing.assert_allclose(got.losses, want_l, atol=1e-5, rtol=0)
+    for row, cid in enumerate(ids):   # each row equals that client trained alone from that start
+        alone = SequentialEngine(model, data, **kw).train(starts[row], [cid], 5)
+        torch.testing.assert_close(want_w[row], alone.weights[0], atol=0, rtol=0)
+    assert not torch.equal(got.weights[0], got.weights[2])    # same client, other start, other result
+    with pytest.raises(ValueError, match="start weights"):
+        BatchedEngine(model, data, **kw).train(starts[:2], ids, 5)
+
+
 def test_finished_client_keeps_its_weights_and_momentum():
     """A 2-sample client trains 2 steps while a 40-sample one trains 16: it must equal training alone."""
     shape, classes = (64,), 10

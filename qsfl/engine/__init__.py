@@ -33,7 +33,7 @@ __all__ = [
 
 def make_engine(kind: str, model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
                 epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float, seed: int,
-                max_chunk_mb: float = 1024.0):
+                max_chunk_mb: float = 1024.0) -> Engine:
     """Build the engine named by ``kind`` (auto -> batched when the model can be vectorised)."""
     kwargs: dict[str, Any] = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, seed=seed)

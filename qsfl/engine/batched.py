@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsfl.engine.common import CohortResult, epoch_orders
+from qsfl.engine.common import CohortResult, epoch_orders, start_rows
 
 log = logging.getLogger(__name__)
 
@@ -592,18 +592,19 @@ class BatchedEngine:
         return size
 
     # ----- training ---------------------------------------------------------------------------------
-    def train(self, global_weights: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
-        """Train all ``client_ids`` from ``global_weights``; return their weights, last-epoch losses, sizes."""
+    def train(self, start: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
+        """Train every row's client from its start weights (``start``: (n,) shared or (rows, n)); return their
+        weights, last-epoch losses and sizes. Rows may repeat a client id: each trains on its own."""
         ids = np.asarray([int(c) for c in client_ids], dtype=np.int64)
         sizes = self.sizes[ids]
         steps = self.epochs * -(-sizes // self.batch_size)
-        w0 = global_weights.detach().to(self.device, torch.float32).reshape(-1)
+        starts = start_rows(start.detach().to(self.device, torch.float32), len(ids))
         if len(ids) == 0:
             return CohortResult(torch.empty(0, self.n_params, device=self.device), np.zeros(0), sizes)
         chunk = self.chunk_size(int(steps.max()))
         weights, losses = [], []
         for lo in range(0, len(ids), chunk):
-            w, loss = self._train_chunk(w0, ids[lo:lo + chunk], round_index)
+            w, loss = self._train_chunk(starts[lo:lo + chunk], ids[lo:lo + chunk], round_index)
             weights.append(w)
             losses.append(loss)
         out = weights[0] if len(weights) == 1 else torch.cat(weights)
@@ -668,8 +669,8 @@ class BatchedEngine:
         buf: torch.Tensor | None = self._scratch("buf", clients * n) if self.momentum else None
         w_blocks, g_blocks = self._blocks(w, clients), self._blocks(g, clients)
         buf_blocks = self._blocks(buf, clients) if buf is not None else None
-        for i, block in enumerate(w_blocks):
-            block.copy_(w0[int(self.offsets[i]):int(self.offsets[i + 1])].view(self.shapes[i]).expand_as(block))
+        for i, block in enumerate(w_blocks):   # w0: (clients, n) start rows (an expanded view when shared)
+            block.copy_(w0[:, int(self.offsets[i]):int(self.offsets[i + 1])].reshape(clients, *self.shapes[i]))
         params = [w_blocks[i] for i in self.order]
         if self.method == "fold":   # autograd leaves sharing storage with w (updated in place, no_grad)
             params = [p.detach().requires_grad_() for p in params]

@@ -3,7 +3,9 @@ evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,6 +20,29 @@ class CohortResult:
     weights: torch.Tensor      # (C, n) float32 flat local weights after training
     losses: np.ndarray         # (C,) mean training loss over the last local epoch
     num_samples: np.ndarray    # (C,) local sample counts
+
+
+class Engine(Protocol):
+    """What the simulator needs of a local-training engine (sequential, batched, or a user's own)."""
+
+    name: str
+
+    def train(self, start: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
+        """Train each row's client from its start weights ((n,) shared or (rows, n)) for one round."""
+        ...
+
+
+def start_rows(start: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-row start weights: ``start`` is one flat vector (every row starts from it) or a ``(rows, n)`` matrix.
+
+    Rows may repeat a client id (e.g. the same client under several strategies in ``simulate_many``): each row
+    trains independently from its own start.
+    """
+    if start.dim() == 1:
+        return start.reshape(1, -1).expand(rows, -1)
+    if start.dim() != 2 or start.shape[0] != rows:
+        raise ValueError(f"start weights: expected shape (n,) or ({rows}, n), got {tuple(start.shape)}")
+    return start
 
 
 def epoch_orders(seed: int, round_index: int, client_id: int, num_samples: int, epochs: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qsfl.engine.common import CohortResult, epoch_orders, flat_weights, load_flat
+from qsfl.engine.common import CohortResult, epoch_orders, flat_weights, load_flat, start_rows
 
 
 class SequentialEngine:
@@ -24,11 +24,13 @@ class SequentialEngine:
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.momentum, self.weight_decay, self.seed = momentum, weight_decay, seed
 
-    def train(self, global_weights: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
-        """Train each client from ``global_weights``; return their weights, last-epoch losses, sizes."""
+    def train(self, start: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
+        """Train each row's client from its start weights (``start``: (n,) shared or (rows, n)); return their
+        weights, last-epoch losses and sizes."""
         weights, losses, sizes = [], [], []
-        for cid in client_ids:
-            w, loss, n = self._train_client(global_weights, int(cid), round_index)
+        starts = start_rows(start, len(client_ids))
+        for row, cid in enumerate(client_ids):
+            w, loss, n = self._train_client(starts[row], int(cid), round_index)
             weights.append(w)
             losses.append(loss)
             sizes.append(n)
