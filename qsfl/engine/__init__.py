@@ -11,6 +11,7 @@ from torch import nn
 
 from qsfl.engine.common import (
     CohortResult,
+    Engine,
     epoch_orders,
     evaluate,
     flat_weights,
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CohortResult",
+    "Engine",
     "SequentialEngine",
     "epoch_orders",
     "evaluate",
