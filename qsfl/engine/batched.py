@@ -592,7 +592,7 @@ class BatchedEngine:
         return size
 
     # ----- training ---------------------------------------------------------------------------------
-    def train(self, start: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
+    def train(self, start: torch.Tensor, client_ids: Sequence[int] | np.ndarray, round_index: int) -> CohortResult:
         """Train every row's client from its start weights (``start``: (n,) shared or (rows, n)); return their
         weights, last-epoch losses and sizes. Rows may repeat a client id: each trains on its own."""
         ids = np.asarray([int(c) for c in client_ids], dtype=np.int64)

@@ -27,7 +27,7 @@ class Engine(Protocol):
 
     name: str
 
-    def train(self, start: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
+    def train(self, start: torch.Tensor, client_ids: Sequence[int] | np.ndarray, round_index: int) -> CohortResult:
         """Train each row's client from its start weights ((n,) shared or (rows, n)) for one round."""
         ...
 

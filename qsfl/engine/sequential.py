@@ -24,7 +24,7 @@ class SequentialEngine:
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.momentum, self.weight_decay, self.seed = momentum, weight_decay, seed
 
-    def train(self, start: torch.Tensor, client_ids: Sequence[int], round_index: int) -> CohortResult:
+    def train(self, start: torch.Tensor, client_ids: Sequence[int] | np.ndarray, round_index: int) -> CohortResult:
         """Train each row's client from its start weights (``start``: (n,) shared or (rows, n)); return their
         weights, last-epoch losses and sizes."""
         weights, losses, sizes = [], [], []
