@@ -14,7 +14,7 @@ from qsfl.comm import Ledger, dense_message, fedavg_uplink_bytes
 from qsfl.config import SimConfig
 from qsfl.data.datasets import Dataset, load_dataset
 from qsfl.data.partition import partition
-from qsfl.engine import evaluate, flat_weights, make_engine
+from qsfl.engine import LocalTraining, evaluate, flat_weights, make_engine
 from qsfl.history import History
 from qsfl.models import build_model
 from qsfl.strategies import make_strategy
@@ -72,10 +72,8 @@ class Simulation:
         self.client_data = [(x[torch.as_tensor(p, device=self.device)], y[torch.as_tensor(p, device=self.device)])
                             for p in self.parts]
         self.x_test, self.y_test = ds.x_test.to(self.device), ds.y_test.to(self.device)
-        self.engine = make_engine(config.engine, self.model, self.client_data, epochs=config.local_epochs,
-                                  batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay, seed=config.seed,
-                                  max_chunk_mb=config.max_chunk_mb)
+        self.engine = make_engine(config.engine, self.model, self.client_data, local=LocalTraining.from_config(config),
+                                  seed=config.seed, max_chunk_mb=config.max_chunk_mb)
         self.n_params = int(sum(p.numel() for p in self.model.parameters()))
         self.strategy = make_strategy(config, self.n_params)
 
