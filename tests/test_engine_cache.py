@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -126,21 +123,3 @@ def test_unwritable_cache_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("QSFL_CACHE_DIR", str(blocker))    # a file where the directory should be
     monkeypatch.setattr(batched, "_METHOD_CACHE", {})
     assert engine(build_model("mlp", (64,), 10)).method == "linear"
-
-
-def test_warm_cache_start_does_not_import_dynamo(cache):
-    """The start-up cost being avoided: the check's and dry run's first calls import torch._dynamo."""
-    engine(build_model("mlp", (64,), 10)).per_client_bytes(3)
-    code = textwrap.dedent("""
-        import sys, torch
-        from qsfl.engine.batched import BatchedEngine
-        from qsfl.models import build_model
-        gen = torch.Generator().manual_seed(0)
-        data = [(torch.randn(n, 64, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for n in (9, 6)]
-        e = BatchedEngine(build_model("mlp", (64,), 10, seed=0), data, epochs=1, batch_size=4, lr=0.1)
-        e.train(torch.zeros(e.n_params), [0, 1], 0)
-        print(e.method, "torch._dynamo" in sys.modules)
-    """)
-    env = {**__import__("os").environ, "QSFL_CACHE_DIR": str(cache.parent)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == ["linear", "False"]
