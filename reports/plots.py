@@ -21,12 +21,14 @@ from matplotlib.figure import Figure
 
 from qsfl.io import atomic_write
 from reports.style import (
+    BASELINE_COLORS,
     DPI,
     HEIGHT_IN,
     WIDTH_IN,
     byte_unit,
     color_for,
     linestyle_for,
+    marker_for,
     styled,
 )
 
@@ -34,6 +36,7 @@ RunLike = Any  # pd.DataFrame or qsfl.history.History
 Runs = Mapping[str, RunLike | Sequence[RunLike]]
 
 ACCURACY = "test accuracy"
+BETTER = {True: "\u2191 higher is better", False: "\u2193 lower is better"}
 UPLINK_MB = "cumulative uplink (MB)"
 ROUND = "round"
 
@@ -201,17 +204,21 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
         raise ValueError(f"band: unknown value {band!r}; valid: std, minmax, none")
     fig = _figure((WIDTH_IN, HEIGHT_IN))
     ax = fig.subplots()
-    tuned = 0
+    tuned = drawn = 0
     for label, value in runs.items():
         stats = align_seeds(_as_list(value))
         if stats.empty:
             continue
         color = color_for(label, tuned)
-        tuned += label not in ("fedavg", "topk", "qj-only", "scss-only", "qsfl-default")
-        xs = stats["mb_mean"] if x == "uplink" else stats["round"] + 1
+        style, marker = linestyle_for(label, tuned), marker_for(label, tuned)
+        tuned += label not in BASELINE_COLORS
+        xs = stats["mb_mean"] if x == "uplink" else stats["round"] + 1  # rounds are shown 1-based
         n = int(stats["n"].iloc[0])
-        ax.plot(xs, stats["acc_mean"], color=color, ls=linestyle_for(label),
-                label=label if n == 1 else f"{label} (n={n})")
+        # markers at staggered points: lines that coincide (identical simulations) still show each label
+        every = max(len(xs) // 6, 1)
+        ax.plot(xs, stats["acc_mean"], color=color, ls=style, marker=marker, ms=5, mfc="white", mew=1.3,
+                markevery=(drawn % every, every), label=label if n == 1 else f"{label} (n={n})")
+        drawn += 1
         if n > 1 and band != "none":
             lo, hi = ((stats["acc_mean"] - stats["acc_std"], stats["acc_mean"] + stats["acc_std"])
                       if band == "std" else (stats["acc_min"], stats["acc_max"]))
@@ -304,10 +311,42 @@ def uplink_composition(runs: Runs, *, title: str | None = None) -> Figure:
         ax.barh(y, vals, left=left, color=color, label=name, height=0.65, linewidth=0)
         left += vals
     ax.set_yticks(y, labels)
-    ax.set_xlabel(f"total uplink ({unit}, mean over seeds)")
+    several = any(len(_as_list(runs[lab])) > 1 for lab in labels)
+    ax.set_xlabel(f"total uplink ({unit}" + (", mean over seeds)" if several else ")"))
     ax.grid(axis="y", visible=False)
     _title(ax, title or "Where the uplink bytes go")
     _bottom_legend(fig, ax)
+    return fig
+
+
+# ----- per-client fairness -------------------------------------------------------------------------
+@styled
+def client_accuracy(clients: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], *,
+                    title: str | None = None) -> Figure:
+    """Per label, the spread of per-client accuracy (qsfl.fairness tables, pooled over seeds) as box plots."""
+    labels = list(clients)
+    fig = _figure((WIDTH_IN, 1.4 + 0.42 * max(len(labels), 1)))
+    ax = fig.subplots()
+    data = []
+    for lab in labels:
+        value = clients[lab]
+        frames = [value] if isinstance(value, pd.DataFrame) else list(value)
+        acc = np.concatenate([f["accuracy"].to_numpy(dtype=float) for f in frames]) if frames else np.array([])
+        data.append(acc[np.isfinite(acc)])
+    if not any(len(d) for d in data):
+        return _empty(fig, ax, "no per-client accuracies")
+    y = np.arange(len(labels))[::-1]
+    box = ax.boxplot(data, positions=y, orientation="horizontal", widths=0.6, patch_artist=True, showfliers=True,
+                     flierprops={"marker": ".", "markersize": 4, "alpha": 0.6})
+    for i, (patch, lab) in enumerate(zip(box["boxes"], labels)):
+        patch.set_facecolor(color_for(lab, i))
+        patch.set_alpha(0.35)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("accuracy of the final model on a client's own label distribution")
+    ax.grid(axis="y", visible=False)
+    _title(ax, title or "Per-client accuracy")
+    n = max((len(v) if not isinstance(v, pd.DataFrame) else 1) for v in clients.values())
+    _note(ax, "each box: all clients" + (f" of {n} seeds" if n > 1 else ""))
     return fig
 
 
@@ -407,11 +446,13 @@ def ga_fitness(logbook: pd.DataFrame, *, objective: int = 0, ylabel: str = "fitn
     ax.plot(gen, logbook[cols["min"]], color="#D55E00", marker="v", ms=4, label="min")
     lines = {k: logbook[cols[k]].to_numpy(dtype=float) for k in ("max", "mean", "min")}
     rng = robust_range(np.concatenate(list(lines.values())).tolist(), maximize=maximize)
+    note = BETTER[maximize]
     if rng is not None:  # penalised/failed evaluations would flatten the interesting part
         ax.set_ylim(*rng)
         off = {k: int(((v < rng[0]) if maximize else (v > rng[1])).sum()) for k, v in lines.items()}
-        _note(ax, "off scale: " + ", ".join(f"{k} in {n} gen." for k, n in off.items() if n)
-              + " (penalised evaluations)")
+        note += "; off scale: " + ", ".join(f"{k} in {n} gen." for k, n in off.items() if n) \
+            + " (penalised evaluations)"
+    _note(ax, note)
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel)
     if len(gen) <= 20:
@@ -451,7 +492,7 @@ def optimization_history(trials: pd.DataFrame, *, fitness: str = "fitness", maxi
     _title(ax, title or "Optimisation history")
     note = f"{int(ok.sum())} complete" + (f", {int(pruned.sum())} pruned" if pruned.any() else "") + \
         (f", {n_failed} failed" if n_failed else "") + (f", {n_off} off scale (grey)" if n_off else "") + \
-        (" (maximised)" if maximize else " (minimised)")
+        "; " + BETTER[maximize]
     _note(ax, note)
     ax.legend(loc="lower right" if maximize else "upper right")
     return fig

@@ -144,7 +144,7 @@ def study_dir(study_template, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, study_template) -> Path:
     """The study directory after `compare --top 1 --seeds 5,6 --rounds 2`."""
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     out = Path(shutil.copytree(study_template, tmp_path_factory.mktemp("cmp") / "out"))
     compare_study(out, top=1, seeds=[5, 6], workers=1, rounds=2)
@@ -341,14 +341,14 @@ def test_compare_md_and_figure(compared):
     md = (compared / "compare.md").read_text()
     for label in ("tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"):
         assert f"| {label} |" in md
-    assert "\u00b1" in md and "seeds 5, 6" in md
+    assert "confidence interval" in md and "seeds 5, 6" in md
     assert (compared / "figures" / "compare_convergence.png").is_file()
     assert (compared / "figures" / "compare_convergence.svg").is_file()
     assert len(pd.read_csv(compared / "compare" / "runs.csv")) == 12
 
 
 def test_compare_reuses_saved_runs(compared, tmp_path):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     out = Path(shutil.copytree(compared, tmp_path / "out"))
     before = pd.read_csv(out / "compare.csv")
@@ -359,14 +359,14 @@ def test_compare_reuses_saved_runs(compared, tmp_path):
 
 
 def test_compare_refuses_search_seeds(study_dir):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     with pytest.raises(ConfigError, match="used by the search"):
         compare_study(study_dir, seeds=[0, 7])
 
 
 def test_default_seeds_skip_the_search_seeds():
-    from reports.compare import choose_seeds, parse_seeds
+    from tuning.compare import choose_seeds, parse_seeds
 
     assert choose_seeds(None, {0, 1, 3}) == [2, 4, 5]
     assert choose_seeds(None, {0}, preferred=[100, 101]) == [100, 101]
@@ -377,7 +377,7 @@ def test_default_seeds_skip_the_search_seeds():
 
 
 def test_compare_configs_file_and_base_file(tmp_path):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     (tmp_path / "base.toml").write_text(dump_toml({**BASE, "rounds": 2}))
     (tmp_path / "configs.toml").write_text(
@@ -397,7 +397,7 @@ def test_compare_configs_file_and_base_file(tmp_path):
     ('x = 1\n', r"\[\[config\]\]"),
 ])
 def test_bad_configs_file(tmp_path, text, match):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     (tmp_path / "base.toml").write_text(dump_toml(BASE))
     (tmp_path / "c.toml").write_text(text)
@@ -406,7 +406,7 @@ def test_bad_configs_file(tmp_path, text, match):
 
 
 def test_compare_without_base_names_what_is_missing(tmp_path):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     with pytest.raises(ConfigError, match="spec.toml"):
         compare_study(tmp_path)
@@ -430,7 +430,8 @@ def test_report_html_is_self_contained_and_complete(compared):
     assert "Comparison with baselines" in text
     for _, row in table.iterrows():
         assert f"<td>{row['label']}</td>" in text
-        assert f"{row['final_accuracy_mean']:.4f} \u00b1 {row['final_accuracy_std']:.4f}" in text
+        cell = f"{row['final_accuracy_mean']:.4f} [{row['final_accuracy_ci_low']:.4f}, {row['final_accuracy_ci_high']:.4f}]"
+        assert cell in text
     # best configs, timing and the spec
     assert "Best configurations" in text and "authors&#x27; defaults" in text
     assert "wall clock" in text and "test-study" in text and "[base]" in text
@@ -443,7 +444,7 @@ def test_report_html_is_self_contained_and_complete(compared):
 def test_report_of_a_study_still_running(study_dir):
     """Only spec + trials so far (no best.toml, logbook, histories): `qsfl report` still writes the report."""
     from qsfl_cli import main
-    from reports.report import load_study
+    from reports.study import load_report_study
 
     for name in ("best.toml", "baseline.toml", "logbook.csv", "trials.parquet"):
         (study_dir / name).unlink()
@@ -451,12 +452,14 @@ def test_report_of_a_study_still_running(study_dir):
     assert main(["report", str(study_dir), "--quiet"]) == 0
     text = (study_dir / "report.html").read_text()
     assert "Best configurations" in text
-    assert len(load_study(study_dir).trials) == 6
+    assert len(load_report_study(study_dir).trials) == 6
 
 
 def test_multi_objective_optuna_study_with_failed_and_pruned_rows(study_dir):
     """Two objectives, engine optuna, a pruned and a failed trial: every figure still builds sensibly."""
-    from reports.report import best_table, load_study, study_figures
+    from reports.figures import study_figures
+    from reports.study import load_report_study as load_study
+    from reports.tables import best_table
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     trials["engine"], trials["generation"] = "optuna", -1
@@ -499,26 +502,58 @@ def test_not_a_study_dir_names_missing_files(tmp_path):
         write_report(tmp_path / "nope")
 
 
-def test_study_timing():
-    from reports.report import format_duration, study_timing
+def test_study_timing_one_session():
+    from reports.format import format_duration
+    from reports.study import study_timing
 
     t = pd.DataFrame({"duration_s": [2.0, 3.0, 4.0], "state": ["complete", "complete", "failed"],
                       "finished_at": ["2024-01-01T00:00:02+00:00", "2024-01-01T00:00:05+00:00",
                                       "2024-01-01T00:01:00+00:00"]})
     out = study_timing(t)
-    assert out["compute_s"] == 9.0 and out["wall_s"] == 60.0
+    assert out["compute_s"] == 9.0 and out["wall_s"] == 60.0 and out["sessions"] == 1
     assert out["n_complete"] == 2 and out["n_failed"] == 1
     assert format_duration(3725) == "1 h 2 min 5 s"
 
 
-def test_objective_directions():
-    from reports.report import objective_directions
+def test_study_timing_after_resume_counts_computing_not_the_pause():
+    """Two sessions a day apart: wall time is the two sessions' spans (10 s + 6 s), not a day."""
+    from reports.study import study_timing
 
-    assert objective_directions({}, 1) == [True]
-    assert objective_directions({"objective": {"direction": "minimize"}}, 1) == [False]
-    assert objective_directions({"objective": {"objectives": ["final_accuracy", "uplink_mb"]}}, 2) == [True, False]
-    assert objective_directions({"objective": {"objectives": ["a", "b"], "directions": ["minimize", "maximize"]}},
-                                2) == [False, True]
+    t = pd.DataFrame({"duration_s": [4.0, 6.0, 2.0, 4.0],
+                      "finished_at": ["2024-01-01T00:00:04+00:00", "2024-01-01T00:00:10+00:00",
+                                      "2024-01-02T00:00:02+00:00", "2024-01-02T00:00:06+00:00"]})
+    out = study_timing(t)
+    assert out["sessions"] == 2 and out["wall_s"] == 16.0 and out["compute_s"] == 16.0
+    # two parallel workers overlap in time: the session's span counts once
+    t = pd.DataFrame({"duration_s": [10.0, 10.0], "finished_at": ["2024-01-01T00:00:10+00:00",
+                                                                  "2024-01-01T00:00:11+00:00"]})
+    out = study_timing(t)
+    assert out["wall_s"] == 11.0 and out["compute_s"] == 20.0
+
+
+def test_directions_and_objective_names_come_from_the_files(study_dir):
+    """The spec's objective when readable, else best.toml's `objectives`/`directions`; never a name guess."""
+    from tuning.results import load_study
+
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    study = load_study(study_dir)
+    assert study.directions == ["maximize"] and study.objectives == ["final_accuracy - 0.05 * uplink_fraction"]
+    # a metric whose name looks minimised ("uplink") declared maximised: the files win
+    spec["objective"] = {"formula": "uplink_mb", "direction": "maximize"}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    assert load_study(study_dir).directions == ["maximize"]
+    # an unreadable [objective]: best.toml says what was optimised
+    spec["objective"] = {"formula": "no_such_metric"}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    best = __import__("tomllib").loads((study_dir / "best.toml").read_text())
+    (study_dir / "best.toml").write_text(dump_toml({**best, "objectives": ["minimize uplink_fraction"],
+                                                    "directions": ["minimize"]}))
+    study = load_study(study_dir)
+    assert study.directions == ["minimize"] and study.objectives == ["uplink_fraction"]
+    (study_dir / "best.toml").unlink()
+    (study_dir / "baseline.toml").unlink()
+    with pytest.raises(ConfigError, match="direction"):
+        load_study(study_dir)
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
@@ -554,7 +589,7 @@ def test_cli_compare(study_dir, capsys):
 @pytest.mark.slow
 def test_compare_in_parallel_equals_serial(compared, tmp_path):
     """Two spawn workers (1 torch thread each) give the same table as the serial run."""
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     out = Path(shutil.copytree(compared, tmp_path / "out", ignore=shutil.ignore_patterns("compare")))
     table = compare_study(out, top=1, seeds=[5, 6], workers=2, rounds=2)
