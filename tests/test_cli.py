@@ -1,8 +1,6 @@
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
+from helpers import run_qsfl
 
 from qsfl.config import load_toml
 from qsfl_cli import main
@@ -53,8 +51,7 @@ def test_bad_input_exit_code_2(args, fragment, tmp_path, capsys):
     (["--set", "strategy.p=2"], "strategy.p: 2 is out of range; allowed (0.0, 1.0]"),
 ])
 def test_bad_input_in_a_real_process_has_no_traceback(args, fragment, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "simulate", *args, "--out", str(tmp_path), "--quiet"],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_qsfl("simulate", *args, "--out", str(tmp_path), "--quiet", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -63,6 +60,5 @@ def test_bad_input_in_a_real_process_has_no_traceback(args, fragment, tmp_path):
 def test_bad_toml_is_reported(tmp_path):
     conf = tmp_path / "bad.toml"
     conf.write_text("clients = = 3")
-    proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "simulate", "--config", str(conf)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_qsfl("simulate", "--config", str(conf), "--out", str(tmp_path / "o"), timeout=120)
     assert proc.returncode == 2 and "invalid TOML" in proc.stderr and "Traceback" not in proc.stderr

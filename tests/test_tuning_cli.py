@@ -3,51 +3,17 @@ resume, failed (diverging) evaluations, and bad specs -> exit code 2 naming the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pandas as pd
 import pytest
+from helpers import run_qsfl, spec_text
 
 from qsfl.config import load_toml
 from qsfl_cli import main
 from tuning.objective import METRICS
 
-TINY = """
-[study]
-name = "tiny"
-seeds = [0]
-save_histories = false
-
-[base]
-dataset = "digits"
-model = "mlp"
-clients = 6
-rounds = 3
-batch_size = 20
-
-[space.beta]
-low = 0.0
-high = 1.0
-[space.k]
-low = 1
-high = 6
-[space.ns]
-low = 1
-high = 6
-[space.p]
-low = 0.05
-high = 1.0
-
-[objective]
-formula = "final_accuracy - 0.5 * uplink_fraction"
-direction = "maximize"
-
-[ga]
-population = 4
-generations = 2
-"""
+TINY = spec_text(save_histories=False)   # digits, mlp, 6 clients, 3 rounds, GA 4 x 2
 
 DOCUMENTED = ["study", "engine", "generation", "trial", "individual", "param_beta", "param_k", "param_ns", "param_p",
               "seeds", "fitness", "state", "reason", "duration_s", "finished_at"]
@@ -162,8 +128,7 @@ def test_missing_spec_and_bad_flags(tmp_path, tiny_spec, capsys):
 def test_bad_spec_in_a_real_process_has_no_traceback(tiny_spec, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.replace("population = 4", "population = 1\nmutation = \"flip\""))
-    proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "tune", str(bad), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_qsfl("tune", str(bad), "--out", str(tmp_path / "o"), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "ga.population" in proc.stderr and "Traceback" not in proc.stderr
 
