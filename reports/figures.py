@@ -83,13 +83,13 @@ def _search_figures(study: Study, add: Callable[..., None]) -> None:
     if [c for c in r.param_columns if trials[c].dropna().nunique() > 1] and fcols:
         add("param_importance", params, "How much of the fitness variance each parameter explains "
             "(optuna's fANOVA on the evaluated configurations).",
-            lambda: plots.param_importance(trials, fitness=fcols))
+            lambda: plots.param_importance(trials, fitness=fcols, labels=labels))
         add("param_scatter", params, f"Each parameter against {labels[0]}, coloured by generation/trial "
             f"({BETTER[maximize[0]].split(' ', 1)[1]}).",
             lambda: plots.param_scatter(trials, fitness=fcols[0], maximize=maximize[0], ylabel=labels[0]))
         add("parallel_coordinates", params, "Every evaluation across the parameter ranges, coloured by "
             f"{labels[0]}; the best in orange.",
-            lambda: plots.parallel_coordinates(trials, fitness=fcols[0], maximize=maximize[0]))
+            lambda: plots.parallel_coordinates(trials, fitness=fcols[0], maximize=maximize[0], label=labels[0]))
 
 
 def _run_figures(study: Study, add: Callable[..., None]) -> None:

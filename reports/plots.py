@@ -596,7 +596,8 @@ def param_importances(trials: pd.DataFrame, *, fitness: str | None = None, evalu
 
 @styled
 def param_importance(trials: pd.DataFrame, *, fitness: Sequence[str] | None = None, evaluator: Any = None,
-                     params: Sequence[str] | None = None, title: str | None = None) -> Figure:
+                     params: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                     title: str | None = None) -> Figure:
     """Horizontal bars of each parameter's importance (optuna evaluator) per fitness objective."""
     fitness = list(fitness or fitness_columns(trials))
     imps = {f: param_importances(trials, fitness=f, evaluator=evaluator, params=params) for f in fitness}
@@ -609,7 +610,8 @@ def param_importance(trials: pd.DataFrame, *, fitness: Sequence[str] | None = No
     h = 0.8 / len(fitness)
     for i, f in enumerate(fitness):
         vals = [imps[f].get(n, 0.0) for n in names]
-        ax.barh(y + (len(fitness) - 1 - 2 * i) * h / 2, vals, height=h * 0.9, color=color_for("", i), label=f)
+        ax.barh(y + (len(fitness) - 1 - 2 * i) * h / 2, vals, height=h * 0.9, color=color_for("", i),
+                label=labels[i] if labels is not None and i < len(labels) else f)
         for yy, v in zip(y + (len(fitness) - 1 - 2 * i) * h / 2, vals):
             ax.text(v, yy, f" {v:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, names)
@@ -664,7 +666,7 @@ def param_scatter(trials: pd.DataFrame, *, fitness: str | None = None, params: S
 
 @styled
 def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, params: Sequence[str] | None = None,
-                         maximize: bool = True, title: str | None = None) -> Figure:
+                         maximize: bool = True, label: str | None = None, title: str | None = None) -> Figure:
     """Each evaluation a line across the parameter axes (scaled to [0, 1]) and fitness, coloured by fitness."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -698,14 +700,14 @@ def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, pa
         ax.text(x, -0.04, ("\u2264" if clipped and maximize else "") + _fmt(lo[j]), ha="center", va="top", fontsize=8)
         ax.text(x, 1.04, ("\u2265" if clipped and not maximize else "") + _fmt(hi[j]), ha="center", va="bottom",
                 fontsize=8)
-    ax.set_xticks(xs, [_pname(c) for c in cols])
+    ax.set_xticks(xs, [_pname(c) for c in params] + [label or fitness])
     ax.tick_params(axis="x", pad=16)
     ax.set_yticks([])
     ax.set_ylim(-0.12, 1.12)
     ax.grid(False)
     ax.spines[["left", "bottom"]].set_visible(False)
     cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
-    cb.set_label(fitness)
+    cb.set_label(label or fitness)
     ax.set_title(title or "Parallel coordinates", loc="left", pad=18)
     _note(ax, f"{len(df)} complete evaluations; best in orange")
     return fig

@@ -596,3 +596,170 @@ def test_compare_in_parallel_equals_serial(compared, tmp_path):
     serial = pd.read_csv(compared / "compare.csv")
     cols = ["final_accuracy_mean", "uplink_mb_mean", "compression_ratio_mean"]
     np.testing.assert_allclose(table[cols].to_numpy(), serial[cols].to_numpy(), rtol=1e-6)
+
+
+# ----- reports stay right after resume and extension ---------------------------------------------------------
+def test_best_table_lists_distinct_simulations(study_dir):
+    """Two params that simulate identically (same seeds, every metric equal) share one row of the best table."""
+    from reports.study import load_report_study
+    from reports.tables import best_table
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    top = trials.sort_values("fitness", ascending=False).iloc[0]
+    twin = top.copy()
+    twin["param_p"], twin["trial"], twin["individual"] = top["param_p"] + 0.001, len(trials), "twin"
+    pd.concat([trials, twin.to_frame().T.astype(trials.dtypes)], ignore_index=True).to_parquet(
+        study_dir / "trials.parquet", index=False)
+    best = __import__("tomllib").loads((study_dir / "best.toml").read_text())["best"]
+    twin_params = {**best[0]["params"], "p": float(twin["param_p"])}
+    best = [best[0], {"params": twin_params, "fitness": best[0]["fitness"]}, *best[1:]]
+    (study_dir / "best.toml").write_text(dump_toml({"best": best}))
+    table = best_table(load_report_study(study_dir))
+    assert list(table["rank"]) == [1, 2, "authors' defaults"]       # 3 entries, 2 distinct simulations
+    assert "same simulation: " in table["params"].iloc[0] and f"p={twin_params['p']:.4g}" in table["params"].iloc[0]
+
+
+def test_simulation_keys_merge_only_identical_complete_rows():
+    from tuning.results import simulation_keys
+
+    t = pd.DataFrame({"seeds": ["0", "0", "1", "0"], "metric_final_accuracy": [0.5, 0.5, 0.5, 0.5],
+                      "metric_uplink_mb": [1.0, 1.0, 1.0, 2.0], "state": ["complete"] * 4})
+    keys = simulation_keys(t)
+    assert keys[0] == keys[1] and len(set(keys)) == 3                # other seed, other bytes: distinct
+    t.loc[1, "state"] = "failed"
+    assert simulation_keys(t)[0] != simulation_keys(t)[1]
+    assert simulation_keys(t.assign(simulation=["a", "a", "b", "b"])).tolist() == ["a", "a", "b", "b"]
+
+
+def test_comparison_of_an_earlier_best_set_is_marked_stale(compared, tmp_path):
+    from reports.report import write_report
+    from tuning.results import read_compare
+
+    out = Path(shutil.copytree(compared, tmp_path / "out"))
+    assert read_compare(out).stale is False
+    assert "STALE" not in write_report(out, formats=("png",)).read_text()
+    best = __import__("tomllib").loads((out / "best.toml").read_text())
+    best["best"][0]["params"]["p"] = 0.123                           # a resumed study found another best
+    (out / "best.toml").write_text(dump_toml(best))
+    assert read_compare(out).stale is True
+    assert "STALE: best.toml changed since this comparison ran" in write_report(out, formats=("png",)).read_text()
+
+
+def test_report_records_versions_and_hardware(study_dir):
+    import platform
+
+    import torch
+
+    from qsfl.environment import describe, git_commit
+    from reports.report import write_report
+
+    env = describe()
+    assert env["torch"] == torch.__version__ and env["python"] == platform.python_version()
+    assert env["cpu_count"] >= 1 and "qsfl_tune" in env
+    text = write_report(study_dir, formats=("png",)).read_text()
+    assert f"torch {torch.__version__}" in text and f"Python {platform.python_version()}" in text
+    commit = git_commit()
+    assert commit is None or f"commit {commit}" in text
+    assert f"{env['cpu_count']} CPUs" in text
+
+
+def test_report_shows_the_sessions_that_ran_the_study(study_dir):
+    from reports.report import write_report
+
+    env = {"qsfl_tune": "0.1.0", "python": "3.11.7", "torch": "2.13.0", "cpu": "Test CPU", "cpu_count": 2,
+           "git_commit": "abc123"}
+    (study_dir / "environment.json").write_text(json.dumps({"sessions": [
+        {"started": "2024-05-01T12:00:00+00:00", "finished": "2024-05-01T12:10:00+00:00", "status": "complete",
+         "command": "qsfl tune s.toml", "environment": env},
+        {"started": "2024-05-03T08:00:00+00:00", "finished": "2024-05-03T08:05:00+00:00", "status": "complete",
+         "command": "qsfl tune s.toml --resume", "environment": {**env, "cpu": "Other CPU"}}]}))
+    text = write_report(study_dir, formats=("png",)).read_text()
+    assert "session 1" in text and "session 2" in text and "commit abc123" in text and "Other CPU" in text
+
+
+def test_multi_objective_figures_name_their_metrics(study_dir):
+    from reports.figures import study_figures
+    from reports.study import load_report_study
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials["fitness_0"], trials["fitness_1"] = trials["metric_final_accuracy"], trials["metric_uplink_mb"]
+    trials.drop(columns=["fitness"]).to_parquet(study_dir / "trials.parquet", index=False)
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    spec["objective"] = {"objectives": ["final_accuracy", "uplink_mb"]}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    logbook = pd.read_csv(study_dir / "logbook.csv")
+    logbook["min_1"], logbook["mean_1"], logbook["max_1"], logbook["std_1"] = 1.0, 2.0, 3.0, 0.5
+    logbook.to_csv(study_dir / "logbook.csv", index=False)
+    entries = study_figures(load_report_study(study_dir))
+    figs = {f.name: f for f in entries}
+    texts = " ".join(f.caption + " " + " ".join(a.get_xlabel() + a.get_ylabel() + a.get_title()
+                                                for a in f.figure.axes) for f in entries)
+    assert "fitness_0" not in texts and "fitness_1" not in texts
+    assert figs["optimization_history_1"].figure.axes[0].get_ylabel() == "uplink_mb"
+    ax = figs["objective_front"].figure.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("uplink_mb", "final_accuracy")
+    assert "lower is better" in figs["ga_fitness_1"].figure.axes[0].get_title(loc="right")
+    assert "higher is better" in figs["ga_fitness_0"].figure.axes[0].get_title(loc="right")
+
+
+def test_ga_fitness_says_which_direction_is_better(study_template):
+    logbook = pd.read_csv(study_template / "logbook.csv")
+    assert "higher is better" in plots.ga_fitness(logbook, maximize=True).axes[0].get_title(loc="right")
+    assert "lower is better" in plots.ga_fitness(logbook, maximize=False).axes[0].get_title(loc="right")
+
+
+def test_overlapping_lines_stay_distinguishable(runs):
+    """Two labels with the very same run (identical simulations) draw lines with different markers and dashes."""
+    same = runs["tuned-1"][0]
+    for fig in (plots.accuracy_vs_round({"tuned-1": [same], "tuned-2": [same], "qsfl-default": [same]}),
+                plots.accuracy_vs_uplink({"tuned-1": [same], "tuned-2": [same]})):
+        lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+        styles = {(line.get_marker(), str(line.get_linestyle()), str(line.get_dashes() if hasattr(line, "get_dashes")
+                                                                      else "")) for line in lines}
+        assert len({line.get_marker() for line in lines}) == len(lines)
+        assert len(styles) == len(lines)
+
+
+def test_mean_over_seeds_only_with_several_seeds(runs):
+    one = {"qsfl-default": runs["qsfl-default"][:1], "fedavg": runs["fedavg"]}
+    assert "mean over seeds" not in plots.uplink_composition(one).axes[0].get_xlabel()
+    assert "mean over seeds" in plots.uplink_composition(runs).axes[0].get_xlabel()
+    assert plots.accuracy_vs_round(one).axes[0].get_title(loc="right") == ""
+    assert "over seeds" in plots.accuracy_vs_round(runs).axes[0].get_title(loc="right")
+
+
+def test_report_of_one_seed_does_not_say_mean_over_seeds(study_dir):
+    from reports.report import write_report
+
+    text = write_report(study_dir, formats=("png",)).read_text()
+    assert "mean over" not in text and "Metrics are the search&#x27;s own (seed 0)" in text
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    spec["study"]["seeds"] = [0, 1]
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    assert "mean over its 2 seeds 0, 1" in write_report(study_dir, formats=("png",)).read_text()
+
+
+@pytest.mark.parametrize("best, baseline, directions, says", [
+    ([[0.8]], [0.7], ["maximize"], False),
+    ([[0.6], [0.5]], [0.7], ["maximize"], True),
+    ([[0.7]], [0.7], ["maximize"], True),                       # a tie is not better
+    ([[3.0]], [2.0], ["minimize"], True),
+    ([[1.0]], [2.0], ["minimize"], False),
+    ([[0.9, 5.0], [0.8, 1.0]], [0.85, 3.0], ["maximize", "minimize"], True),    # nobody dominates the defaults
+    ([[0.9, 2.0], [0.8, 1.0]], [0.85, 3.0], ["maximize", "minimize"], False),   # (0.9, 2.0) dominates
+])
+def test_defaults_verdict(best, baseline, directions, says):
+    from tuning.results import defaults_verdict
+
+    verdict = defaults_verdict([{"fitness": f} for f in best], {"fitness": baseline, "state": "complete"},
+                               directions)
+    assert (verdict is not None) == says
+
+
+def test_report_says_when_the_defaults_were_not_beaten(study_dir):
+    from reports.report import write_report
+
+    baseline = __import__("tomllib").loads((study_dir / "baseline.toml").read_text())
+    baseline["fitness"] = [10.0]                                 # the defaults' fitness beats every trial
+    (study_dir / "baseline.toml").write_text(dump_toml(baseline))
+    assert "did not beat the defaults" in write_report(study_dir, formats=("png",)).read_text()
