@@ -1,27 +1,37 @@
-"""FL algorithms behind one interface: fedavg, topk, qsfl (with QJ-only / SCSS-only ablations)."""
+"""FL algorithms behind one interface (qsfl.strategies.base.Strategy): fedavg, topk, qsfl (with QJ-only /
+SCSS-only ablations). Each is registered here; a user's strategy is added with :func:`register_strategy`."""
 
 from __future__ import annotations
 
-from qsfl.strategies.base import RoundInfo, Strategy, weighted_mean
+from qsfl.strategies.base import (
+    AggregateJob,
+    RoundInfo,
+    RoundPlan,
+    Strategy,
+    VectorisedStrategy,
+    make_strategy,
+    register_strategy,
+    strategy_class,
+    weighted_mean,
+)
 from qsfl.strategies.fedavg import FedAvg
 from qsfl.strategies.qsfl import QSFL
 from qsfl.strategies.topk import TopK
 
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "topk": TopK, "qsfl": QSFL}
-
-
-def make_strategy(config, n_params: int) -> Strategy:
-    """Instantiate the strategy named in ``config.strategy.name``."""
-    return STRATEGY_CLASSES[config.strategy.name](config, n_params)
-
+for _cls in (FedAvg, TopK, QSFL):
+    register_strategy(_cls)
 
 __all__ = [
     "QSFL",
-    "STRATEGY_CLASSES",
+    "AggregateJob",
     "FedAvg",
     "RoundInfo",
+    "RoundPlan",
     "Strategy",
     "TopK",
+    "VectorisedStrategy",
     "make_strategy",
+    "register_strategy",
+    "strategy_class",
     "weighted_mean",
 ]

@@ -3,7 +3,7 @@
 ``use_qj`` and ``use_scss`` switch the two levels independently, giving the QJ-only and SCSS-only
 ablations. Without SCSS a qualified client uploads its dense update (p is then unused).
 
-SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_rows`) for the qualified clients of every
+SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_slots`) for the qualified clients of every
 job with the same NS together, and each job's per-segment means as a few tensor ops, with no Python loop
 over clients.
 """
@@ -22,9 +22,10 @@ from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
 from qsfl.segments import SegmentLayout, ceil_fraction, top_k_slots
-from qsfl.strategies.base import AggregateJob, RoundInfo, Strategy, weighted_mean
+from qsfl.strategies.base import AggregateJob, RoundInfo, VectorisedStrategy, weighted_mean
 from qsfl.strategies.residuals import Residuals
 from qsfl.strategies.topk import bill_sparse
+from qsfl.strategy_config import QSFLConfig
 
 
 @dataclass
@@ -32,14 +33,14 @@ class _Pending:
     """One job's SCSS inputs between its QJ and the shared top-p call."""
 
     job: int                 # index in the jobs
-    qualified: np.ndarray    # qualified client ids
     rows: np.ndarray         # their rows in the cohort
     u: torch.Tensor          # (C, n) updates plus residuals
     segments: np.ndarray     # (K,) segment each qualified client sends
 
 
-class QSFL(Strategy):
+class QSFL(VectorisedStrategy):
     name = "qsfl"
+    config_class = QSFLConfig
 
     def __init__(self, config, n_params: int) -> None:
         super().__init__(config, n_params)
@@ -92,7 +93,7 @@ class QSFL(Strategy):
                 continue
             u = s.residuals.add(ids, updates)
             segments = (int(job.round_index) + ids[rows].astype(np.int64)) % s.ns
-            pending.setdefault(s.ns, []).append(_Pending(i, qualified, rows, u, segments))
+            pending.setdefault(s.ns, []).append(_Pending(i, rows, u, segments))
         # jobs of one layout share the slot grid: their segments are gathered and chosen in one call
         for group in pending.values():
             device = group[0].u.device
@@ -148,9 +149,10 @@ class QSFL(Strategy):
         g_slots = g[layout.cols]
         new_slots = torch.where(covered, mean if official else g_slots + mean, g_slots)   # unsent segment: unchanged
         new = new_slots.reshape(-1)[layout.flat]
-        sent_segments = {int(c): int(s) for c, s in zip(ids[rows], segments)}
-        return new, RoundInfo(qualified=[int(c) for c in p.qualified], segment_coverage=coverage.tolist(),
-                              segment_ids=sent_segments)
+        # qualified clients are exactly the senders, in the same (ascending id) order
+        return new, RoundInfo(qualified=[int(c) for c in ids[rows]],
+                              metrics={"segment_coverage": coverage.tolist(),
+                                       "segment_ids": [int(s) for s in segments]})
 
     def state_dict(self) -> dict[str, Any]:
         return {"residuals": self.residuals.state_dict()}

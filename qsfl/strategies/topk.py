@@ -10,8 +10,9 @@ import torch
 
 from qsfl.comm import Ledger, sparse_message
 from qsfl.segments import ceil_fraction, top_k_slots
-from qsfl.strategies.base import AggregateJob, RoundInfo, Strategy, weighted_mean
+from qsfl.strategies.base import AggregateJob, RoundInfo, VectorisedStrategy, weighted_mean
 from qsfl.strategies.residuals import Residuals
+from qsfl.strategy_config import TopKConfig
 
 
 def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding: str) -> None:
@@ -23,8 +24,9 @@ def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding:
         ledger.uplink(sparse_message(int(count), int(size), encoding), count=int(m))
 
 
-class TopK(Strategy):
+class TopK(VectorisedStrategy):
     name = "topk"
+    config_class = TopKConfig
 
     def __init__(self, config, n_params: int) -> None:
         super().__init__(config, n_params)

@@ -1,0 +1,193 @@
+"""Each strategy's own validated config dataclass, and the registry of strategy names.
+
+``StrategyConfig(name="qsfl", beta=0.5)`` builds the named strategy's config class (here
+:class:`QSFLConfig`), so the TOML/dict form stays one ``[strategy]`` table with ``name`` plus that
+strategy's fields. A field of another strategy is a ConfigError (after its value is checked, so a bad
+value is reported as such); a field of no strategy is an unknown key. The registry here is the one
+list of strategy names: :func:`qsfl.strategies.register_strategy` adds a user's strategy (config and
+implementation) to it. This module imports no torch, so reading configs stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from qsfl.errors import ConfigError, check_bool, check_choice, check_range, reject_unknown
+
+SELECTIONS = ("topk", "percentile")
+RELEVANCES = ("update", "weights")
+AGGREGATES = ("delta", "official")
+INDEX_ENCODINGS = ("auto", "int32", "bitmap")
+
+_CONFIGS: dict[str, type[StrategyConfig]] = {}   # name -> config class, in registration order
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Base of every strategy's config; ``StrategyConfig(name=..., **fields)`` builds that strategy's class."""
+
+    name: str = "fedavg"
+
+    strategy_name: ClassVar[str] = ""   # the registered name of a concrete config class
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> StrategyConfig:
+        if cls is not StrategyConfig:
+            return super().__new__(cls)
+        if args:
+            raise TypeError("StrategyConfig takes keyword arguments only (name=..., field=...)")
+        target = config_class(kwargs.get("name", "fedavg"))
+        check_keys(target, kwargs)
+        return super().__new__(target)   # Python then runs target.__init__(**kwargs)
+
+    def __post_init__(self) -> None:
+        if type(self) is StrategyConfig:
+            raise TypeError("StrategyConfig is abstract: give a registered strategy name")
+        if self.name != self.strategy_name:
+            raise ConfigError(f"strategy.name: {self.name!r} does not match {type(self).__name__} "
+                              f"(strategy {self.strategy_name!r})")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check this strategy's own fields (ConfigError naming ``strategy.<field>``)."""
+
+    def check_simulation(self, clients: int) -> None:
+        """Check the fields that depend on the simulation (e.g. a count of at most ``clients``)."""
+
+
+def register_config(cls: type[StrategyConfig]) -> type[StrategyConfig]:
+    """Add a strategy's config class under ``cls.strategy_name`` (its ``name`` field default)."""
+    name = cls.strategy_name
+    if not name or not dataclasses.is_dataclass(cls) or not issubclass(cls, StrategyConfig):
+        raise TypeError(f"{cls.__name__}: a strategy config is a dataclass subclass of StrategyConfig "
+                        f"with a strategy_name")
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == "name")
+    if default != name:
+        raise TypeError(f"{cls.__name__}: its name field defaults to {default!r}, not {name!r}")
+    known = _CONFIGS.get(name)
+    if known is not None and known is not cls:
+        raise ValueError(f"strategy {name!r} is already registered ({known.__name__})")
+    _CONFIGS[name] = cls
+    return cls
+
+
+def strategy_names() -> tuple[str, ...]:
+    """Every registered strategy name, in registration order."""
+    return tuple(_CONFIGS)
+
+
+def config_class(name: Any) -> type[StrategyConfig]:
+    """The config class of strategy ``name`` (ConfigError naming ``strategy.name`` if unknown)."""
+    check_choice("strategy.name", name, strategy_names())
+    return _CONFIGS[name]
+
+
+def field_names(cls: type[StrategyConfig]) -> list[str]:
+    """The keys of a strategy's ``[strategy]`` table (``name`` first)."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def strategy_fields() -> dict[str, dataclasses.Field]:
+    """Every field of every registered strategy config (the first strategy's declaration of a shared one)."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in _CONFIGS.values():
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, f)
+    return out
+
+
+def check_keys(cls: type[StrategyConfig], data: Mapping[str, Any]) -> None:
+    """Raise ConfigError for a key of ``data`` that is no field of strategy ``cls``.
+
+    A key of another strategy has its value checked there first (a bad value is named as such), then is
+    rejected with a hint naming the strategies it belongs to.
+    """
+    valid = field_names(cls)
+    for key in data:
+        if key in valid:
+            continue
+        owners = [other for other in _CONFIGS.values() if key in field_names(other)]
+        for other in owners:
+            other(**{"name": other.strategy_name, key: data[key]})   # raises if the value itself is bad
+        hint = f"{key!r} is a key of strategy {', '.join(o.strategy_name for o in owners)}" if owners else ""
+        reject_unknown("strategy", [key], valid, owner=f"of strategy {cls.strategy_name!r}", hint=hint)
+
+
+def strategy_config(data: Mapping[str, Any]) -> StrategyConfig:
+    """The config of the ``[strategy]`` table ``data`` (name plus that strategy's fields)."""
+    return StrategyConfig(**dict(data))
+
+
+# ----- the built-in strategies' configs --------------------------------------------------------------------
+
+@register_config
+@dataclass(frozen=True)
+class FedAvgConfig(StrategyConfig):
+    """FedAvg: every sampled client uploads its dense update. No parameters of its own."""
+
+    name: str = "fedavg"
+    strategy_name: ClassVar[str] = "fedavg"
+
+
+@register_config
+@dataclass(frozen=True)
+class TopKConfig(StrategyConfig):
+    """Top-k sparsification: every sampled client sends the top-p of its whole update."""
+
+    name: str = "topk"
+    p: float = 0.4                # share of entries sent
+    error_feedback: bool = False  # keep what was not sent and add it to the next update
+    index_encoding: str = "auto"  # "auto" | "int32" | "bitmap" (see qsfl.comm)
+
+    strategy_name: ClassVar[str] = "topk"
+
+    def validate(self) -> None:
+        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
+        check_bool("strategy.error_feedback", self.error_feedback)
+        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+
+
+@register_config
+@dataclass(frozen=True)
+class QSFLConfig(StrategyConfig):
+    """QSFL: Qualification Judgment + Sparse Cyclic Sliding Segment (defaults are the QSFL authors')."""
+
+    name: str = "qsfl"
+    # Qualification Judgment
+    use_qj: bool = True
+    beta: float = 0.9
+    k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
+    alpha: float = 0.7
+    selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
+    relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
+    # Sparse Cyclic Sliding Segment
+    use_scss: bool = True
+    ns: int = 6
+    p: float = 0.4
+    aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
+    error_feedback: bool = False
+    index_encoding: str = "auto"
+
+    strategy_name: ClassVar[str] = "qsfl"
+
+    def validate(self) -> None:
+        check_bool("strategy.use_qj", self.use_qj)
+        check_bool("strategy.use_scss", self.use_scss)
+        check_bool("strategy.error_feedback", self.error_feedback)
+        check_range("strategy.beta", self.beta, 0.0, 1.0)
+        if self.k is not None:
+            check_range("strategy.k", self.k, 1, None, integer=True)
+        check_range("strategy.alpha", self.alpha, 0.0, 1.0, lo_open=True)
+        check_choice("strategy.selection", self.selection, SELECTIONS)
+        check_choice("strategy.relevance", self.relevance, RELEVANCES)
+        check_range("strategy.ns", self.ns, 1, None, integer=True)
+        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
+        check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
+        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+
+    def check_simulation(self, clients: int) -> None:
+        if self.k is not None and self.k > clients:
+            raise ConfigError(f"strategy.k: {self.k} is out of range; allowed [1, {clients}] "
+                              f"(at most the number of clients)")
