@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from qsfl.errors import ConfigError
@@ -63,11 +64,14 @@ def run_tune(args: argparse.Namespace) -> int:
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     echo = (lambda s: None) if args.quiet else print
     result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
-                       progress=show_progress(args.quiet), verbose=verbose, echo=echo)
+                       progress=show_progress(args.quiet), verbose=verbose, echo=echo, quiet=args.quiet)
     if not args.no_report:
         report = write_report(out)
         if report is not None and not args.quiet:
             print(f"report: {report}")
     if not args.quiet:
         print(format_summary(result))
-    return 0
+    if result.exit_code:
+        print(f"error: all {result.evaluations} evaluations failed; see the reason column of {out / 'trials.csv'}",
+              file=sys.stderr)
+    return result.exit_code
