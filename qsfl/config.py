@@ -24,6 +24,7 @@ from qsfl.errors import (
 )
 from qsfl.strategy_config import (
     AGGREGATES,
+    AUTHORS_DEFAULTS,
     INDEX_ENCODINGS,
     RELEVANCES,
     SELECTIONS,
@@ -41,9 +42,10 @@ STRATEGIES = strategy_names()   # the built-in strategies (a user's registered l
 ENGINES = ("auto", "batched", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
 
-__all__ = ["AGGREGATES", "DEVICES", "ENGINES", "INDEX_ENCODINGS", "RELEVANCES", "SELECTIONS", "STRATEGIES",
-           "FedAvgConfig", "QSFLConfig", "SimConfig", "StrategyConfig", "TopKConfig", "dump_toml", "load_config",
-           "load_toml", "parse_assignments", "parse_value", "set_dotted", "strategy_fields", "strategy_names"]
+__all__ = ["AGGREGATES", "AUTHORS_DEFAULTS", "DEVICES", "ENGINES", "INDEX_ENCODINGS", "RELEVANCES", "SELECTIONS",
+           "STRATEGIES", "FedAvgConfig", "QSFLConfig", "SimConfig", "StrategyConfig", "TopKConfig", "dump_toml",
+           "load_config", "load_toml", "parse_assignments", "parse_value", "set_dotted", "strategy_fields",
+           "strategy_names"]
 
 
 def _check_options(field: str, kind: str, name: str, options: Any, valid: list[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from qsfl.errors import ConfigError, check_bool, check_choice, check_range, reject_unknown
@@ -21,6 +22,10 @@ SELECTIONS = ("topk", "percentile")
 RELEVANCES = ("update", "weights")
 AGGREGATES = ("delta", "official")
 INDEX_ENCODINGS = ("auto", "int32", "bitmap")
+
+# The QSFL authors' hyperparameters (their code's hard-coded values; the paper's defaults): the defaults of
+# QSFLConfig and the baseline of every tuning study. K is ceil(alpha * cohort size).
+AUTHORS_DEFAULTS: Mapping[str, float | int] = MappingProxyType({"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4})
 
 _CONFIGS: dict[str, type[StrategyConfig]] = {}   # name -> config class, in registration order
 
@@ -137,7 +142,7 @@ class TopKConfig(StrategyConfig):
     """Top-k sparsification: every sampled client sends the top-p of its whole update."""
 
     name: str = "topk"
-    p: float = 0.4                # share of entries sent
+    p: float = AUTHORS_DEFAULTS["p"]   # share of entries sent (the QSFL authors' p, as before the split)
     error_feedback: bool = False  # keep what was not sent and add it to the next update
     index_encoding: str = "auto"  # "auto" | "int32" | "bitmap" (see qsfl.comm)
 
@@ -157,15 +162,15 @@ class QSFLConfig(StrategyConfig):
     name: str = "qsfl"
     # Qualification Judgment
     use_qj: bool = True
-    beta: float = 0.9
+    beta: float = AUTHORS_DEFAULTS["beta"]
     k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
-    alpha: float = 0.7
+    alpha: float = AUTHORS_DEFAULTS["alpha"]
     selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
     relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
     # Sparse Cyclic Sliding Segment
     use_scss: bool = True
-    ns: int = 6
-    p: float = 0.4
+    ns: int = int(AUTHORS_DEFAULTS["ns"])
+    p: float = AUTHORS_DEFAULTS["p"]
     aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
     error_feedback: bool = False
     index_encoding: str = "auto"
