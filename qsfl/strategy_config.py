@@ -174,6 +174,9 @@ class QSFLConfig(StrategyConfig):
     aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
     error_feedback: bool = False
     index_encoding: str = "auto"
+    # Symmetric downlink compression: 1 = the dense downlink (default); below 1 each sampled client receives the
+    # top-p of its cyclic segment of the change in the global model since it last synchronised
+    downlink_p: float = 1.0
 
     strategy_name: ClassVar[str] = "qsfl"
 
@@ -191,6 +194,7 @@ class QSFLConfig(StrategyConfig):
         check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
         check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
         check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+        check_range("strategy.downlink_p", self.downlink_p, 0.0, 1.0, lo_open=True)
 
     def check_simulation(self, clients: int) -> None:
         if self.k is not None and self.k > clients:

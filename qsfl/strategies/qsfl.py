@@ -22,8 +22,8 @@ from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
 from qsfl.segments import SegmentLayout, ceil_fraction, top_k_slots
-from qsfl.strategies.base import AggregateJob, RoundInfo, VectorisedStrategy, weighted_mean
-from qsfl.strategies.residuals import Residuals
+from qsfl.strategies.base import AggregateJob, RoundInfo, RoundPlan, VectorisedStrategy, weighted_mean
+from qsfl.strategies.residuals import ClientRows, Residuals
 from qsfl.strategies.topk import bill_sparse
 from qsfl.strategy_config import QSFLConfig
 
@@ -53,6 +53,43 @@ class QSFL(VectorisedStrategy):
         # entries sent of each segment: ceil(p * size), computed once (segment sizes differ by at most one)
         self.keep = np.array([ceil_fraction(self.scfg.p, int(s)) for s in self.sizes], dtype=np.int64)
         self.residuals = Residuals(enabled=self.scfg.error_feedback)
+        # symmetric downlink compression (downlink_p < 1): each client's own copy of the global model
+        self.compress_downlink = self.scfg.downlink_p < 1.0
+        self.down_keep = np.array([ceil_fraction(self.scfg.downlink_p, int(s)) for s in self.sizes], dtype=np.int64)
+        self.copies = ClientRows()
+        self.initial: torch.Tensor | None = None         # w_0: every client's copy before its first round
+        self._round_start: torch.Tensor | None = None    # this round's (C, n) start rows, for aggregate
+
+    def configure_round(self, round_index: int, global_weights: torch.Tensor, client_ids: np.ndarray,
+                        ledger: Ledger) -> RoundPlan:
+        """The dense downlink, or with ``downlink_p < 1`` the symmetric downlink compression.
+
+        Each sampled client receives the ceil(downlink_p * size) largest-magnitude entries of its cyclic
+        segment (round + id) mod NS of ``w_t - copy_i``, the change of the global model since its copy
+        was last synchronised, and sets those entries of its copy to the global values; it trains from its
+        copy. What is not sent stays in the difference (error feedback is built in). Every client starts
+        from w_0, which it builds from the shared seed (no bytes). Bytes: one sparse message per client.
+        """
+        self._round_start = None
+        if not self.compress_downlink:
+            return super().configure_round(round_index, global_weights, client_ids, ledger)
+        ids = np.asarray(client_ids)
+        if self.initial is None:
+            self.initial = global_weights.detach().clone()
+        copies = self.copies.get_rows(ids, global_weights, self.initial)
+        layout = self.layout_on(global_weights.device)
+        segments = torch.as_tensor((int(round_index) + ids.astype(np.int64)) % self.ns, device=global_weights.device)
+        cols = layout.cols[segments]
+        change = global_weights[cols] - copies.gather(1, cols)
+        inside = layout.inside[segments] if layout.padded else None
+        keep = top_k_slots(change.abs(), self.down_keep[segments.cpu().numpy()], inside)
+        rows = torch.arange(len(ids), device=global_weights.device).unsqueeze(1).expand_as(cols)[keep]
+        copies[rows, cols[keep]] = global_weights[cols[keep]]
+        self.copies.set_rows(ids, copies)
+        bill_sparse(ledger, keep.sum(dim=1).cpu().numpy(), self.sizes[segments.cpu().numpy()],
+                    self.scfg.index_encoding, downlink=True)
+        self._round_start = copies
+        return RoundPlan(ids, copies)
 
     def qualify(self, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
                 client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger,
@@ -83,7 +120,10 @@ class QSFL(VectorisedStrategy):
         pending: dict[int, list[_Pending]] = {}   # NS -> SCSS jobs with that segment layout
         for i, (job, s) in enumerate(zip(jobs, strategies)):
             ids = np.asarray(job.client_ids)
-            updates = job.cohort.weights - job.global_weights
+            # d_i = w_i - the client's start: its own copy under downlink compression, else the global weights
+            start = job.global_weights if s._round_start is None else s._round_start
+            s._round_start = None
+            updates = job.cohort.weights - start
             qualified = s.qualify(job.global_weights, job.last_global_update, ids, job.cohort, job.ledger, updates)
             rows = np.flatnonzero(np.isin(ids, qualified))
             if not s.scfg.use_scss:
@@ -108,10 +148,10 @@ class QSFL(VectorisedStrategy):
             inside = layout.inside[torch.as_tensor(segments, device=device)] if layout.padded else None
             k = np.concatenate([strategies[p.job].keep[p.segments] for p in group])
             keep = top_k_slots(values.abs(), k, inside)
-            start = 0
+            offset = 0
             for p, vals in zip(group, gathered):
-                sent = keep[start:start + len(p.rows)]
-                start += len(p.rows)
+                sent = keep[offset:offset + len(p.rows)]
+                offset += len(p.rows)
                 out[p.job] = strategies[p.job]._scss(jobs[p.job], p, layout, vals, sent)
         return out
 
@@ -155,7 +195,11 @@ class QSFL(VectorisedStrategy):
                                        "segment_ids": [int(s) for s in segments]})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"residuals": self.residuals.state_dict()}
+        return {"residuals": self.residuals.state_dict(), "copies": self.copies.state_dict(),
+                "initial": None if self.initial is None else self.initial.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.residuals.load_state_dict(state["residuals"], device=device)
+        self.copies.load_state_dict(state["copies"], device=device)
+        initial = state["initial"]
+        self.initial = None if initial is None else initial.detach().clone().to(device)
