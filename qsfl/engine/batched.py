@@ -2,15 +2,17 @@
 
 The cohort's weights live in one flat buffer, parameter-major (parameter i of all C clients is one
 contiguous ``(C, *shape_i)`` block), returned as the ``(C, n)`` matrix of the contract. Each of the
-cohort's minibatch steps is one vectorised computation for all clients together; the SGD update
-(momentum, weight decay: exactly torch.optim.SGD's formulas, d = g + wd*w; buf = d on the first step,
-then buf = m*buf + d; w -= lr*buf) is then a handful of element-wise ops on the whole buffer.
+cohort's minibatch steps is one vectorised computation of all clients' data-loss gradients; the rest of
+the local-training spec (:mod:`qsfl.engine.local`: FedProx's proximal gradient, weight decay and the
+SGD/momentum or Adam update, exactly torch.optim's formulas) is then a handful of element-wise ops on the
+whole buffer.
 
 Clients of different sizes: the cohort runs ``max_i steps_i`` steps; a sample slot of a partial last
 batch has weight 0 (its loss is the mean over the batch's real samples), and a client that has run all
-its own steps keeps its weights and momentum unchanged (``torch.where``). The minibatch indices of every
-step are gathered up front from :func:`~qsfl.engine.common.epoch_orders`, so the step loop does no
-per-step Python work beyond the vectorised call, and the losses stay on the device until the end.
+its own steps keeps its weights and optimizer state unchanged (the step restores its entries). The
+minibatch indices of every step are gathered up front from :func:`~qsfl.engine.common.epoch_orders`, so
+the step loop does no per-step Python work beyond the vectorised calls, and the losses stay on the
+device until the end.
 
 Three ways to compute one step's per-client gradients (``method``; ``auto`` picks the first that applies):
 
@@ -47,15 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsfl.engine import local as lt
 from qsfl.engine.common import CohortResult, epoch_orders, start_rows
 
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "linear", "fold", "vmap")
 # What one client's step holds besides activations, in units of its parameter vector: the local weights,
-# the momentum buffer, the flat gradient, the per-parameter gradients before they are flattened and the
-# temporaries of the update.
-_PARAM_COPIES = 6
+# the flat gradient, the per-parameter gradients before they are flattened and the temporaries of the
+# update; the optimizer's own buffers (LocalTraining.state_copies) and FedProx's start weights come on top.
+_PARAM_COPIES = 5
 # Safety factor on the dry run's activation bytes: the batched forms add transposed copies of conv inputs.
 _ACTIVATION_FACTOR = 2.0
 # On CPU a step whose tensors outgrow the caches makes the memory-bound ops (ReLU backward, max-pool,
@@ -466,16 +469,17 @@ class BatchedEngine:
     name = "batched"
 
     def __init__(self, model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                 epochs: int, batch_size: int, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 seed: int = 0, max_chunk_mb: float = 1024.0, method: str = "auto") -> None:
+                 local: lt.LocalTraining | None = None, seed: int = 0, max_chunk_mb: float = 1024.0,
+                 method: str = "auto", **fields: Any) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"batched engine cannot vectorise {type(model).__name__}: {reason}")
         if method not in METHODS:
             raise ValueError(f"method: unknown value {method!r}; valid: {', '.join(METHODS)}")
         self.model = model
-        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
-        self.momentum, self.weight_decay, self.seed = float(momentum), float(weight_decay), int(seed)
+        self.spec = lt.LocalTraining.build(local, fields)
+        self.epochs, self.batch_size, self.lr = self.spec.epochs, self.spec.batch_size, self.spec.lr
+        self.momentum, self.weight_decay, self.seed = self.spec.momentum, self.spec.weight_decay, int(seed)
         self.max_chunk_mb = float(max_chunk_mb)
         self.device = next(model.parameters()).device
         self.names = [name for name, _ in model.named_parameters()]
@@ -577,7 +581,8 @@ class BatchedEngine:
     def per_client_bytes(self, steps: int) -> float:
         """Estimated bytes one client adds to a chunk that runs ``steps`` minibatch steps."""
         sample_bytes = self.x_all[:1].numel() * self.x_all.element_size() + 8 + 8 + 4
-        return (_PARAM_COPIES * 4 * self.n_params + _ACTIVATION_FACTOR * self._activation_bytes()
+        copies = _PARAM_COPIES + self.spec.state_copies() + (2 if self.spec.prox_mu else 0)
+        return (copies * 4 * self.n_params + _ACTIVATION_FACTOR * self._activation_bytes()
                 + steps * self.batch_size * sample_bytes)
 
     def memory_chunk_size(self, steps: int) -> int:
@@ -611,7 +616,8 @@ class BatchedEngine:
         return CohortResult(out, np.concatenate(losses), sizes)
 
     def _plan(self, ids: np.ndarray, round_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts and last-epoch flags."""
+        """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts (0 once a client is done)
+        and (C,) minibatches per epoch."""
         batch, epochs = self.batch_size, self.epochs
         sizes = self.sizes[ids]
         per_epoch = -(-sizes // batch)
@@ -630,8 +636,7 @@ class BatchedEngine:
         partial = (step % per_epoch == per_epoch - 1) & own
         counts = np.where(own, batch, 0)
         counts = np.where(partial, sizes - (per_epoch - 1) * batch, counts)
-        last = own & (step >= (epochs - 1) * per_epoch)
-        return idx, counts, last
+        return idx, counts, per_epoch
 
     def _scratch(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A reusable 1-D buffer of ``numel`` elements (kept across rounds: no re-allocation, no page faults)."""
@@ -647,69 +652,56 @@ class BatchedEngine:
                 for i in range(len(self.shapes))]
 
     def _train_chunk(self, w0: torch.Tensor, ids: np.ndarray, round_index: int) -> tuple[torch.Tensor, np.ndarray]:
-        dev, batch, clients, n = self.device, self.batch_size, len(ids), self.n_params
-        idx_np, counts_np, last_np = self._plan(ids, round_index)
+        dev, batch, clients, n, spec = self.device, self.batch_size, len(ids), self.n_params, self.spec
+        idx_np, counts_np, per_epoch = self._plan(ids, round_index)
         total = idx_np.shape[0]
-        full: list[bool] = np.all(counts_np > 0, axis=1).astype(bool).tolist()    # steps where every client trains
+        n_active: list[int] = (counts_np > 0).sum(1).tolist()   # clients still training at each step
         idx = torch.from_numpy(idx_np.reshape(-1)).to(dev, non_blocking=True)
         counts = torch.from_numpy(counts_np).to(dev, non_blocking=True)
         mask = torch.arange(batch, device=dev) < counts.unsqueeze(2)
         sw = mask / counts.clamp(min=1).unsqueeze(2).to(torch.float32)          # (S, C, B) sample weights
-        active = counts > 0                                                      # (S, C)
         feat = tuple(self.x_all.shape[1:])
         xs = torch.index_select(self.x_all, 0, idx, out=self._scratch("x", idx.numel() * math.prod(feat),
                                                                      self.x_all.dtype).view(-1, *feat))
         ys = torch.index_select(self.y_all, 0, idx, out=self._scratch("y", idx.numel(), self.y_all.dtype))
         xs, ys = xs.view(total, clients * batch, *feat), ys.view(total, clients * batch)
 
-        # Parameter-major flat storage: element-wise SGD updates are single ops on the whole chunk, and
-        # every parameter block is contiguous for bmm/conv and for gradients written in place.
+        # Parameter-major flat storage: the optimizer's element-wise updates are single ops on the whole
+        # chunk, and every parameter block is contiguous for bmm/conv and for gradients written in place.
         w = self._scratch("w", clients * n)
         g = self._scratch("g", clients * n)
-        buf: torch.Tensor | None = self._scratch("buf", clients * n) if self.momentum else None
         w_blocks, g_blocks = self._blocks(w, clients), self._blocks(g, clients)
-        buf_blocks = self._blocks(buf, clients) if buf is not None else None
         for i, block in enumerate(w_blocks):   # w0: (clients, n) start rows (an expanded view when shared)
             block.copy_(w0[:, int(self.offsets[i]):int(self.offsets[i + 1])].reshape(clients, *self.shapes[i]))
+        w_start = self._scratch("w_start", clients * n).copy_(w) if spec.prox_mu else None
+        state = lt.init_state(spec, w, new=lambda name: self._scratch(name, clients * n))
         params = [w_blocks[i] for i in self.order]
         if self.method == "fold":   # autograd leaves sharing storage with w (updated in place, no_grad)
             params = [p.detach().requires_grad_() for p in params]
         grads_out = [g_blocks[i] for i in self.order]
-        lr, mom, wd = self.lr, self.momentum, self.weight_decay
         step_losses = self._scratch("loss", total * clients).view(total, clients)
+        keep: torch.Tensor | None = None
         for s in range(total):
             _, loss = self.step_fn(params, xs[s], ys[s], sw[s], grads_out)
             step_losses[s].copy_(loss)
-            if wd:
-                g.add_(w, alpha=wd)
-            if full[s]:
-                if buf is not None:
-                    if s == 0:
-                        buf.copy_(g)
-                    else:
-                        buf.mul_(mom).add_(g)
-                w.sub_(buf if buf is not None else g, alpha=lr)
-            else:   # some clients are done: their weights and momentum stay as they are
-                self._masked_update(active[s], w_blocks, g_blocks, buf_blocks)
-        last = torch.from_numpy(last_np).to(dev)
-        loss_w = torch.where(last, counts, 0).to(torch.float64)
-        loss_sum = torch.where(last, step_losses.to(torch.float64), 0.0).mul(loss_w).sum(0)
-        losses = (loss_sum / torch.as_tensor(self.sizes[ids], device=dev, dtype=torch.float64)).cpu().numpy()
+            lt.regularise_grad_(spec, g, w, w_start)
+            if n_active[s] == clients:
+                keep = None
+            elif keep is None or n_active[s] != n_active[s - 1]:
+                keep = self._done_entries(counts_np[s] == 0)
+            # clients that are done keep their weights and optimizer state (``keep``)
+            lt.step_(spec, w, g, state, keep)
+        losses = lt.reported_losses(step_losses.cpu().numpy(), counts_np, per_epoch, self.epochs, spec.loss_report)
         out = torch.cat([block.reshape(clients, -1) for block in w_blocks], dim=1)   # a copy: w is reused
         return out, losses
 
-    def _masked_update(self, act: torch.Tensor, w_blocks: list[torch.Tensor], g_blocks: list[torch.Tensor],
-                       buf_blocks: list[torch.Tensor] | None) -> None:
-        """SGD step for the clients where ``act`` (C,) is True; the others keep weights and momentum."""
-        lr, mom = self.lr, self.momentum
-        for i, (wb, gb) in enumerate(zip(w_blocks, g_blocks)):
-            a = act.view(-1, *[1] * (wb.dim() - 1))
-            upd = gb
-            if buf_blocks is not None:
-                bb = buf_blocks[i]
-                bb.copy_(torch.where(a, bb * mom + gb, bb))
-                upd = bb
-            wb.copy_(torch.where(a, wb - lr * upd, wb))
+    def _done_entries(self, done: np.ndarray) -> torch.Tensor:
+        """Flat indices, in the parameter-major layout, of every entry of the clients where ``done`` (C,)."""
+        clients = len(done)
+        rows = np.flatnonzero(done)
+        parts = [int(self.offsets[i]) * clients + rows[:, None] * numel + np.arange(numel)[None, :]
+                 for i, numel in enumerate(self.numels)]
+        return torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts])).to(self.device)
 
 
 def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int) -> float:
