@@ -15,7 +15,9 @@ are theirs, a segment that starts at or after ``n`` is empty (its client sends a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,10 @@ SWITCHES: dict[str, tuple[object, object]] = {
     "segment_mean": ("weighted", "plain"),      # sample-weighted  |  unweighted mean per segment
     "upload": ("qualified", "all"),             # only qualified clients upload  |  every sampled client
 }
+VARIANTS = ("default", "authors_code")
+# the switches that only aggregate_round implements (the vectorised qsfl strategy does the other three)
+ROUND_FUNCTION_SWITCHES = ("rank_by", "k_rounding", "segment_layout", "base", "client_numbering", "tie_break",
+                           "segment_mean", "upload")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "relevance": ("update", "weights"), "selection": ("topk", "percentile"), "aggregate": ("delta", "official"),
     "rank_by": ("update", "weights"), "k_rounding": ("ceil", "round"),
@@ -72,9 +78,20 @@ class Options:
         """Names of the fields that differ from this project's default."""
         return [f.name for f in fields(self) if getattr(self, f.name) != SWITCHES[f.name][0]]
 
+    def round_function_switches(self) -> list[str]:
+        """The switched fields that only :func:`aggregate_round` implements."""
+        return [name for name in self.switched() if name in ROUND_FUNCTION_SWITCHES]
+
 
 PROJECT_DEFAULT = Options()
 AUTHORS_CODE = Options(**{name: values[1] for name, values in SWITCHES.items()})  # type: ignore[arg-type]
+
+
+def resolve_options(variant: str, explicit: Mapping[str, Any]) -> Options:
+    """The preset of ``variant`` ("default" or "authors_code") with every non-None value of ``explicit``."""
+    check_choice("strategy.variant", variant, VARIANTS)
+    preset = AUTHORS_CODE if variant == "authors_code" else PROJECT_DEFAULT
+    return replace(preset, **{k: v for k, v in explicit.items() if v is not None})
 
 
 @dataclass(frozen=True)

@@ -377,3 +377,121 @@ def test_project_default_options_equal_the_qsfl_strategy():
         assert out.qualified.tolist() == info.qualified
         assert out.segment_ids == info.segment_ids and out.coverage == info.segment_coverage
         assert out.uplink_bytes == ledger.close_round()["uplink_bytes"]
+
+
+# ----- the variant in the config and the qsfl strategy --------------------------------------------------
+
+def test_variant_is_a_preset_each_field_overrides_alone():
+    assert StrategyConfig(name="qsfl").options == A.PROJECT_DEFAULT
+    assert StrategyConfig(name="qsfl", variant="authors_code").options == A.AUTHORS_CODE
+    one = StrategyConfig(name="qsfl", variant="authors_code", base="global").options
+    assert one == replace(A.AUTHORS_CODE, base="global")
+    assert StrategyConfig(name="qsfl", tie_break="high").options.switched() == ["tie_break"]
+    cfg = SimConfig(strategy=StrategyConfig(name="qsfl", variant="authors_code", upload="qualified"))
+    assert SimConfig.from_dict(cfg.to_dict()) == cfg
+    # the variant can be changed by an override; fields left unset follow it, set ones stay
+    other = cfg.with_overrides({"strategy.variant": "default"})
+    assert other.strategy.options == replace(A.PROJECT_DEFAULT, upload="qualified")
+    assert cfg.with_overrides({"strategy.tie_break": "low"}).strategy.options.tie_break == "low"
+
+
+def test_variant_bad_input_names_the_field():
+    with pytest.raises(ConfigError, match="strategy.variant: unknown value 'authors'"):
+        StrategyConfig(name="qsfl", variant="authors")
+    with pytest.raises(ConfigError, match="strategy.segment_layout: unknown value"):
+        SimConfig.from_dict({"strategy": {"name": "qsfl", "segment_layout": "even"}})
+    with pytest.raises(ConfigError, match="strategy.client_numbering"):
+        StrategyConfig(name="qsfl", client_numbering=True)
+    with pytest.raises(ConfigError, match="strategy.error_feedback: true is not available with strategy.rank_by"):
+        StrategyConfig(name="qsfl", variant="authors_code", error_feedback=True)
+
+
+def _cohort_round(rng, n, c):
+    g = torch.from_numpy(rng.normal(size=n).astype(np.float32))
+    w = g + torch.from_numpy(rng.normal(0, 0.2, size=(c, n)).astype(np.float32))
+    return g, CohortResult(w, rng.uniform(0.1, 2, size=c), rng.integers(1, 50, size=c))
+
+
+def test_qsfl_strategy_with_the_variant_runs_the_round_function_and_keeps_the_pretrained_base():
+    rng = np.random.default_rng(4)
+    n, c = 250, 9
+    cfg = SimConfig(clients=c, strategy=StrategyConfig(name="qsfl", variant="authors_code"))
+    strat = QSFL(cfg, n)
+    hyper = A.Hyperparameters()
+    ids = np.arange(c)
+    g0, res0 = _cohort_round(rng, n, c)
+    ledger = Ledger()
+    new0, info0 = strat.aggregate(0, g0, None, ids, res0, ledger)
+    pre = A.pretraining_round(ids, res0.weights, res0.losses, res0.num_samples, g0, hyper, A.AUTHORS_CODE)
+    want0 = A.aggregate_round(0, pre.weights, g0, ids, res0.weights, res0.losses, res0.num_samples, hyper,
+                              A.AUTHORS_CODE)
+    torch.testing.assert_close(new0, want0.weights)
+    assert info0.qualified == want0.qualified.tolist() and info0.segment_ids == want0.segment_ids
+    assert ledger.close_round()["uplink_bytes"] == pre.uplink_bytes + want0.uplink_bytes   # pretraining billed
+    # round 1: rebuilt from the same pretrained base, no second pretraining
+    g1, res1 = _cohort_round(rng, n, c)
+    new1, _ = strat.aggregate(1, g1, g1 - g0, ids, res1, ledger)
+    want1 = A.aggregate_round(1, pre.weights, g1, ids, res1.weights, res1.losses, res1.num_samples, hyper,
+                              A.AUTHORS_CODE)
+    torch.testing.assert_close(new1, want1.weights)
+    assert ledger.close_round()["uplink_bytes"] == want1.uplink_bytes
+    torch.testing.assert_close(strat.state_dict()["pretrained"], pre.weights)
+
+
+def test_vectorised_path_takes_the_three_qj_aggregate_switches_from_the_variant():
+    rng = np.random.default_rng(9)
+    n, c = 120, 8
+    g, res = _cohort_round(rng, n, c)
+    ids = np.arange(c)
+    for opts in (dict(relevance="weights"), dict(selection="percentile"), dict(aggregate="official")):
+        cfg = SimConfig(clients=c, strategy=StrategyConfig(name="qsfl", **opts))
+        ledger = Ledger()
+        new, info = QSFL(cfg, n).aggregate(3, g, g * 0.1, ids, res, ledger)
+        want = A.aggregate_round(3, None, g, ids, res.weights, res.losses, res.num_samples, A.Hyperparameters(),
+                                 replace(A.PROJECT_DEFAULT, **opts), g * 0.1)
+        torch.testing.assert_close(new, want.weights, rtol=0, atol=1e-6)
+        assert info.qualified == want.qualified.tolist()
+        assert ledger.close_round()["uplink_bytes"] == want.uplink_bytes
+
+
+# ----- end to end: a short authors_code run ------------------------------------------------------------
+
+def _authors_run_config(rounds: int = 3) -> SimConfig:
+    """Their experiments' local training (Adam, per-batch mean loss), shortened: 2 epochs, batch 10."""
+    return SimConfig(dataset="digits", model="mlp", clients=6, rounds=rounds, batch_size=10, local_epochs=2,
+                     optimizer="adam", lr=0.001, loss_report="all_batches", seed=1,
+                     strategy=StrategyConfig(name="qsfl", variant="authors_code"))
+
+
+def test_authors_code_simulation_bills_every_client_and_pretrains_once():
+    from qsfl.comm import meta_message, sparse_message
+    from qsfl.sim import Simulation
+
+    cfg = _authors_run_config()
+    sim = Simulation(cfg)
+    h = sim.run()
+    df = h.df
+    n, c = sim.n_params, cfg.clients
+    length = A.authors_segment_length(n, 6)              # 9610 / 6 = 1601.67 -> 1602: the last segment is cut
+    sizes = np.diff(A.layout_bounds(n, 6, "authors"))
+    assert sizes.tolist() == [length] * 5 + [n - 5 * length]
+    meta = meta_message().total * c
+
+    def round_bytes(t):     # every client uploads round(0.4 * size) entries of segment (t + id + 1) % 6
+        return meta + sum(sparse_message(round(0.4 * int(sizes[(t + i + 1) % 6])), int(sizes[(t + i + 1) % 6]))
+                          .total for i in range(c))
+    pretraining = meta + c * sparse_message(n, n).total
+    assert df.uplink_bytes.tolist() == [pretraining + round_bytes(0), round_bytes(1), round_bytes(2)]
+    assert (df.n_qualified < c).all() and np.isfinite(df.test_accuracy).all()
+
+
+def test_authors_code_simulation_paused_and_continued_is_the_same_run():
+    from qsfl.sim import Simulation
+
+    cfg = _authors_run_config()
+    whole = Simulation(cfg).run()
+    first = Simulation(cfg)
+    first.run(until=1)
+    resumed = Simulation.from_state(cfg, first.state()).run()
+    cols = ["test_accuracy", "train_loss", "n_qualified", "uplink_bytes"]
+    assert resumed.df[cols].equals(whole.df[cols])

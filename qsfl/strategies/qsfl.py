@@ -2,6 +2,8 @@
 
 ``use_qj`` and ``use_scss`` switch the two levels independently, giving the QJ-only and SCSS-only
 ablations. Without SCSS a qualified client uploads its dense update (p is then unused).
+``variant="authors_code"`` and the options of :mod:`qsfl.authors_code` that this vectorised path does not
+implement (``Options.round_function_switches``) run each round through :func:`qsfl.authors_code.aggregate_round`.
 
 SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_rows`) for the qualified clients of every
 job together, and each job's per-segment means as a few tensor ops, with no Python loop over clients.
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qsfl import authors_code
 from qsfl import qualification as qj
 from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
@@ -39,6 +42,12 @@ class QSFL(Strategy):
         # entries sent of each segment: ceil(p * size), computed once (segment sizes differ by at most one)
         self.keep = np.array([ceil_fraction(self.scfg.p, int(s)) for s in self.sizes], dtype=np.int64)
         self.residuals = Residuals(enabled=self.scfg.error_feedback)
+        self.options = self.scfg.options
+        self.hyper = authors_code.Hyperparameters(
+            beta=self.scfg.beta, alpha=self.scfg.alpha, k=self.scfg.k, ns=self.ns,
+            p=self.scfg.p if self.scfg.use_scss else 1.0, use_qj=self.scfg.use_qj,
+            index_encoding=self.scfg.index_encoding)
+        self.pretrained: torch.Tensor | None = None   # base="pretrained": the authors' fixed model
 
     def qualify(self, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
                 client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger) -> np.ndarray:
@@ -47,12 +56,12 @@ class QSFL(Strategy):
             return np.asarray(client_ids)
         ledger.uplink(meta_message(), count=len(client_ids))
         contrib = qj.contribution(cohort.losses, cohort.num_samples)
-        if self.scfg.relevance == "weights":
+        if self.options.relevance == "weights":
             relev = qj.relevance_weights(cohort.weights, global_weights)
         else:
             relev = qj.relevance(cohort.weights - global_weights, last_global_update)
         scores = qj.score(contrib, relev, self.scfg.beta)
-        if self.scfg.selection == "percentile":
+        if self.options.selection == "percentile":
             return qj.select_percentile(scores, client_ids, self.scfg.alpha)
         k = qj.qualified_count(len(client_ids), self.scfg.k, self.scfg.alpha)
         return qj.select_top(scores, client_ids, k)
@@ -64,6 +73,9 @@ class QSFL(Strategy):
         pending = []   # (job index, qualified ids, qualified rows, accumulated updates, segment ids)
         for i, job in enumerate(jobs):
             s: Any = job.strategy
+            if s.options.round_function_switches():
+                out[i] = s._round_function(job)
+                continue
             ids = np.asarray(job.client_ids)
             qualified = s.qualify(job.global_weights, job.last_global_update, ids, job.cohort, job.ledger)
             rows = np.flatnonzero(np.isin(ids, qualified))
@@ -100,7 +112,7 @@ class QSFL(Strategy):
             self.residuals.keep_unsent(ids, u, unsent)
         bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding)
         n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
-        official = self.scfg.aggregate == "official"
+        official = self.options.aggregate == "official"
         # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
         payload = job.cohort.weights[torch.as_tensor(rows, dtype=torch.long, device=u.device)] if official else chosen
         acc = torch.as_tensor(n_i, dtype=g.dtype, device=g.device) @ payload.masked_fill(~sent, 0.0)
@@ -115,8 +127,28 @@ class QSFL(Strategy):
         return new, RoundInfo(qualified=[int(c) for c in qualified], segment_coverage=coverage.tolist(),
                               segment_ids=sent_segments)
 
+    def _round_function(self, job: AggregateJob) -> tuple[torch.Tensor, RoundInfo]:
+        """One round through :func:`qsfl.authors_code.aggregate_round`; with base="pretrained" the first round
+        also runs the authors' pretraining (their round 0 with NS=1, p=1), billed, to get the fixed base."""
+        data = (np.asarray(job.client_ids), job.cohort.weights, job.cohort.losses, job.cohort.num_samples)
+        if self.options.base == "pretrained" and self.pretrained is None:
+            pre = authors_code.pretraining_round(*data, job.global_weights, self.hyper, self.options,
+                                                 job.last_global_update)
+            self.pretrained = pre.weights
+            for msg, count in pre.uplink:
+                job.ledger.uplink(msg, count=count)
+        out = authors_code.aggregate_round(job.round_index, self.pretrained, job.global_weights, *data, self.hyper,
+                                           self.options, job.last_global_update)
+        for msg, count in out.uplink:
+            job.ledger.uplink(msg, count=count)
+        return out.weights, RoundInfo(qualified=[int(c) for c in out.qualified], segment_coverage=out.coverage,
+                                      segment_ids=out.segment_ids)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"residuals": self.residuals.state_dict()}
+        pretrained = None if self.pretrained is None else self.pretrained.detach().cpu().clone()
+        return {"residuals": self.residuals.state_dict(), "pretrained": pretrained}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.residuals.load_state_dict(state["residuals"], device=device)
+        pretrained = state.get("pretrained")
+        self.pretrained = None if pretrained is None else pretrained.to(device)
