@@ -86,6 +86,14 @@ class Options:
 PROJECT_DEFAULT = Options()
 AUTHORS_CODE = Options(**{name: values[1] for name, values in SWITCHES.items()})  # type: ignore[arg-type]
 
+# The SimConfig fields (not strategy options) of the authors' local training, for SimConfig(**...):
+# torch.optim.Adam with its defaults (lr 0.001; their model/model_wrapper.py line 372), the client's loss is the
+# mean over its epochs of the mean batch loss (fl_client_QSFL.py lines 50-57, model_wrapper.py lines 392-415).
+# 10 local epochs and batch 2 are from issue 11: their task configs are not in the repository.
+AUTHORS_EXPERIMENT_TRAINING: dict[str, Any] = {"optimizer": "adam", "lr": 0.001, "adam_beta1": 0.9,
+                                               "adam_beta2": 0.999, "adam_eps": 1e-8, "local_epochs": 10,
+                                               "batch_size": 2, "loss_report": "all_batches"}
+
 
 def resolve_options(variant: str, explicit: Mapping[str, Any]) -> Options:
     """The preset of ``variant`` ("default" or "authors_code") with every non-None value of ``explicit``."""

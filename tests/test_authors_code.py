@@ -495,3 +495,8 @@ def test_authors_code_simulation_paused_and_continued_is_the_same_run():
     resumed = Simulation.from_state(cfg, first.state()).run()
     cols = ["test_accuracy", "train_loss", "n_qualified", "uplink_bytes"]
     assert resumed.df[cols].equals(whole.df[cols])
+
+
+def test_authors_experiment_training_is_a_valid_simconfig():
+    cfg = SimConfig(**A.AUTHORS_EXPERIMENT_TRAINING, strategy=StrategyConfig(name="qsfl", variant="authors_code"))
+    assert (cfg.optimizer, cfg.local_epochs, cfg.batch_size, cfg.loss_report) == ("adam", 10, 2, "all_batches")
