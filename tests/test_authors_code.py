@@ -273,7 +273,7 @@ def test_switch_k_rounding():
 def test_switch_segment_layout_bounds():
     assert segment_bounds(9, 6).tolist() == [0, 2, 4, 6, 7, 8, 9]
     assert A.layout_bounds(9, 6, "array_split").tolist() == [0, 2, 4, 6, 7, 8, 9]
-    # round(9 / 6) = round(1.5) = 2: segment 4 is cut to [8, 9), segment 5 is empty (their server fails)
+    # round(9 / 6) = round(1.5) = 2: segment 4 is cut to [8, 9) (their server fails on it), segment 5 is empty
     assert A.layout_bounds(9, 6, "authors").tolist() == [0, 2, 4, 6, 8, 9, 9]
     # round(13 / 6) = 2: six segments of 2, index 12 in none; round(15 / 6) = round(2.5) = 2 (half to even)
     assert A.layout_bounds(13, 6, "authors").tolist() == [0, 2, 4, 6, 8, 10, 12]
