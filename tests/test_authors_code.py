@@ -500,3 +500,16 @@ def test_authors_code_simulation_paused_and_continued_is_the_same_run():
 def test_authors_experiment_training_is_a_valid_simconfig():
     cfg = SimConfig(**A.AUTHORS_EXPERIMENT_TRAINING, strategy=StrategyConfig(name="qsfl", variant="authors_code"))
     assert (cfg.optimizer, cfg.local_epochs, cfg.batch_size, cfg.loss_report) == ("adam", 10, 2, "all_batches")
+
+
+def test_authors_code_in_simulate_many_equals_its_own_simulate():
+    from qsfl.sim import simulate, simulate_many
+
+    authors = _authors_run_config()
+    configs = [authors, authors.replace(strategy=StrategyConfig(name="qsfl")),
+               authors.replace(strategy=StrategyConfig(name="qsfl", variant="authors_code", base="global"))]
+    for many, cfg in zip(simulate_many(configs), configs):
+        alone = simulate(cfg).df
+        assert many.df.uplink_bytes.tolist() == alone.uplink_bytes.tolist()
+        assert many.df.n_qualified.tolist() == alone.n_qualified.tolist()
+        np.testing.assert_allclose(many.df.test_accuracy, alone.test_accuracy, atol=1e-5)
