@@ -5,7 +5,7 @@
 strategy's fields. A field of another strategy is a ConfigError (after its value is checked, so a bad
 value is reported as such); a field of no strategy is an unknown key. The registry here is the one
 list of strategy names: :func:`qsfl.strategies.register_strategy` adds a user's strategy (config and
-implementation) to it. This module imports no torch, so reading configs stays light.
+implementation) to it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from qsfl.authors_code import ROUND_FUNCTION_SWITCHES, SWITCHES, VARIANTS, Options, resolve_options
 from qsfl.errors import ConfigError, check_bool, check_choice, check_range, reject_unknown
 
 SELECTIONS = ("topk", "percentile")
@@ -165,15 +166,26 @@ class QSFLConfig(StrategyConfig):
     beta: float = AUTHORS_DEFAULTS["beta"]
     k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
     alpha: float = AUTHORS_DEFAULTS["alpha"]
-    selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
-    relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
     # Sparse Cyclic Sliding Segment
     use_scss: bool = True
     ns: int = int(AUTHORS_DEFAULTS["ns"])
     p: float = AUTHORS_DEFAULTS["p"]
-    aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
     error_feedback: bool = False
     index_encoding: str = "auto"
+    # "default" (this project) or "authors_code" (the authors' released code, qsfl/authors_code.py);
+    # each field below left unset (None) takes the variant's value, a set one overrides it alone
+    variant: str = "default"
+    selection: str | None = None       # "topk": the K best scores; "percentile": scores >= (1-alpha) percentile
+    relevance: str | None = None       # "update": sign(d_i) vs sign(g_{t-1}); "weights": sign(w_i) vs sign(w_t)
+    aggregate: str | None = None       # "delta": base + mean sparse update; "official": mean sparse weights
+    rank_by: str | None = None         # top-p of |w_i - w_t| ("update") or of |w_i| ("weights")
+    k_rounding: str | None = None      # "ceil": ceil(p*size); "round": round(p*size), 0 -> whole segment
+    segment_layout: str | None = None  # "array_split" or "authors" (round(n/NS) each, tail never sent)
+    base: str | None = None            # unsent segments keep w_t ("global") or a fixed model ("pretrained")
+    client_numbering: int | None = None  # segment (t + id + client_numbering) mod NS: 0 or 1
+    tie_break: str | None = None       # equal |value| at the top-p cut: "low" or "high" index kept
+    segment_mean: str | None = None    # per-segment mean "weighted" by samples or "plain"
+    upload: str | None = None          # who uploads a sparse segment: "qualified" or "all" sampled clients
     # Symmetric downlink compression: 1 = the dense downlink (default); below 1 each sampled client receives the
     # top-p of its cyclic segment of the change in the global model since it last synchronised
     downlink_p: float = 1.0
@@ -188,13 +200,22 @@ class QSFLConfig(StrategyConfig):
         if self.k is not None:
             check_range("strategy.k", self.k, 1, None, integer=True)
         check_range("strategy.alpha", self.alpha, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.selection", self.selection, SELECTIONS)
-        check_choice("strategy.relevance", self.relevance, RELEVANCES)
         check_range("strategy.ns", self.ns, 1, None, integer=True)
         check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
         check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+        check_choice("strategy.variant", self.variant, VARIANTS)
         check_range("strategy.downlink_p", self.downlink_p, 0.0, 1.0, lo_open=True)
+        switched = self.options.round_function_switches()    # also validates every option set
+        if switched and (self.error_feedback or self.downlink_p < 1.0):
+            what = "error_feedback: true" if self.error_feedback else f"downlink_p: {self.downlink_p!r}"
+            raise ConfigError(f"strategy.{what} is not available with strategy.{switched[0]}="
+                              f"{getattr(self.options, switched[0])!r}; it needs this project's "
+                              f"{', '.join(f'{n}={SWITCHES[n][0]!r}' for n in ROUND_FUNCTION_SWITCHES)}")
+
+    @property
+    def options(self) -> Options:
+        """The QSFL options: the variant's preset with every field set here overriding it."""
+        return resolve_options(self.variant, {name: getattr(self, name) for name in SWITCHES})
 
     def check_simulation(self, clients: int) -> None:
         if self.k is not None and self.k > clients:

@@ -69,8 +69,10 @@ class RoundInfo:
 
     @property
     def segment_ids(self) -> dict[int, int]:
-        """Client id -> the segment it sent (SCSS strategies; empty otherwise)."""
-        return dict(zip(self.qualified, self.metrics.get("segment_ids", [])))
+        """Client id -> the segment it sent (SCSS strategies; empty otherwise). The columns: ``segment_ids`` in
+        the order of ``segment_senders``, or of the qualified clients when those are the senders."""
+        senders = self.metrics.get("segment_senders", self.qualified)
+        return dict(zip(senders, self.metrics.get("segment_ids", [])))
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 ``use_qj`` and ``use_scss`` switch the two levels independently, giving the QJ-only and SCSS-only
 ablations. Without SCSS a qualified client uploads its dense update (p is then unused).
+``variant="authors_code"`` and the options of :mod:`qsfl.authors_code` that this vectorised path does not
+implement (``Options.round_function_switches``) run each round through :func:`qsfl.authors_code.aggregate_round`.
 
 SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_slots`) for the qualified clients of every
 job with the same NS together, and each job's per-segment means as a few tensor ops, with no Python loop
@@ -17,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from qsfl import authors_code
 from qsfl import qualification as qj
 from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
@@ -53,6 +56,12 @@ class QSFL(VectorisedStrategy):
         # entries sent of each segment: ceil(p * size), computed once (segment sizes differ by at most one)
         self.keep = np.array([ceil_fraction(self.scfg.p, int(s)) for s in self.sizes], dtype=np.int64)
         self.residuals = Residuals(enabled=self.scfg.error_feedback)
+        self.options = self.scfg.options
+        self.hyper = authors_code.Hyperparameters(
+            beta=self.scfg.beta, alpha=self.scfg.alpha, k=self.scfg.k, ns=self.ns,
+            p=self.scfg.p if self.scfg.use_scss else 1.0, use_qj=self.scfg.use_qj,
+            index_encoding=self.scfg.index_encoding)
+        self.pretrained: torch.Tensor | None = None   # base="pretrained": the authors' fixed model
         # symmetric downlink compression (downlink_p < 1): each client's own copy of the global model
         self.compress_downlink = self.scfg.downlink_p < 1.0
         self.down_keep = np.array([ceil_fraction(self.scfg.downlink_p, int(s)) for s in self.sizes], dtype=np.int64)
@@ -100,14 +109,14 @@ class QSFL(VectorisedStrategy):
             return np.asarray(client_ids)
         ledger.uplink(meta_message(), count=len(client_ids))
         contrib = qj.contribution(cohort.losses, cohort.num_samples)
-        if self.scfg.relevance == "weights":
+        if self.options.relevance == "weights":
             relev = qj.relevance_weights(cohort.weights, global_weights)
         elif last_global_update is None:
             relev = qj.relevance(cohort.weights, None)   # round 0: r_i = 1, no update needed
         else:
             relev = qj.relevance(cohort.weights - global_weights if updates is None else updates, last_global_update)
         scores = qj.score(contrib, relev, self.scfg.beta)
-        if self.scfg.selection == "percentile":
+        if self.options.selection == "percentile":
             return qj.select_percentile(scores, client_ids, self.scfg.alpha)
         k = qj.qualified_count(len(client_ids), self.scfg.k, self.scfg.alpha)
         return qj.select_top(scores, client_ids, k)
@@ -119,6 +128,9 @@ class QSFL(VectorisedStrategy):
         strategies = [cast(QSFL, job.strategy) for job in jobs]
         pending: dict[int, list[_Pending]] = {}   # NS -> SCSS jobs with that segment layout
         for i, (job, s) in enumerate(zip(jobs, strategies)):
+            if s.options.round_function_switches():
+                out[i] = s._round_function(job)
+                continue
             ids = np.asarray(job.client_ids)
             # d_i = w_i - the client's start: its own copy under downlink compression, else the global weights
             start = job.global_weights if s._round_start is None else s._round_start
@@ -175,7 +187,7 @@ class QSFL(VectorisedStrategy):
             self.residuals.keep_unsent(ids, u, None)
         bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding)
         n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
-        official = self.scfg.aggregate == "official"
+        official = self.options.aggregate == "official"
         # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
         payload = (job.cohort.weights[rows_t.unsqueeze(1), cols] if official else values) * sent.to(g.dtype)
         senders = torch.zeros(self.ns, len(rows), dtype=g.dtype, device=device)   # segment x sender: n_i
@@ -194,12 +206,38 @@ class QSFL(VectorisedStrategy):
                               metrics={"segment_coverage": coverage.tolist(),
                                        "segment_ids": [int(s) for s in segments]})
 
+    def _round_function(self, job: AggregateJob) -> tuple[torch.Tensor, RoundInfo]:
+        """One round through :func:`qsfl.authors_code.aggregate_round`; with base="pretrained" the first round
+        also runs the authors' pretraining (their round 0 with NS=1, p=1), billed, to get the fixed base."""
+        data = (np.asarray(job.client_ids), job.cohort.weights, job.cohort.losses, job.cohort.num_samples)
+        if self.options.base == "pretrained" and self.pretrained is None:
+            pre = authors_code.pretraining_round(*data, job.global_weights, self.hyper, self.options,
+                                                 job.last_global_update)
+            self.pretrained = pre.weights
+            for msg, count in pre.uplink:
+                job.ledger.uplink(msg, count=count)
+        out = authors_code.aggregate_round(job.round_index, self.pretrained, job.global_weights, *data, self.hyper,
+                                           self.options, job.last_global_update)
+        for msg, count in out.uplink:
+            job.ledger.uplink(msg, count=count)
+        qualified = [int(c) for c in out.qualified]
+        senders = sorted(int(c) for c in out.segment_ids)
+        metrics: dict[str, Any] = {"segment_coverage": list(out.coverage)}
+        if out.segment_ids:
+            metrics["segment_ids"] = [int(out.segment_ids[c]) for c in senders]
+            if self.options.upload == "all":   # unqualified clients send too: name the senders
+                metrics["segment_senders"] = senders
+        return out.weights, RoundInfo(qualified=qualified, metrics=metrics)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"residuals": self.residuals.state_dict(), "copies": self.copies.state_dict(),
+        pretrained = None if self.pretrained is None else self.pretrained.detach().cpu().clone()
+        return {"residuals": self.residuals.state_dict(), "pretrained": pretrained, "copies": self.copies.state_dict(),
                 "initial": None if self.initial is None else self.initial.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.residuals.load_state_dict(state["residuals"], device=device)
+        pretrained = state.get("pretrained")
+        self.pretrained = None if pretrained is None else pretrained.detach().clone().to(device)
         self.copies.load_state_dict(state["copies"], device=device)
         initial = state["initial"]
         self.initial = None if initial is None else initial.detach().clone().to(device)
