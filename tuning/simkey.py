@@ -73,7 +73,7 @@ def canonical_strategy(config: SimConfig, n_params: int) -> dict[str, Any]:
     if not s["use_qj"]:
         for key in ("beta", "k", "alpha", "selection", "relevance"):
             s.pop(key, None)
-    elif s["selection"] == "topk":
+    elif s.get("selection", "topk") == "topk":   # unset: the default variant's top-K
         c = config.cohort_size
         s["k"] = qualified_count(c, s.get("k"), float(s["alpha"]))
         s.pop("alpha", None)
