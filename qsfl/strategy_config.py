@@ -221,3 +221,71 @@ class QSFLConfig(StrategyConfig):
         if self.k is not None and self.k > clients:
             raise ConfigError(f"strategy.k: {self.k} is out of range; allowed [1, {clients}] "
                               f"(at most the number of clients)")
+
+
+@register_config
+@dataclass(frozen=True)
+class RandKConfig(StrategyConfig):
+    """Random-k sparsification: every sampled client sends ceil(p * n) entries of its update chosen uniformly
+    at random (unscaled; Stich, Cordonnier & Jaggi 2018 pair it with error feedback)."""
+
+    name: str = "randk"
+    p: float = AUTHORS_DEFAULTS["p"]
+    error_feedback: bool = False
+    index_encoding: str = "auto"
+
+    strategy_name: ClassVar[str] = "randk"
+
+    def validate(self) -> None:
+        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
+        check_bool("strategy.error_feedback", self.error_feedback)
+        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+
+
+@register_config
+@dataclass(frozen=True)
+class QSGDConfig(StrategyConfig):
+    """QSGD (Alistarh et al. 2017): every entry stochastically rounded to one of ``levels`` (s) levels of the
+    update's L2 norm, unbiased."""
+
+    name: str = "qsgd"
+    levels: int = 16   # s: quantisation levels per sign (1 = ternary {-norm, 0, norm})
+
+    strategy_name: ClassVar[str] = "qsgd"
+
+    def validate(self) -> None:
+        check_range("strategy.levels", self.levels, 1, 2**16, integer=True)
+
+
+@register_config
+@dataclass(frozen=True)
+class SignSGDConfig(StrategyConfig):
+    """signSGD with error feedback (Karimireddy et al. 2019): the signs of update + residual, scaled by its
+    mean magnitude; the residual keeps the rest."""
+
+    name: str = "signsgd"
+    error_feedback: bool = True
+
+    strategy_name: ClassVar[str] = "signsgd"
+
+    def validate(self) -> None:
+        check_bool("strategy.error_feedback", self.error_feedback)
+
+
+@register_config
+@dataclass(frozen=True)
+class STCConfig(StrategyConfig):
+    """Sparse ternary compression (Sattler et al. 2019), uplink: the top-p entries of update + residual, each
+    sent as +-mu (mu = their mean magnitude), with error feedback."""
+
+    name: str = "stc"
+    p: float = 0.01
+    error_feedback: bool = True
+    index_encoding: str = "auto"   # positions as int32 or a bitmap ("auto": the smaller)
+
+    strategy_name: ClassVar[str] = "stc"
+
+    def validate(self) -> None:
+        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
+        check_bool("strategy.error_feedback", self.error_feedback)
+        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)

@@ -30,6 +30,7 @@ import torch
 from qsfl.comm import Ledger, dense_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
+from qsfl.strategies.residuals import Residuals
 from qsfl.strategy_config import StrategyConfig, register_config, strategy_names
 
 
@@ -155,6 +156,36 @@ class VectorisedStrategy(Strategy):
     @abstractmethod
     def aggregate_many(cls, jobs: Sequence[AggregateJob]) -> list[tuple[torch.Tensor, RoundInfo]]:
         """Every job's aggregation (each job's strategy is an instance of ``cls``), in order."""
+
+
+class CompressedUpdates(Strategy):
+    """A strategy in which every sampled client sends a compressed version of its update (plus its residual
+    with error feedback) and the server adds their sample-weighted mean. A subclass implements
+    :meth:`compress` for all clients at once; the residual is what compression left out."""
+
+    def __init__(self, config: RunConfig, n_params: int) -> None:
+        super().__init__(config, n_params)
+        self.residuals = Residuals(enabled=bool(getattr(self.scfg, "error_feedback", False)))
+
+    @abstractmethod
+    def compress(self, round_index: int, client_ids: np.ndarray, updates: torch.Tensor,
+                 ledger: Ledger) -> torch.Tensor:
+        """The ``(C, n)`` decompressed updates the server receives; bills each client's message in ``ledger``."""
+
+    def aggregate(self, round_index: int, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
+                  client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger) -> tuple[torch.Tensor, RoundInfo]:
+        ids = np.asarray(client_ids)
+        accumulated = self.residuals.add(ids, cohort.weights - global_weights)
+        received = self.compress(round_index, ids, accumulated, ledger)
+        self.residuals.keep_unsent(ids, accumulated - received, None)
+        new = global_weights + weighted_mean(received, cohort.num_samples)
+        return new, RoundInfo(qualified=[int(c) for c in ids])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"residuals": self.residuals.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.residuals.load_state_dict(state["residuals"], device=device)
 
 
 _STRATEGIES: dict[str, type[Strategy]] = {}   # name -> implementation; the names are strategy_names()'s
