@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from qsfl.authors_code import ROUND_FUNCTION_SWITCHES, SWITCHES, VARIANTS, Options, resolve_options
@@ -57,20 +58,25 @@ def _elsewhere(kind: str, names: list[str]) -> str:
     return f"{names[0]!r} is an option of {kind} {', '.join(owners)}"
 
 
+# The QSFL authors' hyperparameters (their code's hard-coded values; the paper's defaults): the defaults of
+# StrategyConfig and the baseline of every tuning study. K is ceil(alpha * cohort size).
+AUTHORS_DEFAULTS: Mapping[str, float | int] = MappingProxyType({"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4})
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Which FL algorithm runs and its parameters (defaults are the QSFL authors')."""
+    """Which FL algorithm runs and its parameters (defaults are the QSFL authors': :data:`AUTHORS_DEFAULTS`)."""
 
     name: str = "fedavg"
     # QSFL: Qualification Judgment
     use_qj: bool = True
-    beta: float = 0.9
+    beta: float = AUTHORS_DEFAULTS["beta"]
     k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
-    alpha: float = 0.7
+    alpha: float = AUTHORS_DEFAULTS["alpha"]
     # QSFL: Sparse Cyclic Sliding Segment (also used by topk: p)
     use_scss: bool = True
-    ns: int = 6
-    p: float = 0.4
+    ns: int = int(AUTHORS_DEFAULTS["ns"])
+    p: float = AUTHORS_DEFAULTS["p"]
     error_feedback: bool = False
     index_encoding: str = "auto"
     # QSFL: "default" (this project) or "authors_code" (the authors' released code, qsfl/authors_code.py);
