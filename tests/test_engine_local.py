@@ -291,3 +291,19 @@ def test_simulation_with_adam_fedprox_all_batches_is_the_same_on_both_engines(de
     for col in ("test_accuracy", "test_loss", "train_loss"):
         np.testing.assert_allclose(bat[col], seq[col], atol=tol(1e-5), rtol=0)
     assert bat["test_accuracy"].iloc[-1] > 0.5
+
+
+@pytest.mark.parametrize("kind", ["sequential", "batched"])
+def test_optimizer_state_starts_fresh_every_round(kind, device):
+    """A client's round-1 result does not depend on its round 0: no momentum or Adam moments carry over."""
+    model = build_model("mlp", (64,), 10, seed=2).to(device)
+    data = client_data((64,), 10, [13, 7], device=device)
+    w0 = flat_weights(model)
+    for spec in (LocalTraining(epochs=2, batch_size=5, optimizer="adam", lr=0.01),
+                 LocalTraining(epochs=2, batch_size=5, lr=0.05, momentum=0.9)):
+        used = make_engine(kind, model, data, seed=0, local=spec)
+        used.train(w0, [0, 1], 0)
+        again = used.train(w0, [0, 1], 1)
+        fresh = make_engine(kind, model, data, seed=0, local=spec).train(w0, [0, 1], 1)
+        assert torch.equal(again.weights, fresh.weights)
+        assert np.array_equal(again.losses, fresh.losses)
