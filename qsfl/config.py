@@ -11,8 +11,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from qsfl.authors_code import ROUND_FUNCTION_SWITCHES, SWITCHES, VARIANTS, Options, resolve_options
 from qsfl.errors import (
     ConfigError,
     check_bool,
@@ -56,25 +58,41 @@ def _elsewhere(kind: str, names: list[str]) -> str:
     return f"{names[0]!r} is an option of {kind} {', '.join(owners)}"
 
 
+# The QSFL authors' hyperparameters (their code's hard-coded values; the paper's defaults): the defaults of
+# StrategyConfig and the baseline of every tuning study. K is ceil(alpha * cohort size).
+AUTHORS_DEFAULTS: Mapping[str, float | int] = MappingProxyType({"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4})
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Which FL algorithm runs and its parameters (defaults are the QSFL authors')."""
+    """Which FL algorithm runs and its parameters (defaults are the QSFL authors': :data:`AUTHORS_DEFAULTS`)."""
 
     name: str = "fedavg"
     # QSFL: Qualification Judgment
     use_qj: bool = True
-    beta: float = 0.9
+    beta: float = AUTHORS_DEFAULTS["beta"]
     k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
-    alpha: float = 0.7
-    selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
-    relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
+    alpha: float = AUTHORS_DEFAULTS["alpha"]
     # QSFL: Sparse Cyclic Sliding Segment (also used by topk: p)
     use_scss: bool = True
-    ns: int = 6
-    p: float = 0.4
-    aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
+    ns: int = int(AUTHORS_DEFAULTS["ns"])
+    p: float = AUTHORS_DEFAULTS["p"]
     error_feedback: bool = False
     index_encoding: str = "auto"
+    # QSFL: "default" (this project) or "authors_code" (the authors' released code, qsfl/authors_code.py);
+    # each field below left unset (None) takes the variant's value, a set one overrides it alone
+    variant: str = "default"
+    selection: str | None = None       # "topk": the K best scores; "percentile": scores >= (1-alpha) percentile
+    relevance: str | None = None       # "update": sign(d_i) vs sign(g_{t-1}); "weights": sign(w_i) vs sign(w_t)
+    aggregate: str | None = None       # "delta": base + mean sparse update; "official": mean sparse weights
+    rank_by: str | None = None         # top-p of |w_i - w_t| ("update") or of |w_i| ("weights")
+    k_rounding: str | None = None      # "ceil": ceil(p*size); "round": round(p*size), 0 -> whole segment
+    segment_layout: str | None = None  # "array_split" or "authors" (round(n/NS) each, tail never sent)
+    base: str | None = None            # unsent segments keep w_t ("global") or a fixed model ("pretrained")
+    client_numbering: int | None = None  # segment (t + id + client_numbering) mod NS: 0 or 1
+    tie_break: str | None = None       # equal |value| at the top-p cut: "low" or "high" index kept
+    segment_mean: str | None = None    # per-segment mean "weighted" by samples or "plain"
+    upload: str | None = None          # who uploads a sparse segment: "qualified" or "all" sampled clients
 
     def __post_init__(self) -> None:
         check_choice("strategy.name", self.name, STRATEGIES)
@@ -85,12 +103,20 @@ class StrategyConfig:
         if self.k is not None:
             check_range("strategy.k", self.k, 1, None, integer=True)
         check_range("strategy.alpha", self.alpha, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.selection", self.selection, SELECTIONS)
-        check_choice("strategy.relevance", self.relevance, RELEVANCES)
         check_range("strategy.ns", self.ns, 1, None, integer=True)
         check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
         check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
+        check_choice("strategy.variant", self.variant, VARIANTS)
+        switched = self.options.round_function_switches()    # also validates every option set
+        if self.error_feedback and switched:
+            raise ConfigError(f"strategy.error_feedback: true is not available with strategy.{switched[0]}="
+                              f"{getattr(self.options, switched[0])!r}; error feedback needs this project's "
+                              f"{', '.join(f'{n}={SWITCHES[n][0]!r}' for n in ROUND_FUNCTION_SWITCHES)}")
+
+    @property
+    def options(self) -> Options:
+        """The QSFL options: the variant's preset with every field set here overriding it."""
+        return resolve_options(self.variant, {name: getattr(self, name) for name in SWITCHES})
 
 
 @dataclass(frozen=True)
