@@ -513,3 +513,17 @@ def test_authors_code_in_simulate_many_equals_its_own_simulate():
         assert many.df.uplink_bytes.tolist() == alone.uplink_bytes.tolist()
         assert many.df.n_qualified.tolist() == alone.n_qualified.tolist()
         np.testing.assert_allclose(many.df.test_accuracy, alone.test_accuracy, atol=1e-5)
+
+
+def test_simulation_key_resolves_the_variant_and_never_merges_authors_options():
+    from tuning.simkey import simulation_key
+
+    def key(**strategy):
+        return simulation_key(SimConfig(strategy=StrategyConfig(name="qsfl", **strategy)), n_params=9610)
+
+    assert key() == key(selection="topk", relevance="update", aggregate="delta", variant="default")
+    assert key(relevance="weights") != key()
+    assert len({key(), key(variant="authors_code"), key(k_rounding="round"), key(tie_break="high")}) == 4
+    # p = 0.4 and 0.4001 keep the same ceil counts (one simulation), not the same round() counts under authors_code
+    assert key(p=0.4) == key(p=0.4001)
+    assert key(variant="authors_code", p=0.4) != key(variant="authors_code", p=0.4001)
