@@ -89,10 +89,11 @@ def fitness_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def param_columns(trials: pd.DataFrame, *, varying: bool = False) -> list[str]:
-    """The ``param_*`` columns; with ``varying`` only those taking more than one value."""
+    """The ``param_*`` columns; with ``varying`` only the numeric ones taking more than one value (the plots'
+    axes: a categorical parameter such as ``segmentation`` is left out of them)."""
     cols = [c for c in trials.columns if c.startswith("param_")]
     if varying:
-        cols = [c for c in cols if trials[c].dropna().nunique() > 1]
+        cols = [c for c in cols if pd.api.types.is_numeric_dtype(trials[c]) and trials[c].dropna().nunique() > 1]
     return cols
 
 
