@@ -5,7 +5,7 @@ ablations. Without SCSS a qualified client uploads its dense update (p is then u
 ``variant="authors_code"`` and the options of :mod:`qsfl.authors_code` that this vectorised path does not
 implement (``Options.round_function_switches``) run each round through :func:`qsfl.authors_code.aggregate_round`.
 
-SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_rows`) for the qualified clients of every
+SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_slots`) for the qualified clients of every
 job with the same NS together, and each job's per-segment means as a few tensor ops, with no Python loop
 over clients.
 """
@@ -25,9 +25,10 @@ from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
 from qsfl.segments import SegmentLayout, ceil_fraction, top_k_slots
-from qsfl.strategies.base import AggregateJob, RoundInfo, Strategy, weighted_mean
-from qsfl.strategies.residuals import Residuals
+from qsfl.strategies.base import AggregateJob, RoundInfo, RoundPlan, VectorisedStrategy, weighted_mean
+from qsfl.strategies.residuals import ClientRows, Residuals
 from qsfl.strategies.topk import bill_sparse
+from qsfl.strategy_config import QSFLConfig
 
 
 @dataclass
@@ -35,14 +36,14 @@ class _Pending:
     """One job's SCSS inputs between its QJ and the shared top-p call."""
 
     job: int                 # index in the jobs
-    qualified: np.ndarray    # qualified client ids
     rows: np.ndarray         # their rows in the cohort
     u: torch.Tensor          # (C, n) updates plus residuals
     segments: np.ndarray     # (K,) segment each qualified client sends
 
 
-class QSFL(Strategy):
+class QSFL(VectorisedStrategy):
     name = "qsfl"
+    config_class = QSFLConfig
 
     def __init__(self, config, n_params: int) -> None:
         super().__init__(config, n_params)
@@ -61,6 +62,43 @@ class QSFL(Strategy):
             p=self.scfg.p if self.scfg.use_scss else 1.0, use_qj=self.scfg.use_qj,
             index_encoding=self.scfg.index_encoding)
         self.pretrained: torch.Tensor | None = None   # base="pretrained": the authors' fixed model
+        # symmetric downlink compression (downlink_p < 1): each client's own copy of the global model
+        self.compress_downlink = self.scfg.downlink_p < 1.0
+        self.down_keep = np.array([ceil_fraction(self.scfg.downlink_p, int(s)) for s in self.sizes], dtype=np.int64)
+        self.copies = ClientRows()
+        self.initial: torch.Tensor | None = None         # w_0: every client's copy before its first round
+        self._round_start: torch.Tensor | None = None    # this round's (C, n) start rows, for aggregate
+
+    def configure_round(self, round_index: int, global_weights: torch.Tensor, client_ids: np.ndarray,
+                        ledger: Ledger) -> RoundPlan:
+        """The dense downlink, or with ``downlink_p < 1`` the symmetric downlink compression.
+
+        Each sampled client receives the ceil(downlink_p * size) largest-magnitude entries of its cyclic
+        segment (round + id) mod NS of ``w_t - copy_i``, the change of the global model since its copy
+        was last synchronised, and sets those entries of its copy to the global values; it trains from its
+        copy. What is not sent stays in the difference (error feedback is built in). Every client starts
+        from w_0, which it builds from the shared seed (no bytes). Bytes: one sparse message per client.
+        """
+        self._round_start = None
+        if not self.compress_downlink:
+            return super().configure_round(round_index, global_weights, client_ids, ledger)
+        ids = np.asarray(client_ids)
+        if self.initial is None:
+            self.initial = global_weights.detach().clone()
+        copies = self.copies.get_rows(ids, global_weights, self.initial)
+        layout = self.layout_on(global_weights.device)
+        segments = torch.as_tensor((int(round_index) + ids.astype(np.int64)) % self.ns, device=global_weights.device)
+        cols = layout.cols[segments]
+        change = global_weights[cols] - copies.gather(1, cols)
+        inside = layout.inside[segments] if layout.padded else None
+        keep = top_k_slots(change.abs(), self.down_keep[segments.cpu().numpy()], inside)
+        rows = torch.arange(len(ids), device=global_weights.device).unsqueeze(1).expand_as(cols)[keep]
+        copies[rows, cols[keep]] = global_weights[cols[keep]]
+        self.copies.set_rows(ids, copies)
+        bill_sparse(ledger, keep.sum(dim=1).cpu().numpy(), self.sizes[segments.cpu().numpy()],
+                    self.scfg.index_encoding, downlink=True)
+        self._round_start = copies
+        return RoundPlan(ids, copies)
 
     def qualify(self, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
                 client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger,
@@ -94,7 +132,10 @@ class QSFL(Strategy):
                 out[i] = s._round_function(job)
                 continue
             ids = np.asarray(job.client_ids)
-            updates = job.cohort.weights - job.global_weights
+            # d_i = w_i - the client's start: its own copy under downlink compression, else the global weights
+            start = job.global_weights if s._round_start is None else s._round_start
+            s._round_start = None
+            updates = job.cohort.weights - start
             qualified = s.qualify(job.global_weights, job.last_global_update, ids, job.cohort, job.ledger, updates)
             rows = np.flatnonzero(np.isin(ids, qualified))
             if not s.scfg.use_scss:
@@ -104,7 +145,7 @@ class QSFL(Strategy):
                 continue
             u = s.residuals.add(ids, updates)
             segments = (int(job.round_index) + ids[rows].astype(np.int64)) % s.ns
-            pending.setdefault(s.ns, []).append(_Pending(i, qualified, rows, u, segments))
+            pending.setdefault(s.ns, []).append(_Pending(i, rows, u, segments))
         # jobs of one layout share the slot grid: their segments are gathered and chosen in one call
         for group in pending.values():
             device = group[0].u.device
@@ -119,10 +160,10 @@ class QSFL(Strategy):
             inside = layout.inside[torch.as_tensor(segments, device=device)] if layout.padded else None
             k = np.concatenate([strategies[p.job].keep[p.segments] for p in group])
             keep = top_k_slots(values.abs(), k, inside)
-            start = 0
+            offset = 0
             for p, vals in zip(group, gathered):
-                sent = keep[start:start + len(p.rows)]
-                start += len(p.rows)
+                sent = keep[offset:offset + len(p.rows)]
+                offset += len(p.rows)
                 out[p.job] = strategies[p.job]._scss(jobs[p.job], p, layout, vals, sent)
         return out
 
@@ -160,9 +201,10 @@ class QSFL(Strategy):
         g_slots = g[layout.cols]
         new_slots = torch.where(covered, mean if official else g_slots + mean, g_slots)   # unsent segment: unchanged
         new = new_slots.reshape(-1)[layout.flat]
-        sent_segments = {int(c): int(s) for c, s in zip(ids[rows], segments)}
-        return new, RoundInfo(qualified=[int(c) for c in p.qualified], segment_coverage=coverage.tolist(),
-                              segment_ids=sent_segments)
+        # qualified clients are exactly the senders, in the same (ascending id) order
+        return new, RoundInfo(qualified=[int(c) for c in ids[rows]],
+                              metrics={"segment_coverage": coverage.tolist(),
+                                       "segment_ids": [int(s) for s in segments]})
 
     def _round_function(self, job: AggregateJob) -> tuple[torch.Tensor, RoundInfo]:
         """One round through :func:`qsfl.authors_code.aggregate_round`; with base="pretrained" the first round
@@ -178,14 +220,24 @@ class QSFL(Strategy):
                                            self.options, job.last_global_update)
         for msg, count in out.uplink:
             job.ledger.uplink(msg, count=count)
-        return out.weights, RoundInfo(qualified=[int(c) for c in out.qualified], segment_coverage=out.coverage,
-                                      segment_ids=out.segment_ids)
+        qualified = [int(c) for c in out.qualified]
+        senders = sorted(int(c) for c in out.segment_ids)
+        metrics: dict[str, Any] = {"segment_coverage": list(out.coverage)}
+        if out.segment_ids:
+            metrics["segment_ids"] = [int(out.segment_ids[c]) for c in senders]
+            if self.options.upload == "all":   # unqualified clients send too: name the senders
+                metrics["segment_senders"] = senders
+        return out.weights, RoundInfo(qualified=qualified, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
         pretrained = None if self.pretrained is None else self.pretrained.detach().cpu().clone()
-        return {"residuals": self.residuals.state_dict(), "pretrained": pretrained}
+        return {"residuals": self.residuals.state_dict(), "pretrained": pretrained, "copies": self.copies.state_dict(),
+                "initial": None if self.initial is None else self.initial.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.residuals.load_state_dict(state["residuals"], device=device)
         pretrained = state.get("pretrained")
-        self.pretrained = None if pretrained is None else pretrained.to(device)
+        self.pretrained = None if pretrained is None else pretrained.detach().clone().to(device)
+        self.copies.load_state_dict(state["copies"], device=device)
+        initial = state["initial"]
+        self.initial = None if initial is None else initial.detach().clone().to(device)

@@ -10,21 +10,26 @@ import torch
 
 from qsfl.comm import Ledger, sparse_message
 from qsfl.segments import ceil_fraction, top_k_slots
-from qsfl.strategies.base import AggregateJob, RoundInfo, Strategy, weighted_mean
+from qsfl.strategies.base import AggregateJob, RoundInfo, VectorisedStrategy, weighted_mean
 from qsfl.strategies.residuals import Residuals
+from qsfl.strategy_config import TopKConfig
 
 
-def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding: str) -> None:
-    """Record one sparse uplink message per row (``counts[r]`` of ``sizes[r]`` entries), grouped by size."""
+def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding: str, *,
+                downlink: bool = False) -> None:
+    """Record one sparse message per row (``counts[r]`` of ``sizes[r]`` entries; uplink unless ``downlink``),
+    grouped by size."""
     if len(counts) == 0:
         return
+    record = ledger.downlink if downlink else ledger.uplink
     pairs, times = np.unique(np.stack([counts, sizes], axis=1), axis=0, return_counts=True)
     for (count, size), m in zip(pairs.tolist(), times.tolist()):
-        ledger.uplink(sparse_message(int(count), int(size), encoding), count=int(m))
+        record(sparse_message(int(count), int(size), encoding), count=int(m))
 
 
-class TopK(Strategy):
+class TopK(VectorisedStrategy):
     name = "topk"
+    config_class = TopKConfig
 
     def __init__(self, config, n_params: int) -> None:
         super().__init__(config, n_params)
