@@ -331,3 +331,11 @@ def test_every_entry_is_sent_within_the_bound_in_a_simulation(mode):
             assert covered_by(frames[t0:t0 + bound], N_PARAMS).all()
         # with p = 1 the uplink carries every entry of every frame: values only, no index
         assert (h.df["uplink_bytes"] == [12 * 6 + 4 * sum(sizes) for sizes in h.df["frame_sizes"]]).all()
+
+
+def test_the_frame_columns_survive_save_and_load(tmp_path):
+    h = simulate(BASE.replace(rounds=2, system=HETERO, strategy=QSFLConfig(k=4, segmentation="count")))
+    back = type(h).load(h.save(tmp_path / "run"))
+    for col in ("frame_starts", "frame_sizes", "segment_ids", "segment_counts", "covered_share"):
+        assert back.df[col].tolist() == h.df[col].tolist(), col
+    assert max(max(c) for c in h.df["segment_counts"]) > 6   # a slow client with more, smaller segments
