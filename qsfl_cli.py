@@ -163,9 +163,9 @@ def run_data_check(args: argparse.Namespace) -> int:
 # ----- tune / compare chained with the reports -------------------------------------------------------------
 def run_tune(args: argparse.Namespace) -> int:
     """``qsfl tune``: the study (tuning), then its report (reports) unless --no-report."""
-    out = tuning_cli.tune(args)
+    out, code = tuning_cli.tune(args)
     if args.no_report:
-        return 0
+        return code
     from reports.report import write_report
 
     try:
@@ -178,7 +178,7 @@ def run_tune(args: argparse.Namespace) -> int:
         return 1
     if not args.quiet:
         print(f"report: {path}")
-    return 0
+    return code
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from qsfl.errors import (
@@ -56,22 +57,27 @@ def _elsewhere(kind: str, names: list[str]) -> str:
     return f"{names[0]!r} is an option of {kind} {', '.join(owners)}"
 
 
+# The QSFL authors' hyperparameters (their code's hard-coded values; the paper's defaults): the defaults of
+# StrategyConfig and the baseline of every tuning study. K is ceil(alpha * cohort size).
+AUTHORS_DEFAULTS: Mapping[str, float | int] = MappingProxyType({"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4})
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Which FL algorithm runs and its parameters (defaults are the QSFL authors')."""
+    """Which FL algorithm runs and its parameters (defaults are the QSFL authors': :data:`AUTHORS_DEFAULTS`)."""
 
     name: str = "fedavg"
     # QSFL: Qualification Judgment
     use_qj: bool = True
-    beta: float = 0.9
+    beta: float = AUTHORS_DEFAULTS["beta"]
     k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
-    alpha: float = 0.7
+    alpha: float = AUTHORS_DEFAULTS["alpha"]
     selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
     relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
     # QSFL: Sparse Cyclic Sliding Segment (also used by topk: p)
     use_scss: bool = True
-    ns: int = 6
-    p: float = 0.4
+    ns: int = int(AUTHORS_DEFAULTS["ns"])
+    p: float = AUTHORS_DEFAULTS["p"]
     aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
     error_feedback: bool = False
     index_encoding: str = "auto"

@@ -97,7 +97,7 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
 
 def hall_of_fame(out: Path) -> list[tuple[list[float], tuple[float, ...]]]:
     """(genome, fitness) of the checkpoint's HallOfFame (our own trusted checkpoint)."""
-    import tuning.ga  # noqa: F401 - the pickle refers to its classes
+    import tuning.search.ga  # noqa: F401 - the pickle refers to its classes
 
     with open(out / "checkpoint.pkl", "rb") as fh:
         state = pickle.load(fh)
@@ -239,7 +239,7 @@ def test_optuna_same_spec_and_seed_give_identical_tables(tmp_path):
 def test_two_processes_on_one_explicit_sqlite_storage_propose_different_params(tmp_path):
     import optuna
 
-    from tuning.optuna_search import open_study
+    from tuning.search.optuna import open_study
     from tuning.spec import load_spec
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -277,7 +277,7 @@ def test_ga_diverging_trials_are_failed_with_worst_fitness_and_the_study_goes_on
     assert list(logbook["gen"]) == [0, 1, 2]                       # every generation ran
     assert logbook["nfailed"].sum() >= 1
     assert (logbook["min_0"] > -1).all()                           # statistics over the complete ones only
-    import tuning.ga  # noqa: F401
+    import tuning.search.ga  # noqa: F401
 
     with open(out / "checkpoint.pkl", "rb") as fh:
         state = pickle.load(fh)
@@ -368,8 +368,7 @@ def test_trials_table_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_ga_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    from tuning.ga import GeneticAlgorithm
-    from tuning.spec import GASettings
+    from tuning.search.ga import GASettings, GeneticAlgorithm
 
     def evaluate(genomes, generation):
         return [((-sum((g - 0.5) ** 2 for g in genome),), True) for genome in genomes], len(genomes)

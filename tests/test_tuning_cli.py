@@ -76,8 +76,9 @@ def test_diverging_evaluations_are_recorded_as_failed(tiny_spec, tmp_path):
     out = tmp_path / "out"
     spec = tiny_spec.read_text() + "\n[space.lr]\nlow = 200.0\nhigh = 400.0\n"
     tiny_spec.write_text(spec)
+    # every evaluation failed: the study's outputs are written, and it exits non-zero (issue 13)
     assert main(["tune", str(tiny_spec), "--out", str(out), "--no-report", "--quiet",
-                 "--set", "ga.generations=1"]) == 0
+                 "--set", "ga.generations=1"]) == 1
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) >= 4 and set(df["state"]) == {"failed"}
     assert df["reason"].str.contains("diverged").all() and df["fitness"].isna().all()

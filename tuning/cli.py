@@ -75,8 +75,9 @@ def _record_session(out: Path, started: dt.datetime, argv: list[str], status: st
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2))
 
 
-def tune(args: argparse.Namespace) -> Path:
-    """Run (or resume) the study of ``qsfl tune``; return its output directory. ConfigError for user mistakes."""
+def tune(args: argparse.Namespace) -> tuple[Path, int]:
+    """Run (or resume) the study of ``qsfl tune``; return its output directory and exit code (1: every evaluation
+    failed). ConfigError for user mistakes."""
     from tuning.results import defaults_verdict
     from tuning.spec import load_spec
     from tuning.study import format_summary, run_study
@@ -100,7 +101,7 @@ def tune(args: argparse.Namespace) -> Path:
     status = "interrupted"
     try:
         result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
-                           progress=args.progress, verbose=verbose, echo=echo)
+                           progress=args.progress, verbose=verbose, echo=echo, quiet=args.quiet)
         status = "complete"
     finally:
         if (out / "spec.toml").is_file():  # the study started: say what ran it, even when it stopped early
@@ -110,7 +111,10 @@ def tune(args: argparse.Namespace) -> Path:
         verdict = defaults_verdict(result.best, result.baseline, list(spec.objective.directions))
         if verdict:
             print(f"note: {verdict}")
-    return out
+    if result.exit_code:
+        print(f"error: all {result.evaluations} evaluations failed; see the reason column of {out / 'trials.csv'}",
+              file=sys.stderr)
+    return out, result.exit_code
 
 
 # ----- compare -------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ Three ways to compute one step's per-client gradients (``method``; ``auto`` pick
             femnist_cnn): a ``torch.fx`` copy of the model in which the clients are folded into the batch
             dimension, every parameter layer is replaced by its batched form (``baddbmm``; a grouped
             convolution with one group per client), and plain autograd computes all clients' gradients
-            in one backward pass. Checked against ``vmap`` on random inputs when the engine is built.
+            in one backward pass. Checked against plain per-client autograd on random inputs when the engine
+            is built (verdict cached per architecture, in memory and on disk: :mod:`qsfl.engine.cache`).
 ``vmap``    anything else that is buffer-free: ``vmap(grad_and_value(functional_call))``.
 
 The cohort is split into chunks whose estimated memory (parameters, momentum, gradients, gathered
@@ -49,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsfl.engine import cache as disk_cache
 from qsfl.engine import local as lt
 from qsfl.engine.common import CohortResult, epoch_orders, start_rows
 
@@ -375,6 +377,13 @@ _fast_orders_ok: bool | None = None
 _METHOD_CACHE: dict[tuple, tuple[str, list[int]]] = {}
 
 
+def _remember(key: tuple, chosen: str, order: list[int]) -> None:
+    """Keep a method verdict in this process (at most 64 architectures)."""
+    if key not in _METHOD_CACHE and len(_METHOD_CACHE) >= 64:
+        _METHOD_CACHE.pop(next(iter(_METHOD_CACHE)))
+    _METHOD_CACHE[key] = (chosen, order)
+
+
 def _uint32_words(value: int) -> list[int]:
     """numpy's SeedSequence coercion of a non-negative int: little-endian 32-bit words ([0] for 0)."""
     words = [value & _M32] if value == 0 else []
@@ -503,24 +512,52 @@ class BatchedEngine:
 
     # ----- method selection -------------------------------------------------------------------------
     def _pick_method(self, method: str) -> tuple[str, _StepFn, list[int]]:
-        # The check against vmap costs ~0.1-0.3 s (first calls JIT new kernel shapes); a tuning worker
-        # builds many engines for the same architecture, so the verdict is remembered per architecture.
+        # The check costs ~0.05-0.3 s (first calls JIT new kernel shapes); a tuning worker builds many engines
+        # for the same architecture, so the verdict is remembered per architecture in memory and on disk
+        # (qsfl.engine.cache: a CLI run of one round should not pay it again).
         key = (type(self.model), repr(self.model), tuple(self.shapes), tuple(self.x_all.shape[1:]),
                self.x_all.dtype, self.device.type, method)
-        known = _METHOD_CACHE.get(key)
-        if known is not None:
-            chosen, order = known
-            if chosen == "vmap":
-                return chosen, _VmapStep(self.model, self.names), order
-            if chosen == "linear":
-                return chosen, _LinearStep(len(order) // 2), order
-            gm, _ = build_folded(self.model)   # type: ignore[misc]
-            return chosen, _FoldStep(gm), order
+        known: Any = _METHOD_CACHE.get(key)
+        if known is None:
+            known = disk_cache.load("method", self._disk_key(method))
+        if isinstance(known, (list, tuple)) and len(known) == 2:
+            built = self._from_verdict(*known)
+            if built is not None:
+                _remember(key, built[0], built[2])
+                return built
         chosen, step, order = self._select(method)
-        if len(_METHOD_CACHE) >= 64:
-            _METHOD_CACHE.pop(next(iter(_METHOD_CACHE)))
-        _METHOD_CACHE[key] = (chosen, order)
+        _remember(key, chosen, order)
+        disk_cache.store("method", self._disk_key(method), [chosen, order])
         return chosen, step, order
+
+    def _arch_key(self) -> dict[str, Any]:
+        """What the engine's per-architecture facts depend on, as JSON-able key material for the disk cache."""
+        cls = type(self.model)
+        return {"torch": torch.__version__, "code": disk_cache.source_hash(__file__, lt.__file__),
+                "model": f"{cls.__module__}.{cls.__qualname__}", "repr": repr(self.model),
+                "attrs": [list(kv) for kv in _architecture_key(self.model)[2]],
+                "shapes": [list(s) for s in self.shapes],
+                "input": list(self.x_all.shape[1:]), "dtype": str(self.x_all.dtype), "device": self.device.type}
+
+    def _disk_key(self, method: str) -> dict[str, Any]:
+        # The traced graph's code is part of the key: a verdict holds for exactly the computation it checked.
+        folded = build_folded(self.model) if method in ("auto", "linear", "fold") else None
+        return {**self._arch_key(), "method": method, "graph": folded[0].code if folded is not None else None}
+
+    def _from_verdict(self, chosen: Any, order: Any) -> tuple[str, _StepFn, list[int]] | None:
+        """The step function of a remembered verdict, or None if the verdict does not fit this model."""
+        if not isinstance(order, list) or sorted(order) != list(range(len(self.names))):
+            return None
+        if chosen == "vmap":
+            return chosen, _VmapStep(self.model, self.names), order
+        folded = build_folded(self.model)
+        if folded is None:
+            return None
+        if chosen == "linear" and len(order) % 2 == 0:
+            return chosen, _LinearStep(len(order) // 2), order
+        if chosen == "fold":
+            return chosen, _FoldStep(folded[0]), order
+        return None
 
     def _select(self, method: str) -> tuple[str, _StepFn, list[int]]:
         folded = build_folded(self.model) if method in ("auto", "linear", "fold") else None
@@ -544,7 +581,7 @@ class BatchedEngine:
         return "vmap", _VmapStep(self.model, self.names), list(range(len(self.names)))
 
     def _check(self, step: _StepFn, order: list[int]) -> bool:
-        """Does ``step`` give vmap's gradients on random stacked weights (clients=3, batch=4)?"""
+        """Does ``step`` give plain autograd's per-client gradients on random stacked weights (clients=3, batch=4)?"""
         gen = torch.Generator(device="cpu").manual_seed(1234)
         clients, batch = 3, 4
         idx = torch.randint(0, len(self.y_all), (clients * batch,), generator=gen).to(self.device)
@@ -558,21 +595,48 @@ class BatchedEngine:
         except Exception as exc:   # noqa: BLE001 - a failing fast path means "use vmap"
             log.debug("%s fails on %s: %s", type(step).__name__, type(self.model).__name__, exc)
             return False
-        want_g, want_l = _VmapStep(self.model, self.names)(params, x, y, sw)
+        want_g, want_l = self._reference_step(params, x, y, sw)
         want_g = [want_g[i] for i in order]
         ok = torch.allclose(got_l, want_l, rtol=1e-4, atol=1e-5) and all(
             g.shape == w.shape and torch.allclose(g, w, rtol=1e-3, atol=1e-5) for g, w in zip(got_g, want_g))
         if not ok:
-            log.warning("batched %s path disagrees with vmap on %s; using vmap",
+            log.warning("batched %s path disagrees with autograd on %s; using vmap",
                         type(step).__name__, type(self.model).__name__)
         return ok
+
+    def _reference_step(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                        sw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-client gradients and losses by plain autograd, one client at a time (no functorch: its first
+        call imports torch._dynamo, seconds of start-up)."""
+        from torch.func import functional_call
+
+        clients, batch = sw.shape
+        xs, ys = x.reshape(clients, batch, *x.shape[1:]), y.reshape(clients, batch)
+        grads: list[list[torch.Tensor]] = [[] for _ in params]
+        losses = []
+        for c in range(clients):
+            own = [p[c].detach().clone().requires_grad_() for p in params]
+            with torch.enable_grad():
+                logits = functional_call(self.model, dict(zip(self.names, own)), (xs[c],))
+                loss = (F.cross_entropy(logits, ys[c], reduction="none") * sw[c]).sum()
+                for i, g in enumerate(torch.autograd.grad(loss, own)):
+                    grads[i].append(g)
+            losses.append(loss.detach())
+        return [torch.stack(g) for g in grads], torch.stack(losses)
 
     # ----- memory -----------------------------------------------------------------------------------
     def _activation_bytes(self) -> float:
         """Bytes of the tensors one client's forward+backward creates in one step (dry run, cached)."""
         if self._per_client_bytes is None:
+            key = {**self._arch_key(), "batch": self.batch_size, "samples": min(self.batch_size, len(self.y_all))}
+            stored = disk_cache.load("dry_run", key)
+            if isinstance(stored, (int, float)) and not isinstance(stored, bool) and math.isfinite(stored) \
+                    and stored > 0:
+                self._per_client_bytes = float(stored)
+                return self._per_client_bytes
             try:
                 self._per_client_bytes = _dry_run_bytes(self.model, self.x_all, self.y_all, self.batch_size)
+                disk_cache.store("dry_run", key, self._per_client_bytes)
             except Exception as exc:   # noqa: BLE001 - private torch API; fall back to a generous guess
                 log.debug("dry run failed (%s); guessing 64 input copies per sample", exc)
                 self._per_client_bytes = 64.0 * self.batch_size * self.x_all[:1].numel() * 4
