@@ -222,5 +222,5 @@ def test_paper_femnist_spec_comments_match_its_values():
 def test_resume_without_a_study_is_an_error(tiny_spec, tmp_path, capsys):
     out = tmp_path / "empty"
     assert main(["tune", str(tiny_spec), "--out", str(out), "--resume", "-q"]) == 2
-    assert "holds no study to resume" in capsys.readouterr().err
+    assert "holds no study" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())      # --out stays usable
