@@ -187,18 +187,31 @@ def test_readme_python_blocks_run(scratch, monkeypatch):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
 
 
+def study_blocks() -> list[list[str]]:
+    """The shell blocks with a study command (tune, compare, report), each a list of commands; each block runs
+    from a fresh checkout, in order (a later command may continue an earlier one: --resume, compare, report)."""
+    blocks = [shell_commands(body) for lang, body in code_blocks(README.read_text()) if lang in ("bash", "sh", "")]
+    return [b for b in blocks if any(kind(c) in ("qsfl tune", "qsfl compare", "qsfl report") and "$URL" not in c
+                                     for c in b)]
+
+
 @pytest.mark.slow
-def test_readme_study_commands_run_in_order(scratch, capsys, monkeypatch):
+@pytest.mark.parametrize("block", range(len(study_blocks())))
+def test_readme_study_blocks_run_in_order(scratch, capsys, monkeypatch, block):
     """tune (GA, resume, Optuna, Pareto with workers, the paper's FEMNIST study on a 50-writer fixture), compare,
-    report: the commands as written, small budget."""
+    report: each block's commands as written, in a fresh directory, with a small budget."""
     from fixtures_data import write_leaf
 
     write_leaf(scratch / "data" / "leaf" / "femnist" / "data", {f"w{i}": (3, 1) for i in range(50)})
-    commands = [c for c in readme_commands() if kind(c) in ("pip", "pytest", "qsfl tune", "qsfl compare",
-                                                              "qsfl report") and "$URL" not in c]
+    commands = study_blocks()[block]
     run_commands(commands, capsys, monkeypatch)
-    assert (scratch / "out" / "quickstart" / "report.html").is_file()
-    assert (scratch / "out" / "quickstart" / "compare.csv").is_file()
+    outs = [argv_of(c)[argv_of(c).index("--out") + 1] for c in commands if kind(c) == "qsfl tune"]
+    assert all((scratch / out / "trials.parquet").is_file() for out in outs)
+
+
+def test_the_study_blocks_cover_tune_compare_and_report():
+    kinds = {kind(c) for b in study_blocks() for c in b}
+    assert {"qsfl tune", "qsfl compare", "qsfl report"} <= kinds and len(study_blocks()) >= 2
 
 
 @pytest.mark.postgres
