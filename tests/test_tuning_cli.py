@@ -177,7 +177,6 @@ def test_study_toml_files_parse():
 
 @pytest.mark.slow
 def test_report_is_written_at_the_end_unless_no_report(tiny_spec, tmp_path, capsys):
-    pytest.importorskip("reports.report")
     out = tmp_path / "out"
     assert main(["tune", str(tiny_spec), "--out", str(out), "--set", "study.save_histories=true"]) == 0
     assert (out / "report.html").is_file() and (out / "histories" / "best" / "history.parquet").is_file()
