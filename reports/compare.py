@@ -103,8 +103,8 @@ def _cell(r: pd.Series, m: str, fmt: str, suffix: str = "", scale: float = 1.0) 
         return NA
     if not math.isfinite(mean):
         return DASH
-    if int(r["runs"]) < 2 or not math.isfinite(lo):
-        return f"{mean:{fmt}}{suffix}"
+    if int(r["runs"]) < 2 or not math.isfinite(lo) or f"{lo:{fmt}}" == f"{hi:{fmt}}":
+        return f"{mean:{fmt}}{suffix}"    # one seed, or no spread at the shown precision
     return f"{mean:{fmt}}{suffix} [{lo:{fmt}}, {hi:{fmt}}]"
 
 

@@ -7,7 +7,8 @@
 #                                    seed) into $WORK/report_screenshot.png: checks the pipeline, docs/ untouched
 #
 # Needs Chromium (`apt-get install chromium`; the script installs it with apt-get when it is missing and it may).
-# Environment: WORK (scratch directory, default a new temp dir), WORKERS (default 2), CHROMIUM (the browser binary).
+# Environment: WORK (scratch directory, default a new temp dir; a WORK that holds the study of an earlier run is
+# reused, so only the report is redrawn), WORKERS (default 2), CHROMIUM (the browser binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +39,12 @@ if [ "$QUICK" = 1 ]; then
     COMPARE=(--rounds 3 --seeds 100)
 fi
 
-echo "== qsfl tune -> $OUT" >&2
-python3 -m qsfl_cli tune studies/quickstart.toml --out "$OUT" --workers "$WORKERS" --no-report -q "${TUNE[@]}"
+if [ -f "$OUT/trials.parquet" ]; then
+    echo "== $OUT holds a study already: keeping it (the comparison reuses its saved runs)" >&2
+else
+    echo "== qsfl tune -> $OUT" >&2
+    python3 -m qsfl_cli tune studies/quickstart.toml --out "$OUT" --workers "$WORKERS" --no-report -q "${TUNE[@]}"
+fi
 echo "== qsfl compare" >&2
 python3 -m qsfl_cli compare "$OUT" --top 3 --workers "$WORKERS" -q "${COMPARE[@]}" >/dev/null
 echo "== qsfl report" >&2
