@@ -141,7 +141,7 @@ def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
             fmt = ".4f" if "accuracy" in t["metric"] else ".3f"
             name = LABELS.get(str(t["metric"]), str(t["metric"]))
             diff = f"{t['diff']:+{fmt}}" if math.isfinite(t["diff"]) else DASH
-            if math.isfinite(t["diff_ci_low"]) and t["diff_ci_low"] != t["diff_ci_high"]:
+            if math.isfinite(t["diff_ci_low"]) and f"{t['diff_ci_low']:{fmt}}" != f"{t['diff_ci_high']:{fmt}}":
                 diff += f" [{t['diff_ci_low']:+{fmt}}, {t['diff_ci_high']:+{fmt}}]"
             row[f"\u0394 {name}"] = diff
             row[f"p ({name})"] = _p(float(t["p_value"]))

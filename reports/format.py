@@ -54,7 +54,7 @@ def params_text(params: Mapping[str, Any]) -> str:
 
 
 _NUMERIC_TEXT = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?\S*( \u00b1 [\d.,]+\S*)?( \[[^\]]*\])?( \(\d+/\d+\))?$"
-                           r"|^\u2013( \(\d+/\d+\))?$|^n/a$")
+                           r"|^\u2013( \(\d+/\d+\))?$|^n/a$|^< [\d.]+$")
 
 
 def is_num(v: Any) -> bool:
