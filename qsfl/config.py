@@ -37,6 +37,7 @@ from qsfl.strategy_config import (
     strategy_fields,
     strategy_names,
 )
+from qsfl.system import SystemConfig, system_from_config
 
 STRATEGIES = strategy_names()   # the built-in strategies (a user's registered later: strategy_names())
 ENGINES = ("auto", "batched", "sequential")
@@ -103,6 +104,7 @@ class SimConfig:
     device: str = "auto"
     max_chunk_mb: float = 1024.0   # memory budget of one vectorised cohort chunk (batched engine)
     divergence_loss: float = 1000.0  # a mean training loss above this (or NaN) stops the run as diverged
+    system: SystemConfig | None = None  # [system]: per-client bandwidth/compute -> simulated time (None: off)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
     def __post_init__(self) -> None:
@@ -140,6 +142,7 @@ class SimConfig:
         check_choice("device", self.device, DEVICES)
         check_range("max_chunk_mb", self.max_chunk_mb, 0.0, None, lo_open=True)
         check_range("divergence_loss", self.divergence_loss, 0.0, None, lo_open=True)
+        object.__setattr__(self, "system", system_from_config(self.system))   # a table becomes a SystemConfig
         if not isinstance(self.strategy, StrategyConfig):
             raise ConfigError(f"strategy: expected a StrategyConfig, got {self.strategy!r}")
         self.strategy.check_simulation(self.clients)
@@ -156,6 +159,10 @@ class SimConfig:
         out["strategy"] = {k: v for k, v in out["strategy"].items() if v is not None}
         for key in ("dataset_options", "model_options", "partition_options"):
             out[key] = dict(out[key])
+        if self.system is None:
+            del out["system"]
+        else:
+            out["system"] = self.system.to_dict()
         return out
 
     @classmethod
@@ -212,6 +219,10 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         data[key] = value
         return
     head, rest = parts[0], ".".join(parts[1:])
+    if head == "system" and len(parts) == 2:
+        reject_unknown("system", [rest], _field_names(SystemConfig))
+        data.setdefault("system", {})[rest] = value
+        return
     if head == "strategy" and len(parts) == 2:
         reject_unknown("strategy", [rest], list(strategy_fields()))
         data.setdefault("strategy", {})[rest] = value
@@ -219,7 +230,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     if head in _OPTION_TABLES and len(parts) == 2:
         data.setdefault(head, {})[rest] = value
         return
-    raise ConfigError(f"{key}: unknown key; use a top-level field, strategy.<field> or "
+    raise ConfigError(f"{key}: unknown key; use a top-level field, strategy.<field>, system.<field> or "
                       f"{'/'.join(_OPTION_TABLES)}.<option>")
 
 

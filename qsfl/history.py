@@ -20,7 +20,7 @@ COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "n_sampled", "n_
            "sampled_clients", "qualified_clients", "segment_coverage",
            "uplink_bytes", "uplink_header_bytes", "uplink_value_bytes", "uplink_index_bytes",
            "uplink_meta_bytes", "uplink_messages", "downlink_bytes", "downlink_messages",
-           "cum_uplink_bytes", "cum_downlink_bytes", "wall_time_s")
+           "cum_uplink_bytes", "cum_downlink_bytes", "round_time_s", "cum_time_s", "wall_time_s")
 
 
 class History:
@@ -77,6 +77,9 @@ class History:
             # rounds are 0-based in the table; "rounds to target" counts rounds run, so +1
             "rounds_to_target": int(first["round"]) + 1 if first is not None else None,
             "uplink_bytes_to_target": int(first["cum_uplink_bytes"]) if first is not None else None,
+            # simulated seconds (config.system): None without a system model, or when the target is not reached
+            "time_to_target": _seconds(first.get("cum_time_s")) if first is not None else None,
+            "simulated_time_s": _seconds(df["cum_time_s"].iloc[-1]) if len(df) and "cum_time_s" in df else None,
             "wall_time_s": float(df["wall_time_s"].sum()) if len(df) else 0.0,
         }
 
@@ -121,6 +124,13 @@ def list_columns(df: pd.DataFrame) -> list[str]:
                 and isinstance(df[col].iloc[0], (list, tuple, np.ndarray)):
             out.append(col)
     return out
+
+
+def _seconds(value: Any) -> float | None:
+    """A simulated-time cell as float seconds, None when absent or NaN (no system model)."""
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
 
 
 def _jsonable(value: Any) -> Any:

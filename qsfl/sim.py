@@ -34,6 +34,7 @@ from qsfl.models import build_model
 from qsfl.state import CohortSampler, SimState
 from qsfl.strategies import Strategy, make_strategy
 from qsfl.strategies.base import AggregateJob, RoundInfo, RoundPlan
+from qsfl.system import client_profiles, round_duration
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Federation:
                                           local=LocalTraining.from_config(config), seed=config.seed,
                                           max_chunk_mb=config.max_chunk_mb)
         self.n_params = int(sum(p.numel() for p in self.model.parameters()))
+        self.local_epochs = config.local_epochs
+        self.profiles = None if config.system is None else client_profiles(config.system, config.clients, config.seed)
         # evaluate() loads weights into the model: keep the initial weights apart
         self.initial_weights = flat_weights(self.model).to(self.device)
 
@@ -134,19 +137,39 @@ class _Run:
         acc = loss = float("nan")
         if (t + 1) % cfg.eval_every == 0 or t == cfg.rounds - 1:
             acc, loss = evaluate(self.fed.model, self.weights, self.fed.x_test, self.fed.y_test)
+        round_s = self.round_time(plan, cohort)
         counts = self.ledger.close_round()
         # the strategy's metrics become columns; segment_coverage is a column of every History ([] if unused)
         row = {"round": t, "test_accuracy": acc, "test_loss": loss,
                "train_loss": float(np.average(cohort.losses, weights=cohort.num_samples)),
                "n_sampled": len(sampled), "n_qualified": len(info.qualified),
                "sampled_clients": [int(c) for c in sampled], "qualified_clients": info.qualified,
-               "segment_coverage": [], **plan.metrics, **info.metrics, **counts,
+               "segment_coverage": [], **plan.metrics, **info.metrics, **counts, "round_time_s": round_s,
+               "cum_time_s": (self.rows[-1].get("cum_time_s", 0.0) if self.rows else 0.0) + round_s,
                "wall_time_s": shared_s + time.perf_counter() - start}
         self.rows.append(row)
         self.next_round = t + 1
         if self.next_round >= cfg.rounds:
             self.status = "complete"
         return row
+
+    def round_time(self, plan: RoundPlan, cohort: CohortResult) -> float:
+        """Simulated seconds of this round (its slowest participant: download + local epochs + upload, from the
+        ledger's bytes by client and the clients' profiles); NaN without a system model."""
+        profiles = self.fed.profiles
+        if profiles is None:
+            return float("nan")
+        used = self.ledger.client_bytes()
+        if used.unattributed_uplink or used.unattributed_downlink:
+            raise ConfigError(f"system: strategy {self.strategy.name!r} billed {used.unattributed_uplink} uplink and "
+                              f"{used.unattributed_downlink} downlink bytes without naming their clients; simulated "
+                              f"time needs each message's client (Ledger.uplink/downlink(..., clients=ids))")
+        samples = dict.fromkeys([*used.downlink, *used.uplink], 0)
+        for cid, n in zip(np.asarray(plan.client_ids).tolist(), np.asarray(cohort.num_samples).tolist()):
+            samples[int(cid)] = samples.get(int(cid), 0) + self.fed.local_epochs * int(n)
+        ids = list(samples)
+        return round_duration(profiles, ids, [used.downlink.get(c, 0) for c in ids], [samples[c] for c in ids],
+                              [used.uplink.get(c, 0) for c in ids])
 
     def history(self) -> History:
         """The History of every round so far (status "complete" unless the run diverged)."""

@@ -57,13 +57,14 @@ def model_size(config: SimConfig) -> int:
 def canonical_strategy(config: SimConfig, n_params: int) -> dict[str, Any]:
     """The strategy table as the simulator uses it (see the module docstring)."""
     raw = {k: v for k, v in dataclasses.asdict(config.strategy).items() if v is not None}
-    options = getattr(config.strategy, "options", None)   # qsfl: the variant's resolved switches
+    # selection, relevance and aggregate default to the variant's values (None = unset): use the resolved ones,
+    # so unset and explicitly set project values share a key; a non-default variant or any other authors_code
+    # option keeps the raw table (they are not in KNOWN_FIELDS)
+    options = getattr(config.strategy, "options", None)    # QSFLConfig only
     if options is not None:
-        # selection, relevance and aggregate default to the variant's values (None = unset): use the resolved
-        # ones; a non-default variant or any other authors_code option keeps the raw table (not in KNOWN_FIELDS)
         raw.update({k: getattr(options, k) for k in ("selection", "relevance", "aggregate")})
-        if raw.get("variant") == "default":
-            raw.pop("variant")
+    if raw.get("variant") == "default":
+        raw.pop("variant")
     defaults = _defaults()
     if any(k not in KNOWN_FIELDS and v != defaults.get(k) for k, v in raw.items()):
         return raw

@@ -115,7 +115,7 @@ class Strategy(ABC):
         message each) and starts from the global weights.
         """
         ids = np.asarray(client_ids)
-        ledger.downlink(dense_message(self.n_params), count=len(ids))
+        ledger.downlink(dense_message(self.n_params), clients=ids)
         return RoundPlan(ids, global_weights)
 
     @abstractmethod

@@ -17,7 +17,7 @@ class FedAvg(Strategy):
 
     def aggregate(self, round_index, global_weights, last_global_update, client_ids: np.ndarray,
                   cohort: CohortResult, ledger: Ledger) -> tuple[torch.Tensor, RoundInfo]:
-        ledger.uplink(dense_message(self.n_params), count=len(client_ids))
+        ledger.uplink(dense_message(self.n_params), clients=client_ids)
         updates = cohort.weights - global_weights
         new = global_weights + weighted_mean(updates, cohort.num_samples)
         return new, RoundInfo(qualified=[int(c) for c in client_ids])

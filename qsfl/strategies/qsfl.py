@@ -96,7 +96,7 @@ class QSFL(VectorisedStrategy):
         copies[rows, cols[keep]] = global_weights[cols[keep]]
         self.copies.set_rows(ids, copies)
         bill_sparse(ledger, keep.sum(dim=1).cpu().numpy(), self.sizes[segments.cpu().numpy()],
-                    self.scfg.index_encoding, downlink=True)
+                    self.scfg.index_encoding, downlink=True, clients=ids)
         self._round_start = copies
         return RoundPlan(ids, copies)
 
@@ -107,7 +107,7 @@ class QSFL(VectorisedStrategy):
         cohort's ``weights - global_weights`` when the caller has them already."""
         if not self.scfg.use_qj:
             return np.asarray(client_ids)
-        ledger.uplink(meta_message(), count=len(client_ids))
+        ledger.uplink(meta_message(), clients=client_ids)
         contrib = qj.contribution(cohort.losses, cohort.num_samples)
         if self.options.relevance == "weights":
             relev = qj.relevance_weights(cohort.weights, global_weights)
@@ -139,7 +139,7 @@ class QSFL(VectorisedStrategy):
             qualified = s.qualify(job.global_weights, job.last_global_update, ids, job.cohort, job.ledger, updates)
             rows = np.flatnonzero(np.isin(ids, qualified))
             if not s.scfg.use_scss:
-                job.ledger.uplink(dense_message(s.n_params), count=len(rows))
+                job.ledger.uplink(dense_message(s.n_params), clients=ids[rows])
                 new = job.global_weights + weighted_mean(updates[rows], job.cohort.num_samples[rows])
                 out[i] = (new, RoundInfo(qualified=[int(c) for c in qualified]))
                 continue
@@ -185,7 +185,8 @@ class QSFL(VectorisedStrategy):
         if self.residuals.enabled:   # unqualified clients keep everything, qualified ones what they did not send
             u[rows_t.unsqueeze(1).expand_as(cols)[sent], cols[sent]] = 0.0   # u is the strategy's own sum here
             self.residuals.keep_unsent(ids, u, None)
-        bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding)
+        bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding,
+                    clients=ids[rows])
         n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
         official = self.options.aggregate == "official"
         # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).

@@ -33,5 +33,5 @@ class QSGD(CompressedUpdates):
     def compress(self, round_index: int, client_ids: np.ndarray, updates: torch.Tensor,
                  ledger: Ledger) -> torch.Tensor:
         rand = uniform(self.config.seed, STREAM, round_index, client_ids, self.n_params)
-        ledger.uplink(qsgd_message(self.n_params, self.scfg.levels), count=len(client_ids))
+        ledger.uplink(qsgd_message(self.n_params, self.scfg.levels), clients=client_ids)
         return quantise(updates, self.scfg.levels, torch.as_tensor(rand, dtype=updates.dtype, device=updates.device))

@@ -37,5 +37,6 @@ class RandK(CompressedUpdates):
                  ledger: Ledger) -> torch.Tensor:
         k = ceil_fraction(self.scfg.p, self.n_params)
         mask = random_k_mask(self.config.seed, round_index, client_ids, self.n_params, k)
-        bill_sparse(ledger, mask.sum(axis=1), np.full(len(client_ids), self.n_params), self.scfg.index_encoding)
+        bill_sparse(ledger, mask.sum(axis=1), np.full(len(client_ids), self.n_params), self.scfg.index_encoding,
+                    clients=client_ids)
         return updates * torch.as_tensor(mask, dtype=updates.dtype, device=updates.device)

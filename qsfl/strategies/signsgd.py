@@ -24,5 +24,5 @@ class SignSGD(CompressedUpdates):
 
     def compress(self, round_index: int, client_ids: np.ndarray, updates: torch.Tensor,
                  ledger: Ledger) -> torch.Tensor:
-        ledger.uplink(sign_message(self.n_params), count=len(client_ids))
+        ledger.uplink(sign_message(self.n_params), clients=client_ids)
         return scaled_signs(updates)

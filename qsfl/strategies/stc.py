@@ -31,5 +31,5 @@ class STC(CompressedUpdates):
                  ledger: Ledger) -> torch.Tensor:
         k = ceil_fraction(self.scfg.p, self.n_params)
         received, _ = sparse_ternary(updates, k)
-        ledger.uplink(ternary_message(k, self.n_params, self.scfg.index_encoding), count=len(client_ids))
+        ledger.uplink(ternary_message(k, self.n_params, self.scfg.index_encoding), clients=client_ids)
         return received

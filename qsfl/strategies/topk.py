@@ -16,15 +16,22 @@ from qsfl.strategy_config import TopKConfig
 
 
 def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding: str, *,
-                downlink: bool = False) -> None:
-    """Record one sparse message per row (``counts[r]`` of ``sizes[r]`` entries; uplink unless ``downlink``),
-    grouped by size."""
+                downlink: bool = False, clients: Sequence[int] | np.ndarray | None = None) -> None:
+    """Record one sparse message per row (``counts[r]`` of ``sizes[r]`` entries; uplink unless ``downlink``;
+    row r's client ``clients[r]`` when given), grouped by size."""
     if len(counts) == 0:
         return
     record = ledger.downlink if downlink else ledger.uplink
-    pairs, times = np.unique(np.stack([counts, sizes], axis=1), axis=0, return_counts=True)
-    for (count, size), m in zip(pairs.tolist(), times.tolist()):
-        record(sparse_message(int(count), int(size), encoding), count=int(m))
+    pairs, group = np.unique(np.stack([counts, sizes], axis=1), axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    ids = None if clients is None else np.asarray(clients).reshape(-1)
+    for g, (count, size) in enumerate(pairs.tolist()):
+        members = np.flatnonzero(group == g)
+        msg = sparse_message(int(count), int(size), encoding)
+        if ids is None:
+            record(msg, count=len(members))
+        else:
+            record(msg, clients=ids[members])
 
 
 class TopK(VectorisedStrategy):
@@ -54,7 +61,8 @@ class TopK(VectorisedStrategy):
             payload = u * sent.to(u.dtype)
             if s.residuals.enabled:
                 s.residuals.keep_unsent(job.client_ids, u - payload, None)   # exactly the unsent entries
-            bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), np.full(rows, u.shape[1]), s.scfg.index_encoding)
+            bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), np.full(rows, u.shape[1]), s.scfg.index_encoding,
+                        clients=job.client_ids)
             new = job.global_weights + weighted_mean(payload, job.cohort.num_samples)
             out.append((new, RoundInfo(qualified=[int(c) for c in job.client_ids])))
         return out
