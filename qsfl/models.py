@@ -152,7 +152,7 @@ def resolve_model(name: str) -> None:
     """Register an import-path model name (``"mypkg.models:MyNet"``) on first use; other names are left alone."""
     from qsfl.plugins import is_import_path, load_object
 
-    if name not in MODELS and is_import_path(name):
+    if is_import_path(name) and name not in MODELS:
         register_model(name, load_object(name, "model"))
 
 

@@ -440,7 +440,7 @@ def resolve_dataset(name: str) -> None:
     """Register an import-path dataset name (``"mypkg.data:load_mine"``) on first use; others are left alone."""
     from qsfl.plugins import is_import_path, load_object
 
-    if name not in DATASETS and is_import_path(name):
+    if is_import_path(name) and name not in DATASETS:
         register_dataset(name, load_object(name, "dataset"))
 
 
