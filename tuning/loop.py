@@ -157,18 +157,13 @@ class StudyLoop:
         spec's ``[[study.start]]`` (missing params from the defaults); defaults outside the space are skipped."""
         spec = self.spec
         defaults = spec.space.defaults(spec.base)
-        wanted = []
-        if spec.study.start_defaults:
-            if spec.space.contains(defaults):
-                wanted.append(dict(defaults))
-            else:
-                log.warning("the authors' defaults %s lie outside the search space: not a start point", defaults)
-        wanted += [{**defaults, **dict(extra)} for extra in spec.study.start]
+        wanted = [("the authors' defaults", defaults)] if spec.study.start_defaults else []
+        wanted += [(f"study.start[{i}]", {**defaults, **dict(extra)}) for i, extra in enumerate(spec.study.start)]
         points = []
-        for params in wanted:   # what would be evaluated (NS <= K repaired); a penalised point is no start
+        for label, params in wanted:   # what would be evaluated (NS <= K repaired) must lie in the space
             fixed, _, penalty = spec.space.repair(params, spec.base)
-            if penalty:
-                log.warning("start point %s: %s; skipped", params, penalty)
+            if penalty or not spec.space.contains(fixed):
+                log.warning("%s %s: %s; not a start point", label, params, penalty or "outside the search space")
             else:
                 points.append(fixed)
         return points

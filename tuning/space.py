@@ -158,14 +158,27 @@ class SearchSpace:
         out: dict[str, float | int] = {}
         ns = next((p for p in self.params if p.name == "ns"), None)
         bounded = ns is not None and base is not None and self.constraint == "repair" and ns_limited(base)
-        for p in self.params:
-            if not (bounded and p is ns):
+        k_source = next((p.name for p in self.params if p.name in ("k", "alpha")), None)
+        deferred = False
+        for p in self.params:   # in the space's order (a sampler's stream follows it); ns right after its K
+            if bounded and p is ns:
+                if k_source is not None and k_source not in out:
+                    deferred = True
+                    continue
+                out["ns"] = self._suggest_ns(trial, out, base)
+            else:
                 out[p.name] = p.suggest(trial)
-        if bounded:
-            assert ns is not None and base is not None
-            k = effective_k(out, base)
-            out["ns"] = trial.suggest_int("ns", int(min(ns.low, k)), int(min(ns.high, k)), log=ns.log)
+            if deferred and p.name == k_source:
+                out["ns"] = self._suggest_ns(trial, out, base)
+                deferred = False
         return {p.name: out[p.name] for p in self.params}
+
+    def _suggest_ns(self, trial: Any, chosen: Mapping[str, Any], base: SimConfig | None) -> int:
+        """ns define-by-run in [min(low, K), min(high, K)] for the K of the params chosen so far."""
+        ns = next(p for p in self.params if p.name == "ns")
+        assert base is not None
+        k = effective_k(chosen, base)
+        return int(trial.suggest_int("ns", int(min(ns.low, k)), int(min(ns.high, k)), log=ns.log))
 
     def overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """params -> dotted SimConfig overrides."""
