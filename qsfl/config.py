@@ -117,6 +117,12 @@ class SimConfig:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    optimizer: str = "sgd"         # local optimizer: "sgd" (momentum, weight_decay) or "adam" (adam_*, weight_decay)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    prox_mu: float = 0.0           # FedProx: prox_mu/2 * ||w - w_start||^2 added to the local loss (0 = off)
+    loss_report: str = "last_epoch"  # a client's reported loss: "last_epoch" or "all_batches" (authors' code)
     seed: int = 0
     eval_every: int = 1
     target_accuracy: float = 0.85
@@ -150,6 +156,8 @@ class SimConfig:
         check_range("lr", self.lr, 0.0, None, lo_open=True)
         check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_range("weight_decay", self.weight_decay, 0.0, None)
+        from qsfl.engine.local import check_local_options
+        check_local_options(self)
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
         check_range("eval_every", self.eval_every, 1, None, integer=True)
         check_range("target_accuracy", self.target_accuracy, 0.0, 1.0)

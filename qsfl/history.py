@@ -81,11 +81,12 @@ class History:
 
     # ----- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write history.parquet, history.csv, config.toml and summary.json into ``directory``."""
+        """Write history.parquet, history.csv (rounds from 1), config.toml and summary.json into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         _atomic(out / "history.parquet", lambda p: self.df.to_parquet(p, index=False))
         csv = self.df.copy()
+        csv["round"] = csv["round"] + 1   # for readers: rounds 1..R (df and parquet keep the 0-based index t)
         for col in LIST_COLUMNS:
             csv[col] = csv[col].map(lambda v: json.dumps([int(x) for x in v]))
         _atomic(out / "history.csv", lambda p: csv.to_csv(p, index=False))

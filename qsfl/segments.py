@@ -47,6 +47,45 @@ def top_p_indices(values: torch.Tensor, p: float) -> torch.Tensor:
     return torch.nonzero(keep).squeeze(1)
 
 
+def top_k_rows(values: torch.Tensor, lo: np.ndarray, hi: np.ndarray, k: np.ndarray) -> torch.Tensor:
+    """Row-wise :func:`top_p_indices`, vectorised: a ``(rows, n)`` bool mask of the ``k[r]`` largest-magnitude
+    entries of ``values[r, lo[r]:hi[r]]`` in each row ``r`` (ties go to the lower index).
+
+    One gather and one ``torch.topk`` for all rows together, whatever their segments and counts: the
+    strategies call it once per round for every (config, client) row instead of once per client.
+    """
+    rows, n = values.shape
+    lo_np, hi_np = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    k_np = np.asarray(k, dtype=np.int64)
+    sizes = hi_np - lo_np
+    if rows and not (np.all(lo_np >= 0) and np.all(hi_np <= n) and np.all((k_np >= 1) & (k_np <= sizes))):
+        raise ValueError("top_k_rows: need 0 <= lo < hi <= n and 1 <= k <= hi - lo in every row")
+    device = values.device
+    mask = torch.zeros(rows, n, dtype=torch.bool, device=device)
+    if rows == 0:
+        return mask
+    width = int(sizes.max())
+    offsets = torch.arange(width, device=device)
+    lo_t, size_t = torch.as_tensor(lo_np, device=device), torch.as_tensor(sizes, device=device)
+    inside = offsets.unsqueeze(0) < size_t.unsqueeze(1)                       # (rows, width)
+    if np.array_equal(k_np, sizes):   # every row sends its whole segment
+        keep = inside
+    else:
+        cols = (lo_t.unsqueeze(1) + offsets.unsqueeze(0)).clamp_(max=n - 1)
+        mag = values.gather(1, cols).abs()
+        mag.masked_fill_(~inside, -1.0)   # padding below every magnitude: never chosen, never a tie
+        k_t = torch.as_tensor(k_np, device=device)
+        top = torch.topk(mag, int(k_np.max()), dim=1, sorted=True).values
+        kth = top.gather(1, (k_t - 1).unsqueeze(1))                            # each row's k-th largest
+        keep = mag > kth
+        need = k_t - keep.sum(dim=1)
+        ties = mag == kth
+        keep |= ties & (torch.cumsum(ties, dim=1) <= need.unsqueeze(1))       # lowest indices win ties
+    r, c = torch.nonzero(keep, as_tuple=True)
+    mask[r, lo_t[r] + c] = True
+    return mask
+
+
 @dataclass
 class SparseSegment:
     """One segment of an update as sent on the wire: the chosen entries and their positions."""

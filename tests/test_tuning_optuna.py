@@ -22,7 +22,7 @@ sampler = "random"
 @pytest.fixture
 def spec_path(tmp_path):
     path = tmp_path / "tiny_optuna.toml"
-    path.write_text(OPTUNA.replace('name = "tiny"', 'name = "tiny"\nengine = "optuna"'))
+    path.write_text(OPTUNA.replace('engine = "ga"', 'engine = "optuna"'))
     return path
 
 
@@ -110,7 +110,7 @@ def test_multi_objective_optuna_writes_fitness_columns(spec_path, tmp_path):
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
 def test_every_single_objective_sampler_runs_a_tiny_study(sampler, tmp_path):
     path = tmp_path / f"tiny_{sampler}.toml"
-    path.write_text(OPTUNA.replace('name = "tiny"', 'name = "tiny"\nengine = "optuna"')
+    path.write_text(OPTUNA.replace('engine = "ga"', 'engine = "optuna"')
                     .replace('sampler = "random"', f'sampler = "{sampler}"'))
     out = tmp_path / "out"
     assert main(["tune", str(path), "--out", str(out), "--no-report", "--quiet"]) == 0

@@ -216,12 +216,29 @@ def set_spec_value(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+DATA_PATH_OPTIONS = ("path", "train_path", "test_path")
+
+
+def resolve_data_paths(raw: Mapping[str, Any], spec_dir: Path) -> None:
+    """Make the relative dataset paths of ``[base.dataset_options]`` relative to the spec's directory (in place),
+    so a spec finds its data from any working directory."""
+    base = raw.get("base")
+    options = base.get("dataset_options") if isinstance(base, Mapping) else None
+    if not isinstance(options, dict):
+        return
+    for key in DATA_PATH_OPTIONS:
+        value = options.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            options[key] = str(spec_dir.absolute() / value)
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Read and validate a TOML study spec, applying ``--set key=value`` overrides first."""
     path = Path(path)
     raw = load_toml(path)
     if not raw:
         raise ConfigError(f"{path}: empty study spec; it needs [base], [space.<param>] and [objective]")
+    resolve_data_paths(raw, path.parent)   # before --set: a path typed on the command line is relative to the cwd
     for key, value in parse_assignments(overrides or []).items():
         set_spec_value(raw, key, value)
     return parse_spec(raw, default_name=path.stem)

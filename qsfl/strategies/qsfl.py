@@ -2,20 +2,27 @@
 
 ``use_qj`` and ``use_scss`` switch the two levels independently, giving the QJ-only and SCSS-only
 ablations. Without SCSS a qualified client uploads its dense update (p is then unused).
+
+SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_rows`) for the qualified clients of every
+job together, and each job's per-segment means as a few tensor ops, with no Python loop over clients.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from qsfl import qualification as qj
-from qsfl.comm import Ledger, dense_message, meta_message, sparse_message
+from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
-from qsfl.segments import segment_bounds, segment_id, top_p_indices
-from qsfl.strategies.base import RoundInfo, Strategy, weighted_mean
+from qsfl.segments import ceil_fraction, segment_bounds, top_k_rows
+from qsfl.strategies.base import AggregateJob, RoundInfo, Strategy, weighted_mean
 from qsfl.strategies.residuals import Residuals
+from qsfl.strategies.topk import bill_sparse
 
 
 class QSFL(Strategy):
@@ -28,6 +35,9 @@ class QSFL(Strategy):
                               f"(at most the model's parameter count)")
         self.ns = self.scfg.ns if self.scfg.use_scss else 1
         self.bounds = segment_bounds(n_params, self.ns)
+        self.sizes = np.diff(self.bounds)
+        # entries sent of each segment: ceil(p * size), computed once (segment sizes differ by at most one)
+        self.keep = np.array([ceil_fraction(self.scfg.p, int(s)) for s in self.sizes], dtype=np.int64)
         self.residuals = Residuals(enabled=self.scfg.error_feedback)
 
     def qualify(self, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
@@ -47,48 +57,66 @@ class QSFL(Strategy):
         k = qj.qualified_count(len(client_ids), self.scfg.k, self.scfg.alpha)
         return qj.select_top(scores, client_ids, k)
 
-    def aggregate(self, round_index, global_weights, last_global_update, client_ids: np.ndarray,
-                  cohort: CohortResult, ledger: Ledger) -> tuple[torch.Tensor, RoundInfo]:
-        client_ids = np.asarray(client_ids)
-        qualified = self.qualify(global_weights, last_global_update, client_ids, cohort, ledger)
-        rows = np.flatnonzero(np.isin(client_ids, qualified))
-        updates = cohort.weights - global_weights
-        if not self.scfg.use_scss:
-            ledger.uplink(dense_message(self.n_params), count=len(rows))
-            new = global_weights + weighted_mean(updates[rows], cohort.num_samples[rows])
-            return new, RoundInfo(qualified=[int(c) for c in qualified])
-        return self._scss(round_index, global_weights, client_ids, rows, cohort, updates, ledger, qualified)
-
-    def _scss(self, round_index, global_weights, client_ids, rows, cohort, updates, ledger, qualified):
-        """Level 2: each qualified client sends the top-p of its cyclic segment; average per segment."""
-        acc = torch.zeros_like(global_weights)
-        seg_weight = np.zeros(self.ns)
-        coverage = np.zeros(self.ns, dtype=np.int64)
-        sent_segments: dict[int, int] = {}
-        official = self.scfg.aggregate == "official"
-        qualified_rows = set(rows.tolist())
-        for row in range(len(client_ids)):
-            cid = int(client_ids[row])
-            u = self.residuals.add(cid, updates[row])
-            if row not in qualified_rows:   # unqualified: sends nothing, keeps everything as residual
-                self.residuals.keep_unsent(cid, u, None)
+    @classmethod
+    def aggregate_many(cls, jobs: Sequence[AggregateJob]) -> list[tuple[torch.Tensor, RoundInfo]]:
+        """QJ per job, then one vectorised top-p over the qualified clients of every SCSS job."""
+        out: list[Any] = [None] * len(jobs)
+        pending = []   # (job index, qualified ids, qualified rows, accumulated updates, segment ids)
+        for i, job in enumerate(jobs):
+            s: Any = job.strategy
+            ids = np.asarray(job.client_ids)
+            qualified = s.qualify(job.global_weights, job.last_global_update, ids, job.cohort, job.ledger)
+            rows = np.flatnonzero(np.isin(ids, qualified))
+            updates = job.cohort.weights - job.global_weights
+            if not s.scfg.use_scss:
+                job.ledger.uplink(dense_message(s.n_params), count=len(rows))
+                new = job.global_weights + weighted_mean(updates[rows], job.cohort.num_samples[rows])
+                out[i] = (new, RoundInfo(qualified=[int(c) for c in qualified]))
                 continue
-            seg = segment_id(round_index, cid, self.ns)
-            lo, hi = int(self.bounds[seg]), int(self.bounds[seg + 1])
-            idx = top_p_indices(u[lo:hi], self.scfg.p) + lo
-            self.residuals.keep_unsent(cid, u, idx)
-            ledger.uplink(sparse_message(len(idx), hi - lo, self.scfg.index_encoding))
-            n_i = float(cohort.num_samples[row])
-            # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
-            payload = cohort.weights[row, idx] if official else u[idx]
-            acc[idx] += n_i * payload
-            seg_weight[seg] += n_i
-            coverage[seg] += 1
-            sent_segments[cid] = seg
-        new = global_weights.clone()
-        for seg_index in np.flatnonzero(seg_weight > 0):
-            lo, hi = int(self.bounds[seg_index]), int(self.bounds[seg_index + 1])
-            mean = acc[lo:hi] / seg_weight[seg_index]
-            new[lo:hi] = mean if official else global_weights[lo:hi] + mean
+            u = s.residuals.add(ids, updates)
+            segments = (int(job.round_index) + ids[rows].astype(np.int64)) % s.ns
+            pending.append((i, qualified, rows, u, segments))
+        if pending:
+            chosen = [p[3][torch.as_tensor(p[2], dtype=torch.long, device=p[3].device)] for p in pending]
+            lo = np.concatenate([jobs[p[0]].strategy.bounds[p[4]] for p in pending])   # type: ignore[attr-defined]
+            hi = np.concatenate([jobs[p[0]].strategy.bounds[p[4] + 1] for p in pending])   # type: ignore[attr-defined]
+            k = np.concatenate([jobs[p[0]].strategy.keep[p[4]] for p in pending])   # type: ignore[attr-defined]
+            masks = top_k_rows(torch.cat(chosen) if len(chosen) > 1 else chosen[0], lo, hi, k)
+            start = 0
+            for (i, qualified, rows, u, segments), sel in zip(pending, chosen):
+                sent = masks[start:start + len(rows)]
+                start += len(rows)
+                out[i] = jobs[i].strategy._scss(jobs[i], qualified, rows, u, sel, segments, sent)   # type: ignore[attr-defined]
+        return out
+
+    def _scss(self, job: AggregateJob, qualified: np.ndarray, rows: np.ndarray, u: torch.Tensor,
+              chosen: torch.Tensor, segments: np.ndarray, sent: torch.Tensor) -> tuple[torch.Tensor, RoundInfo]:
+        """Level 2 of one job: residuals, bytes and the per-segment sample-weighted means of what was sent."""
+        ids = np.asarray(job.client_ids)
+        g = job.global_weights
+        if self.residuals.enabled:   # unqualified clients keep everything, qualified ones what they did not send
+            unsent = torch.zeros_like(u, dtype=torch.bool)
+            unsent[torch.as_tensor(rows, dtype=torch.long, device=u.device)] = sent
+            self.residuals.keep_unsent(ids, u, unsent)
+        bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding)
+        n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
+        official = self.scfg.aggregate == "official"
+        # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
+        payload = job.cohort.weights[torch.as_tensor(rows, dtype=torch.long, device=u.device)] if official else chosen
+        acc = torch.as_tensor(n_i, dtype=g.dtype, device=g.device) @ payload.masked_fill(~sent, 0.0)
+        seg_weight = np.bincount(segments, weights=n_i, minlength=self.ns)
+        coverage = np.bincount(segments, minlength=self.ns)
+        covered = torch.as_tensor(np.repeat(seg_weight > 0, self.sizes), device=g.device)
+        divisor = torch.as_tensor(np.repeat(np.where(seg_weight > 0, seg_weight, 1.0), self.sizes),
+                                  dtype=g.dtype, device=g.device)
+        mean = acc / divisor
+        new = torch.where(covered, mean if official else g + mean, g)   # a segment nobody sent stays unchanged
+        sent_segments = {int(c): int(s) for c, s in zip(ids[rows], segments)}
         return new, RoundInfo(qualified=[int(c) for c in qualified], segment_coverage=coverage.tolist(),
                               segment_ids=sent_segments)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"residuals": self.residuals.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.residuals.load_state_dict(state["residuals"], device=device)
