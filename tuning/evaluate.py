@@ -6,8 +6,8 @@ a pluggable map (serial or a process pool with one torch thread per worker).
   entries per segment) are simulated once, and the cache key includes the rounds of the fidelity.
 * **Population batches** (``study.population_batch``, default on): the configs of one batch that share seed,
   dataset, partition, model and local training (all but the strategy table) and the round they start from run
-  in lockstep through :func:`qsfl.simulate_many`, split into as many tasks as there are workers; off, every
-  (config, seed) is its own task.
+  in lockstep through :func:`qsfl.simulate_many` (configs at different rounds catch up first), split into as
+  many tasks as there are workers; off, every (config, seed) is its own task.
 * **Continuation.** An evaluation at more rounds continues the simulation from the state saved at the end of the
   previous fidelity (``Simulation.state()`` / ``simulate_many(states=...)``), so it costs only the extra rounds.
   States live in memory for the batch being evaluated only (a study resumed after a crash re-simulates a
@@ -29,6 +29,7 @@ from typing import Any
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError
+from qsfl.sim import PER_CONFIG_FIELDS
 from tuning.objective import (
     Evaluation,
     SeedResult,
@@ -38,7 +39,7 @@ from tuning.objective import (
     history_result,
     params_id,
 )
-from tuning.simkey import canonical_config, model_size, simulation_key
+from tuning.simkey import model_size, simulation_key
 
 log = logging.getLogger(__name__)
 
@@ -126,30 +127,15 @@ class GroupTask:
 
 def simulate_group(configs: Sequence[SimConfig], states: Sequence[Any] | None, until: int,
                    return_states: bool) -> list[tuple[Any, Any, int]]:
-    """[(History, state or None, first round simulated)] of ``configs`` run up to round ``until``."""
+    """[(History, state or None, first round simulated)] of ``configs`` run in lockstep up to round ``until``
+    (:func:`qsfl.simulate_many`), each from its state when it has one."""
     import qsfl
 
-    many = getattr(qsfl, "simulate_many", None)
-    if many is not None:
-        out = many(list(configs), states=list(states) if states is not None else None, until=until,
-                   return_states=return_states)
-        start = _state_round(states[0]) if states else 0
-        if return_states:
-            return [(h, s, start) for h, s in out]
-        return [(h, None, start) for h in out]
-    # qsfl.simulate_many is built on branch core (shared contract 2); until it lands every config is simulated
-    # from round 0 up to ``until``, which gives the same numbers at a higher cost
-    from qsfl.sim import simulate
-
-    return [(simulate(c.replace(rounds=until)), None, 0) for c in configs]
-
-
-def _state_round(state: Any) -> int:
-    """The next round of a saved simulation state."""
-    for name in ("next_round", "round"):
-        if hasattr(state, name):
-            return int(getattr(state, name))
-    raise TypeError(f"cannot read the round of a simulation state {type(state).__name__}")
+    out: list[Any] = list(qsfl.simulate_many(list(configs), states=list(states) if states is not None else None,
+                                             until=until, return_states=return_states))
+    firsts = [int(st.next_round) if st is not None else 0 for st in (states or [None] * len(configs))]
+    pairs = out if return_states else [(h, None) for h in out]
+    return [(h, st, first) for (h, st), first in zip(pairs, firsts)]
 
 
 def run_group(task: GroupTask) -> list[dict[str, Any]]:
@@ -335,12 +321,9 @@ class Evaluator:
         """Group the missing simulations into lockstep tasks (see the module docstring)."""
         groups: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
         for job, cfg in configs.items():
-            saved = self.states.get(job)
-            start = saved[0] if saved is not None and saved[0] < rounds else 0
-            if self.population_batch:
-                shared = canonical_config(cfg, self.n_params)
-                shared.pop("strategy")
-                gkey: tuple[Any, ...] = (job[1], start, json.dumps(shared, sort_keys=True, default=repr))
+            if self.population_batch:     # simulate_many's lockstep: everything but the per-config fields shared
+                shared = {k: v for k, v in cfg.to_dict().items() if k not in PER_CONFIG_FIELDS}
+                gkey: tuple[Any, ...] = (job[1], json.dumps(shared, sort_keys=True, default=repr))
             else:
                 gkey = (job,)
             groups.setdefault(gkey, []).append(job)
@@ -358,6 +341,6 @@ class Evaluator:
             states = [self.states[j][1] if j in self.states and self.states[j][0] < rounds else None
                       for j in members]
             tasks.append(GroupTask([configs[j] for j in members], rounds, self.spec.base.rounds,
-                                   states if all(s is not None for s in states) else None, keep_states, curve))
+                                   states if any(s is not None for s in states) else None, keep_states, curve))
             owners.append(members)
         return tasks, owners

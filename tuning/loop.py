@@ -143,6 +143,7 @@ class StudyLoop:
             self.searcher.start(self.start_points())
         rows = self.searcher.rows() if self.searcher.owns_trials else (self.table.load() if resume else [])
         self.table.rows = [dict(r) for r in rows]
+        self.progress.resumed([self._from_row(row) for row in rows])
         for row in rows:
             ev = self._from_row(row)
             self.evaluator.remember(ev)
@@ -213,10 +214,14 @@ class StudyLoop:
 
     def _after_batch(self, cands: Sequence[Candidate], evaluations: Sequence[Evaluation]) -> None:
         step, steps = self.searcher.progress()
-        label = "generation" if self.searcher.name == "ga" else "batch"
+        of = f"/{steps}" if steps else ""
+        if self.searcher.name == "ga":     # progress() counts generations including generation 0
+            text = f"generation {step - 1}" + (f"/{steps - 1}" if steps else "")
+        else:
+            text = f"batch {self.state.batches}: {step}{of} points"
         new = sum(ev.new_rows for ev in evaluations)
         failed = sum(1 for ev in evaluations if ev.state == "failed")
-        self.progress.batch(label, step - 1 if self.searcher.name == "ga" else step, steps, new, failed)
+        self.progress.batch(text, new, failed)
 
     # ----- one batch ----------------------------------------------------------------------------------------
     def _stages(self) -> list[tuple[int, bool]]:

@@ -365,18 +365,7 @@ def format_summary(result: StudyResult) -> str:
         lines.append("no evaluation completed: see the reason column of trials.csv")
     if result.baseline:
         lines.append("defaults:    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.baseline["params"].items()))
-    if worse_than_defaults(result):
-        lines.append("note: the best config found is worse than the authors' defaults on this budget")
     lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, summary.json, "
                  f"spec.toml)")
     return "\n".join(lines)
 
-
-def worse_than_defaults(result: StudyResult) -> bool:
-    """One objective: is the best fitness worse than the defaults' (both complete)?"""
-    spec = result.spec
-    base = (result.baseline or {}).get("fitness") or []
-    if spec.objective.n != 1 or not result.best or not base or not math.isfinite(float(base[0])):
-        return False
-    sign = spec.objective.weights[0]
-    return bool(sign * result.best[0]["fitness"][0] < sign * float(base[0]))
