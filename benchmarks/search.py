@@ -21,7 +21,6 @@ Results go to ``OUT/results.json`` too (one record per study).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import math
@@ -37,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from qsfl.config import load_toml
-from tuning.evaluate import Evaluator, Point
+from tuning.evaluate import Point
 from tuning.spec import StudySpec, parse_spec, set_spec_value
-from tuning.study import baseline_point, run_study
+from tuning.study import baseline_point, evaluate_on_seeds, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"quickstart": REPO / "studies" / "quickstart.toml",
@@ -83,11 +82,7 @@ def task_spec(path: Path, searcher: str, seed: int, budget_s: float, quick: bool
 
 def reevaluate(spec: StudySpec, point: Point) -> tuple[float, dict[str, float]]:
     """The point's fitness and metrics on the spec's eval_seeds (full rounds)."""
-    raw = copy.deepcopy(dict(spec.raw))
-    raw["study"] = {**raw["study"], "seeds": list(spec.study.eval_seeds), "eval_seeds": []}
-    raw.pop("fidelity", None)
-    fresh = parse_spec(raw, default_name=spec.name)
-    (ev,) = Evaluator(fresh).evaluate([point], fresh.base.rounds)
+    ev = evaluate_on_seeds(spec, point, spec.study.eval_seeds)
     return (float(ev.fitness[0]) if ev.ok else math.nan), dict(ev.metrics)
 
 
@@ -131,9 +126,7 @@ def run_one(task: str, searcher: str, seed: int, args: argparse.Namespace) -> di
         best = result.best[0]
         record["best"] = float(best["fitness"][0])
         record["best_params"] = best["params"]
-        point = Point(dict(best["params"]))
-        fixed, repair, _ = spec.space.repair(point.params, spec.base)
-        record["fresh"], record["fresh_metrics"] = reevaluate(spec, Point(fixed, repair))
+        record["fresh"], record["fresh_metrics"] = reevaluate(spec, Point(dict(best["params"])))
     return record
 
 

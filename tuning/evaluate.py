@@ -13,7 +13,9 @@ a pluggable map (serial or a process pool with one torch thread per worker).
   States live in memory for the batch being evaluated only (a study resumed after a crash re-simulates a
   promoted point from round 0, which gives the same numbers).
 
-Every evaluation runs with one torch thread, serial or parallel, so results never depend on ``--workers``.
+Where the tasks run is :mod:`tuning.workers` (serial, a process pool, a Dask cluster): every evaluation runs with
+one torch thread there, so results never depend on ``--workers`` or ``--cluster``; results are taken as they
+finish, and each point is handed on as soon as it and every point before it are done.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,76 +41,9 @@ from tuning.objective import (
     params_id,
 )
 from tuning.simkey import model_size, simulation_key
+from tuning.workers import SerialWorkers, Workers
 
 log = logging.getLogger(__name__)
-
-
-# ----- threads and worker processes -----------------------------------------------------------------------
-def configure_threads(n: int = 1) -> None:
-    """One torch thread per evaluation (the engine's helper)."""
-    from qsfl.engine.threads import configure_threads as engine_threads
-
-    engine_threads(n)
-
-
-def init_worker(dataset: str, options: Mapping[str, Any]) -> None:
-    """Pool initializer: one torch thread, and load the dataset once into the per-process cache."""
-    configure_threads(1)
-    try:
-        from qsfl.sim import get_dataset
-
-        get_dataset(dataset, dict(options))
-    except Exception as exc:  # noqa: BLE001 - the evaluation itself will report the error
-        log.debug("worker warm-up failed: %s", exc)
-
-
-class SerialMap:
-    """Evaluate in this process, in order."""
-
-    workers = 1
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return map(fn, tasks)
-
-    def close(self) -> None:
-        pass
-
-    def terminate(self) -> None:
-        pass
-
-
-class PoolMap:
-    """A process pool (forkserver where available, else spawn); results come back in task order."""
-
-    def __init__(self, workers: int, base: SimConfig) -> None:
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if "forkserver" in methods:
-            ctx.set_forkserver_preload(["torch", "qsfl.sim", "tuning.evaluate"])
-        self.workers = workers
-        self.pool = ctx.Pool(workers, initializer=init_worker,
-                             initargs=(base.dataset, dict(base.dataset_options)))
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return self.pool.imap(fn, list(tasks), chunksize=1)
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-    def terminate(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
-Mapper = SerialMap | PoolMap
-
-
-def make_map(workers: int, base: SimConfig) -> Mapper:
-    """Serial for one worker, else a process pool of ``workers``."""
-    if workers < 1:
-        raise ConfigError(f"--workers: {workers} is out of range; allowed [1, inf)")
-    return SerialMap() if workers == 1 else PoolMap(workers, base)
 
 
 # ----- one task: configs of one lockstep group --------------------------------------------------------------
@@ -200,9 +134,9 @@ class _Slot:
 class Evaluator:
     """Evaluates points on the spec's seeds at a given number of rounds; see the module docstring."""
 
-    def __init__(self, spec: Any, mapper: Mapper | None = None, population_batch: bool | None = None) -> None:
+    def __init__(self, spec: Any, workers: Workers | None = None, population_batch: bool | None = None) -> None:
         self.spec = spec
-        self.mapper = mapper or SerialMap()
+        self.workers = workers or SerialWorkers()
         self.population_batch = spec.study.population_batch if population_batch is None else population_batch
         self.cache: dict[tuple[str, int, int], SeedResult] = {}
         self.states: dict[tuple[str, int], tuple[int, Any]] = {}
@@ -286,8 +220,8 @@ class Evaluator:
                 emitted += 1
 
         emit()
-        for task_keys, outs in zip(owners, self.mapper.imap(run_group, tasks)):
-            for job, out in zip(task_keys, outs):
+        for index, outs in self.workers.map_unordered(run_group, tasks):
+            for job, out in zip(owners[index], outs):
                 key, seed = job
                 sr = SeedResult.from_dict(out["result"])
                 if out["state"] is not None:
@@ -327,7 +261,7 @@ class Evaluator:
             else:
                 gkey = (job,)
             groups.setdefault(gkey, []).append(job)
-        workers = max(int(getattr(self.mapper, "workers", 1)), 1)
+        workers = max(int(self.workers.n), 1)
         chunks: list[tuple[int, int, list[tuple[str, int]]]] = []
         for gkey, members in groups.items():
             n = min(workers, len(members))
