@@ -264,6 +264,8 @@ def test_ga_diverging_trials_are_failed_with_worst_fitness_and_the_study_goes_on
     from tuning.objective import WORST
 
     text = GA_SPEC.replace('model = "logreg"', 'model = "mlp"').replace("generations = 4", "generations = 2")
+    # a start point (study.start, in the first population) that surely diverges: the random draws may not
+    text = text.replace("[base]", "[[study.start]]\nlr = 40.0\n\n[base]")
     spec = write_spec(tmp_path, text + DIVERGING, "diverging_ga")
     out = tmp_path / "out"
     run_tune(spec, out)
