@@ -72,6 +72,45 @@ def meta_message() -> MessageSize:
     return MessageSize(HEADER_BYTES, 0, 0, meta=META_BYTES, encoding="meta")
 
 
+SCALE_BYTES = 4     # float32 scale of a quantised message (QSGD's norm, signSGD's and STC's magnitude)
+
+
+def packed_bytes(count: int, bits: int) -> int:
+    """Bytes of ``count`` values of ``bits`` bits each, packed: ceil(count * bits / 8)."""
+    return math.ceil(count * bits / 8)
+
+
+def qsgd_bits(levels: int) -> int:
+    """Bits per entry of a QSGD message with ``levels`` (s): a sign bit + ceil(log2(s + 1)) for the level 0..s."""
+    return 1 + math.ceil(math.log2(levels + 1))
+
+
+def qsgd_message(n: int, levels: int) -> MessageSize:
+    """QSGD: the update's L2 norm (float32) and every entry's sign and level, fixed-width bit-packed (no Elias
+    coding)."""
+    return MessageSize(HEADER_BYTES, SCALE_BYTES + packed_bytes(n, qsgd_bits(levels)), 0, encoding="qsgd")
+
+
+def sign_message(n: int) -> MessageSize:
+    """signSGD: one scale (float32) and one sign bit per entry."""
+    return MessageSize(HEADER_BYTES, SCALE_BYTES + packed_bytes(n, 1), 0, encoding="sign")
+
+
+def ternary_message(count: int, size: int, encoding: str = "auto") -> MessageSize:
+    """Sparse ternary (STC): one magnitude (float32), a sign bit per sent entry, and the positions as int32
+    indices or a bitmap over ``size`` (``auto``: the smaller; none when every entry is sent)."""
+    if not 0 <= count <= size:
+        raise ValueError(f"count {count} not in [0, {size}]")
+    values = SCALE_BYTES + packed_bytes(count, 1)
+    if count == size:
+        return MessageSize(HEADER_BYTES, values, 0, encoding="dense")
+    int32, bitmap = INDEX_BYTES * count, math.ceil(size / 8)
+    if encoding not in ("auto", "int32", "bitmap"):
+        raise ValueError(f"unknown index encoding {encoding!r}")
+    used = encoding if encoding != "auto" else ("int32" if int32 < bitmap else "bitmap")
+    return MessageSize(HEADER_BYTES, values, int32 if used == "int32" else bitmap, encoding=used)
+
+
 ROUND_FIELDS = ("uplink_bytes", "uplink_header_bytes", "uplink_value_bytes", "uplink_index_bytes",
                 "uplink_meta_bytes", "uplink_messages", "downlink_bytes", "downlink_messages")
 

@@ -1,4 +1,5 @@
-"""Validated, frozen simulation configs (SimConfig, StrategyConfig) and their TOML/dict round trip.
+"""Validated, frozen simulation configs (SimConfig; each strategy's config in qsfl.strategy_config) and their
+TOML/dict round trip.
 
 Every error raised here is a :class:`ConfigError` whose message names the field, the value received
 and the allowed range, so a CLI can print it and exit with code 2.
@@ -11,26 +12,40 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from qsfl.errors import (
     ConfigError,
-    check_bool,
     check_choice,
     check_options,
     check_range,
     check_table,
     reject_unknown,
 )
+from qsfl.strategy_config import (
+    AGGREGATES,
+    AUTHORS_DEFAULTS,
+    INDEX_ENCODINGS,
+    RELEVANCES,
+    SELECTIONS,
+    FedAvgConfig,
+    QSFLConfig,
+    StrategyConfig,
+    TopKConfig,
+    config_class,
+    strategy_config,
+    strategy_fields,
+    strategy_names,
+)
 
-STRATEGIES = ("fedavg", "topk", "qsfl")
-SELECTIONS = ("topk", "percentile")
-RELEVANCES = ("update", "weights")
-AGGREGATES = ("delta", "official")
-INDEX_ENCODINGS = ("auto", "int32", "bitmap")
+STRATEGIES = strategy_names()   # the built-in strategies (a user's registered later: strategy_names())
 ENGINES = ("auto", "batched", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
+
+__all__ = ["AGGREGATES", "AUTHORS_DEFAULTS", "DEVICES", "ENGINES", "INDEX_ENCODINGS", "RELEVANCES", "SELECTIONS",
+           "STRATEGIES", "FedAvgConfig", "QSFLConfig", "SimConfig", "StrategyConfig", "TopKConfig", "dump_toml",
+           "load_config", "load_toml", "parse_assignments", "parse_value", "set_dotted", "strategy_fields",
+           "strategy_names"]
 
 
 def _check_options(field: str, kind: str, name: str, options: Any, valid: list[str]) -> None:
@@ -55,48 +70,6 @@ def _elsewhere(kind: str, names: list[str]) -> str:
     if not owners:
         return ""
     return f"{names[0]!r} is an option of {kind} {', '.join(owners)}"
-
-
-# The QSFL authors' hyperparameters (their code's hard-coded values; the paper's defaults): the defaults of
-# StrategyConfig and the baseline of every tuning study. K is ceil(alpha * cohort size).
-AUTHORS_DEFAULTS: Mapping[str, float | int] = MappingProxyType({"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4})
-
-
-@dataclass(frozen=True)
-class StrategyConfig:
-    """Which FL algorithm runs and its parameters (defaults are the QSFL authors': :data:`AUTHORS_DEFAULTS`)."""
-
-    name: str = "fedavg"
-    # QSFL: Qualification Judgment
-    use_qj: bool = True
-    beta: float = AUTHORS_DEFAULTS["beta"]
-    k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
-    alpha: float = AUTHORS_DEFAULTS["alpha"]
-    selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
-    relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
-    # QSFL: Sparse Cyclic Sliding Segment (also used by topk: p)
-    use_scss: bool = True
-    ns: int = int(AUTHORS_DEFAULTS["ns"])
-    p: float = AUTHORS_DEFAULTS["p"]
-    aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
-    error_feedback: bool = False
-    index_encoding: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_choice("strategy.name", self.name, STRATEGIES)
-        check_bool("strategy.use_qj", self.use_qj)
-        check_bool("strategy.use_scss", self.use_scss)
-        check_bool("strategy.error_feedback", self.error_feedback)
-        check_range("strategy.beta", self.beta, 0.0, 1.0)
-        if self.k is not None:
-            check_range("strategy.k", self.k, 1, None, integer=True)
-        check_range("strategy.alpha", self.alpha, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.selection", self.selection, SELECTIONS)
-        check_choice("strategy.relevance", self.relevance, RELEVANCES)
-        check_range("strategy.ns", self.ns, 1, None, integer=True)
-        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
-        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
 
 
 @dataclass(frozen=True)
@@ -167,9 +140,7 @@ class SimConfig:
         check_range("divergence_loss", self.divergence_loss, 0.0, None, lo_open=True)
         if not isinstance(self.strategy, StrategyConfig):
             raise ConfigError(f"strategy: expected a StrategyConfig, got {self.strategy!r}")
-        if self.strategy.k is not None and self.strategy.k > self.clients:
-            raise ConfigError(f"strategy.k: {self.strategy.k} is out of range; allowed [1, {self.clients}] "
-                              f"(at most the number of clients)")
+        self.strategy.check_simulation(self.clients)
 
     @property
     def cohort_size(self) -> int:
@@ -197,18 +168,26 @@ class SimConfig:
         if not isinstance(strategy, Mapping):
             raise ConfigError(f"strategy: expected a table or a name, got {strategy!r}")
         _reject_unknown(cls, data, "")
-        _reject_unknown(StrategyConfig, strategy, "strategy.")
-        return cls(**data, strategy=StrategyConfig(**strategy))
+        return cls(**data, strategy=strategy_config(strategy))
 
     def replace(self, **changes: Any) -> SimConfig:
         """Copy with top-level fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SimConfig:
-        """Copy with dotted-key overrides, e.g. {"strategy.beta": 0.5, "lr": 0.1}."""
+        """Copy with dotted-key overrides, e.g. {"strategy.beta": 0.5, "lr": 0.1}.
+
+        Overriding ``strategy.name`` keeps the fields of this config's strategy that the new one also has
+        and drops the others (an explicitly overridden field that does not apply stays an error).
+        """
         data = self.to_dict()
         for key, value in overrides.items():
             set_dotted(data, key, value)
+        new_name = data["strategy"].get("name", "fedavg")
+        if new_name != self.strategy.name and new_name in strategy_names():
+            keep = set(_field_names(config_class(new_name))) | {k.split(".", 1)[1] for k in overrides
+                                                                 if k.startswith("strategy.")}
+            data["strategy"] = {k: v for k, v in data["strategy"].items() if k in keep}
         return SimConfig.from_dict(data)
 
 
@@ -227,13 +206,12 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``data[a][b] = value`` for key "a.b"; unknown keys raise ConfigError."""
     parts = key.split(".")
     if len(parts) == 1:
-        reject_unknown("", [key], _field_names(SimConfig),
-                       hint=f"or strategy.<{'|'.join(_field_names(StrategyConfig))}>")
+        reject_unknown("", [key], _field_names(SimConfig), hint=f"or strategy.<{'|'.join(strategy_fields())}>")
         data[key] = value
         return
     head, rest = parts[0], ".".join(parts[1:])
     if head == "strategy" and len(parts) == 2:
-        reject_unknown("strategy", [rest], _field_names(StrategyConfig))
+        reject_unknown("strategy", [rest], list(strategy_fields()))
         data.setdefault("strategy", {})[rest] = value
         return
     if head in _OPTION_TABLES and len(parts) == 2:

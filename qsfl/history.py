@@ -41,7 +41,8 @@ class History:
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], config: SimConfig | dict[str, Any], **kwargs: Any) -> History:
         """Build from the simulator's per-round dicts."""
-        df = pd.DataFrame(rows, columns=list(COLUMNS))
+        extra = list(dict.fromkeys(k for row in rows for k in row if k not in COLUMNS))   # strategies' metrics
+        df = pd.DataFrame(rows, columns=list(COLUMNS) + extra)
         cfg = config.to_dict() if isinstance(config, SimConfig) else dict(config)
         return cls(df, cfg, **kwargs)
 
@@ -87,8 +88,8 @@ class History:
         _atomic(out / "history.parquet", lambda p: self.df.to_parquet(p, index=False))
         csv = self.df.copy()
         csv["round"] = csv["round"] + 1   # for readers: rounds 1..R (df and parquet keep the 0-based index t)
-        for col in LIST_COLUMNS:
-            csv[col] = csv[col].map(lambda v: json.dumps([int(x) for x in v]))
+        for col in list_columns(self.df):
+            csv[col] = csv[col].map(lambda v: json.dumps(np.asarray(v).tolist()))
         _atomic(out / "history.csv", lambda p: csv.to_csv(p, index=False))
         _atomic(out / "config.toml", lambda p: Path(p).write_text(dump_toml(self.config), encoding="utf-8"))
         meta = {"summary": self.summary, "n_params": self.n_params,
@@ -104,12 +105,22 @@ class History:
         if missing:
             raise ConfigError(f"{d}: not a simulation output; missing {', '.join(missing)}")
         df = pd.read_parquet(d / "history.parquet")
-        for col in LIST_COLUMNS:
-            df[col] = df[col].map(lambda v: [int(x) for x in v])
+        for col in list_columns(df):
+            df[col] = df[col].map(lambda v: np.asarray(v).tolist())
         meta = json.loads((d / "summary.json").read_text())
         s = meta["summary"]
         return cls(df, load_toml(d / "config.toml"), n_params=meta["n_params"],
                    fedavg_uplink_bytes=meta["fedavg_uplink_bytes"], status=s["status"], reason=s["reason"])
+
+
+def list_columns(df: pd.DataFrame) -> list[str]:
+    """The columns holding a list per round: the standard ones and any list-valued strategy metric."""
+    out = [c for c in LIST_COLUMNS if c in df.columns]
+    for col in df.columns:
+        if col not in out and df[col].dtype == object and len(df) \
+                and isinstance(df[col].iloc[0], (list, tuple, np.ndarray)):
+            out.append(col)
+    return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qsfl.comm import Ledger, dense_message, fedavg_uplink_bytes
+from qsfl.comm import Ledger, fedavg_uplink_bytes
 from qsfl.config import SimConfig
 from qsfl.data.datasets import Dataset, load_dataset
 from qsfl.data.partition import partition
@@ -33,7 +33,7 @@ from qsfl.history import History
 from qsfl.models import build_model
 from qsfl.state import CohortSampler, SimState
 from qsfl.strategies import Strategy, make_strategy
-from qsfl.strategies.base import AggregateJob, RoundInfo
+from qsfl.strategies.base import AggregateJob, RoundInfo, RoundPlan
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class _Run:
         self.status, self.reason = "diverged", reason
         log.warning("simulation stopped: %s", reason)
 
-    def finish_round(self, t: int, cohort_ids: np.ndarray, cohort: CohortResult, new_weights: torch.Tensor,
-                     info: RoundInfo, shared_s: float) -> dict[str, Any] | None:
+    def finish_round(self, t: int, sampled: np.ndarray, plan: RoundPlan, cohort: CohortResult,
+                     new_weights: torch.Tensor, info: RoundInfo, shared_s: float) -> dict[str, Any] | None:
         """Take the aggregated weights, evaluate if due, close the ledger's round; the History row (None if
         the new weights are not finite: the run stops as diverged)."""
         start = time.perf_counter()
@@ -135,11 +135,12 @@ class _Run:
         if (t + 1) % cfg.eval_every == 0 or t == cfg.rounds - 1:
             acc, loss = evaluate(self.fed.model, self.weights, self.fed.x_test, self.fed.y_test)
         counts = self.ledger.close_round()
+        # the strategy's metrics become columns; segment_coverage is a column of every History ([] if unused)
         row = {"round": t, "test_accuracy": acc, "test_loss": loss,
                "train_loss": float(np.average(cohort.losses, weights=cohort.num_samples)),
-               "n_sampled": len(cohort_ids), "n_qualified": len(info.qualified),
-               "sampled_clients": [int(c) for c in cohort_ids], "qualified_clients": info.qualified,
-               "segment_coverage": info.segment_coverage, **counts,
+               "n_sampled": len(sampled), "n_qualified": len(info.qualified),
+               "sampled_clients": [int(c) for c in sampled], "qualified_clients": info.qualified,
+               "segment_coverage": [], **plan.metrics, **info.metrics, **counts,
                "wall_time_s": shared_s + time.perf_counter() - start}
         self.rows.append(row)
         self.next_round = t + 1
@@ -206,32 +207,32 @@ def _aggregate(jobs: list[AggregateJob]) -> list[tuple[torch.Tensor, RoundInfo]]
 def _play_round(fed: Federation, runs: list[_Run], t: int) -> list[dict[str, Any] | None]:
     """Round ``t`` of every run in ``runs`` (all at round t): one engine call trains all their clients."""
     start = time.perf_counter()
-    cohorts = [run.sampler.draw() for run in runs]
-    for run, ids in zip(runs, cohorts):
-        run.ledger.downlink(dense_message(fed.n_params), count=len(ids))
+    sampled = [run.sampler.draw() for run in runs]
+    plans = [run.strategy.configure_round(t, run.weights, ids, run.ledger) for run, ids in zip(runs, sampled)]
     if len(runs) == 1:
-        trained = fed.engine.train(runs[0].weights, cohorts[0], t)
+        trained = fed.engine.train(plans[0].start, plans[0].client_ids, t)
     else:
-        starts = torch.cat([run.weights.unsqueeze(0).expand(len(ids), -1) for run, ids in zip(runs, cohorts)])
-        trained = fed.engine.train(starts, np.concatenate(cohorts), t)
+        starts = torch.cat([p.start.unsqueeze(0).expand(len(p.client_ids), -1) if p.start.dim() == 1 else p.start
+                            for p in plans])
+        trained = fed.engine.train(starts, np.concatenate([p.client_ids for p in plans]), t)
     parts, offset = [], 0
-    for ids in cohorts:
-        rows = slice(offset, offset + len(ids))
-        offset += len(ids)
+    for plan in plans:
+        rows = slice(offset, offset + len(plan.client_ids))
+        offset += len(plan.client_ids)
         parts.append(CohortResult(trained.weights[rows], trained.losses[rows], trained.num_samples[rows]))
     live, jobs = [], []
-    for i, (run, ids, part) in enumerate(zip(runs, cohorts, parts)):
+    for i, (run, plan, part) in enumerate(zip(runs, plans, parts)):
         reason = divergence(part.losses, run.config.divergence_loss, t)
         if reason is not None:
             run.stop(reason)
             continue
         live.append(i)
-        jobs.append(AggregateJob(run.strategy, t, run.weights, run.last_update, ids, part, run.ledger))
+        jobs.append(AggregateJob(run.strategy, t, run.weights, run.last_update, plan.client_ids, part, run.ledger))
     results = _aggregate(jobs)
     shared = (time.perf_counter() - start) / len(runs)   # the batched work, split evenly over the runs
     out: list[dict[str, Any] | None] = [None] * len(runs)
     for i, (new_weights, info) in zip(live, results):
-        out[i] = runs[i].finish_round(t, cohorts[i], parts[i], new_weights, info, shared)
+        out[i] = runs[i].finish_round(t, sampled[i], plans[i], parts[i], new_weights, info, shared)
     return out
 
 

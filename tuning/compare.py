@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qsfl.config import SimConfig, StrategyConfig, dump_toml, load_toml
+from qsfl.config import SimConfig, dump_toml, load_toml, strategy_fields
 from qsfl.errors import ConfigError, check_range, check_table, reject_unknown
 from qsfl.history import History
 from qsfl.io import atomic_write_text
@@ -59,7 +59,7 @@ def baseline_configs(base: SimConfig, *, topk_p: float = 0.1) -> dict[str, SimCo
     }
 
 
-_STRATEGY_FIELDS = {f.name for f in dataclasses.fields(StrategyConfig)}
+_STRATEGY_FIELDS = set(strategy_fields())
 _SIM_FIELDS = {f.name for f in dataclasses.fields(SimConfig)} - {"strategy"}
 _INT_KEYS = ("k", "ns", "local_epochs", "batch_size", "strategy.k", "strategy.ns")
 

@@ -25,7 +25,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from qsfl.config import SimConfig, StrategyConfig
+from qsfl.config import SimConfig, strategy_fields
 from qsfl.qualification import qualified_count
 from qsfl.segments import ceil_fraction, segment_bounds
 
@@ -35,7 +35,7 @@ QSFL_ONLY = ("use_qj", "beta", "k", "alpha", "selection", "relevance", "use_scss
 
 
 def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(StrategyConfig)}
+    return {name: f.default for name, f in strategy_fields().items()}
 
 
 @lru_cache(maxsize=64)
@@ -57,6 +57,13 @@ def model_size(config: SimConfig) -> int:
 def canonical_strategy(config: SimConfig, n_params: int) -> dict[str, Any]:
     """The strategy table as the simulator uses it (see the module docstring)."""
     raw = {k: v for k, v in dataclasses.asdict(config.strategy).items() if v is not None}
+    options = getattr(config.strategy, "options", None)   # qsfl: the variant's resolved switches
+    if options is not None:
+        # selection, relevance and aggregate default to the variant's values (None = unset): use the resolved
+        # ones; a non-default variant or any other authors_code option keeps the raw table (not in KNOWN_FIELDS)
+        raw.update({k: getattr(options, k) for k in ("selection", "relevance", "aggregate")})
+        if raw.get("variant") == "default":
+            raw.pop("variant")
     defaults = _defaults()
     if any(k not in KNOWN_FIELDS and v != defaults.get(k) for k, v in raw.items()):
         return raw
@@ -73,7 +80,7 @@ def canonical_strategy(config: SimConfig, n_params: int) -> dict[str, Any]:
     if not s["use_qj"]:
         for key in ("beta", "k", "alpha", "selection", "relevance"):
             s.pop(key, None)
-    elif s["selection"] == "topk":
+    elif s.get("selection", "topk") == "topk":   # unset: the default variant's top-K
         c = config.cohort_size
         s["k"] = qualified_count(c, s.get("k"), float(s["alpha"]))
         s.pop("alpha", None)

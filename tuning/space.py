@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qsfl.config import AUTHORS_DEFAULTS, SimConfig, StrategyConfig
+from qsfl.config import AUTHORS_DEFAULTS, QSFLConfig, SimConfig, strategy_fields
 from qsfl.errors import (
     ConfigError,
     check_bool,
@@ -190,7 +190,7 @@ class SearchSpace:
         """Apply the NS <= K constraint: returns (params, repair note, penalty reason); see module doc."""
         params = dict(params)
         strategy = base.strategy
-        if not ns_limited(base):
+        if not isinstance(strategy, QSFLConfig) or not ns_limited(base):
             return params, "", ""
         k = effective_k(params, base)
         ns = int(params.get("ns", strategy.ns))
@@ -230,7 +230,7 @@ def baseline_overrides(base: SimConfig) -> dict[str, Any]:
 
 def ns_limited(base: SimConfig) -> bool:
     """Does the NS <= K constraint apply (QSFL with SCSS)?"""
-    return base.strategy.name == "qsfl" and base.strategy.use_scss
+    return isinstance(base.strategy, QSFLConfig) and base.strategy.use_scss
 
 
 def effective_k(params: Mapping[str, Any], base: SimConfig) -> int:
@@ -240,9 +240,10 @@ def effective_k(params: Mapping[str, Any], base: SimConfig) -> int:
         return min(int(params["k"]), c)
     if "alpha" in params:
         return min(math.ceil(float(params["alpha"]) * c), c)
-    if base.strategy.k is not None:
-        return min(base.strategy.k, c)
-    return min(math.ceil(base.strategy.alpha * c), c)
+    k, alpha = getattr(base.strategy, "k", QSFLConfig.k), getattr(base.strategy, "alpha", QSFLConfig.alpha)
+    if k is not None:
+        return min(k, c)
+    return min(math.ceil(alpha * c), c)
 
 
 def _get_dotted(config: SimConfig, key: str) -> Any:
@@ -257,8 +258,8 @@ def _numeric_fields() -> dict[str, str]:
     import dataclasses
 
     out = {}
-    for cls, prefix in ((SimConfig, ""), (StrategyConfig, "strategy.")):
-        for f in dataclasses.fields(cls):
+    for fields, prefix in ((dataclasses.fields(SimConfig), ""), (strategy_fields().values(), "strategy.")):
+        for f in fields:
             t = str(f.type)
             if t in ("int", "float") or t.startswith("int |"):
                 out[prefix + f.name] = "int" if t.startswith("int") else "float"

@@ -8,10 +8,12 @@ import torch
 from qsfl.comm import Ledger, dense_message
 from qsfl.engine.common import CohortResult
 from qsfl.strategies.base import RoundInfo, Strategy, weighted_mean
+from qsfl.strategy_config import FedAvgConfig
 
 
 class FedAvg(Strategy):
     name = "fedavg"
+    config_class = FedAvgConfig
 
     def aggregate(self, round_index, global_weights, last_global_update, client_ids: np.ndarray,
                   cohort: CohortResult, ledger: Ledger) -> tuple[torch.Tensor, RoundInfo]:

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from qsfl.comm import Ledger, sparse_message
-from qsfl.segments import ceil_fraction, top_k_rows
-from qsfl.strategies.base import AggregateJob, RoundInfo, Strategy, weighted_mean
+from qsfl.segments import ceil_fraction, top_k_slots
+from qsfl.strategies.base import AggregateJob, RoundInfo, VectorisedStrategy, weighted_mean
 from qsfl.strategies.residuals import Residuals
+from qsfl.strategy_config import TopKConfig
 
 
-def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding: str) -> None:
-    """Record one sparse uplink message per row (``counts[r]`` of ``sizes[r]`` entries), grouped by size."""
+def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding: str, *,
+                downlink: bool = False) -> None:
+    """Record one sparse message per row (``counts[r]`` of ``sizes[r]`` entries; uplink unless ``downlink``),
+    grouped by size."""
     if len(counts) == 0:
         return
+    record = ledger.downlink if downlink else ledger.uplink
     pairs, times = np.unique(np.stack([counts, sizes], axis=1), axis=0, return_counts=True)
     for (count, size), m in zip(pairs.tolist(), times.tolist()):
-        ledger.uplink(sparse_message(int(count), int(size), encoding), count=int(m))
+        record(sparse_message(int(count), int(size), encoding), count=int(m))
 
 
-class TopK(Strategy):
+class TopK(VectorisedStrategy):
     name = "topk"
+    config_class = TopKConfig
 
     def __init__(self, config, n_params: int) -> None:
         super().__init__(config, n_params)
@@ -33,25 +38,24 @@ class TopK(Strategy):
     @classmethod
     def aggregate_many(cls, jobs: Sequence[AggregateJob]) -> list[tuple[torch.Tensor, RoundInfo]]:
         """Every job's top-p choice in one vectorised call over all their clients, then each job's mean."""
-        accumulated = []
-        for job in jobs:
-            updates = job.cohort.weights - job.global_weights
-            accumulated.append(job.strategy.residuals.add(job.client_ids, updates))   # type: ignore[attr-defined]
-        k = np.concatenate([np.full(len(job.client_ids), ceil_fraction(job.strategy.scfg.p, job.strategy.n_params))
-                            for job in jobs])
+        strategies = [cast(TopK, job.strategy) for job in jobs]
+        accumulated = [s.residuals.add(job.client_ids, job.cohort.weights - job.global_weights)
+                       for job, s in zip(jobs, strategies)]
+        k = np.concatenate([np.full(len(job.client_ids), ceil_fraction(s.scfg.p, s.n_params))
+                            for job, s in zip(jobs, strategies)])
         everything = torch.cat(accumulated) if len(jobs) > 1 else accumulated[0]
-        n = everything.shape[1]
-        masks = top_k_rows(everything, np.zeros(len(k), dtype=np.int64), np.full(len(k), n), k)
+        keep = top_k_slots(everything.abs(), k)
         out = []
         start = 0
-        for job, u in zip(jobs, accumulated):
+        for job, s, u in zip(jobs, strategies, accumulated):
             rows = len(job.client_ids)
-            sent = masks[start:start + rows]
+            sent = keep[start:start + rows]
             start += rows
-            strategy: Any = job.strategy
-            strategy.residuals.keep_unsent(job.client_ids, u, sent)
-            bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), np.full(rows, n), strategy.scfg.index_encoding)
-            new = job.global_weights + weighted_mean(u.masked_fill(~sent, 0.0), job.cohort.num_samples)
+            payload = u * sent.to(u.dtype)
+            if s.residuals.enabled:
+                s.residuals.keep_unsent(job.client_ids, u - payload, None)   # exactly the unsent entries
+            bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), np.full(rows, u.shape[1]), s.scfg.index_encoding)
+            new = job.global_weights + weighted_mean(payload, job.cohort.num_samples)
             out.append((new, RoundInfo(qualified=[int(c) for c in job.client_ids])))
         return out
 
