@@ -264,7 +264,9 @@ class StudyLoop:
                         self.searcher.report_rung(cands[ci], evs[i])
                 keep = promote([evs[i] for i in alive], self.fidelity.eta, self.spec.objective.weights)
                 for i, go in zip(alive, keep):
-                    if go:
+                    # a start point (the known-good config) always goes on: it ends at full rounds, so the study's
+                    # best is never worse than it (unless it fails)
+                    if go or (evs[i].ok and any(cands[ci].start for ci in owners[i])):
                         keep_alive.append(i)
                     else:
                         final[i] = evs[i]

@@ -69,6 +69,8 @@ class Progress:
     def evaluation(self, ev: Evaluation, trial: int | None, generation: int) -> None:
         """One finished evaluation (a trials row)."""
         self.done += 1
+        if self.total is not None and self.done > self.total:   # the budget's row count is an estimate
+            self.set_total(self.done)
         if ev.ok and ev.rounds >= self.full_rounds:
             self._improve(list(ev.fitness))
         where = f"gen {generation} " if generation >= 0 else ""

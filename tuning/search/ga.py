@@ -480,7 +480,9 @@ class GASearcher(Searcher):
         inds = self.core.ask()
         s = self.core.state
         gen = s.pending_generation if s is not None else 0
-        return [Candidate(self.ctx.space.decode(list(ind)), generation=gen, token=i) for i, ind in enumerate(inds)]
+        starts = len(self.core.starts) if gen == 0 else 0      # the first population begins with the starts
+        return [Candidate(self.ctx.space.decode(list(ind)), generation=gen, token=i, start=i < starts)
+                for i, ind in enumerate(inds)]
 
     def tell(self, candidates: Sequence[Candidate], evaluations: Sequence[Evaluation]) -> None:
         results = [(ev.fitness, ev.ok, ev.rounds) for ev in evaluations]

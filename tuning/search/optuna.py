@@ -420,7 +420,8 @@ class OptunaSearcher(Searcher):
             self.trials[trial.number] = trial
             if self.heartbeat is not None:
                 self.heartbeat.add(trial.number)
-            out.append(Candidate(params, trial=trial.number, token=trial.number))
+            out.append(Candidate(params, trial=trial.number, token=trial.number,
+                                 start=bool(trial.user_attrs.get("start_point"))))
         return out
 
     def _surplus(self, study: optuna.Study, number: int) -> bool:
