@@ -10,10 +10,12 @@ the requested one is reused), one row per run goes to ``OUT/compare/runs.csv`` a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import multiprocessing as mp
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,18 +324,33 @@ def run_row(label: str, kind: str, history: History) -> dict[str, Any]:
 
 def _pool_results(jobs: Sequence[Job], workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(index, row) in completion order from a spawn pool; Ctrl-C terminates the workers at once."""
-    # spawn, not fork: a forked child of a process that already ran torch can deadlock
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
-    ok = False
+    # spawn, not fork: a forked child of a process that already ran torch can deadlock. SIGINT is ignored while
+    # the workers start: they inherit that across exec, so a Ctrl-C during their (slow) imports cannot give
+    # them a KeyboardInterrupt traceback either; this process handles it and terminates them.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     try:
         yield from pool.imap_unordered(_indexed, list(enumerate(jobs)), chunksize=1)
-        ok = True
-    finally:
-        if ok:
-            pool.close()
-        else:
-            pool.terminate()  # Ctrl-C or an error: stop now, not after the running simulations
+    except KeyboardInterrupt:
+        pass               # handled below, outside this block: its traceback would keep the pool alive
+    except BaseException:
+        pool.terminate()   # a failed job or a consumer that stops early: stop the running simulations
         pool.join()
+        raise
+    else:
+        pool.close()
+        pool.join()
+        return
+    pool.terminate()       # Ctrl-C: stop now, not after the running simulations
+    pool.join()
+    del pool
+    gc.collect()           # release the pool's semaphores now, not in an exit handler the CLI skips after Ctrl-C
+    raise KeyboardInterrupt
 
 
 def _indexed(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:

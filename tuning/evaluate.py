@@ -6,14 +6,16 @@ a pluggable map (serial or a process pool with one torch thread per worker).
   entries per segment) are simulated once, and the cache key includes the rounds of the fidelity.
 * **Population batches** (``study.population_batch``, default on): the configs of one batch that share seed,
   dataset, partition, model and local training (all but the strategy table) and the round they start from run
-  in lockstep through :func:`qsfl.simulate_many`, split into as many tasks as there are workers; off, every
-  (config, seed) is its own task.
+  in lockstep through :func:`qsfl.simulate_many` (configs at different rounds catch up first), split into as
+  many tasks as there are workers; off, every (config, seed) is its own task.
 * **Continuation.** An evaluation at more rounds continues the simulation from the state saved at the end of the
   previous fidelity (``Simulation.state()`` / ``simulate_many(states=...)``), so it costs only the extra rounds.
   States live in memory for the batch being evaluated only (a study resumed after a crash re-simulates a
   promoted point from round 0, which gives the same numbers).
 
-Every evaluation runs with one torch thread, serial or parallel, so results never depend on ``--workers``.
+Where the tasks run is :mod:`tuning.workers` (serial, a process pool, a Dask cluster): every evaluation runs with
+one torch thread there, so results never depend on ``--workers`` or ``--cluster``; results are taken as they
+finish, and each point is handed on as soon as it and every point before it are done.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError
+from qsfl.sim import PER_CONFIG_FIELDS
 from tuning.objective import (
     Evaluation,
     SeedResult,
@@ -38,77 +40,10 @@ from tuning.objective import (
     history_result,
     params_id,
 )
-from tuning.simkey import canonical_config, model_size, simulation_key
+from tuning.simkey import model_size, simulation_key
+from tuning.workers import SerialWorkers, Workers
 
 log = logging.getLogger(__name__)
-
-
-# ----- threads and worker processes -----------------------------------------------------------------------
-def configure_threads(n: int = 1) -> None:
-    """One torch thread per evaluation (the engine's helper)."""
-    from qsfl.engine.threads import configure_threads as engine_threads
-
-    engine_threads(n)
-
-
-def init_worker(dataset: str, options: Mapping[str, Any]) -> None:
-    """Pool initializer: one torch thread, and load the dataset once into the per-process cache."""
-    configure_threads(1)
-    try:
-        from qsfl.sim import get_dataset
-
-        get_dataset(dataset, dict(options))
-    except Exception as exc:  # noqa: BLE001 - the evaluation itself will report the error
-        log.debug("worker warm-up failed: %s", exc)
-
-
-class SerialMap:
-    """Evaluate in this process, in order."""
-
-    workers = 1
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return map(fn, tasks)
-
-    def close(self) -> None:
-        pass
-
-    def terminate(self) -> None:
-        pass
-
-
-class PoolMap:
-    """A process pool (forkserver where available, else spawn); results come back in task order."""
-
-    def __init__(self, workers: int, base: SimConfig) -> None:
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if "forkserver" in methods:
-            ctx.set_forkserver_preload(["torch", "qsfl.sim", "tuning.evaluate"])
-        self.workers = workers
-        self.pool = ctx.Pool(workers, initializer=init_worker,
-                             initargs=(base.dataset, dict(base.dataset_options)))
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return self.pool.imap(fn, list(tasks), chunksize=1)
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-    def terminate(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
-Mapper = SerialMap | PoolMap
-
-
-def make_map(workers: int, base: SimConfig) -> Mapper:
-    """Serial for one worker, else a process pool of ``workers``."""
-    if workers < 1:
-        raise ConfigError(f"--workers: {workers} is out of range; allowed [1, inf)")
-    return SerialMap() if workers == 1 else PoolMap(workers, base)
 
 
 # ----- one task: configs of one lockstep group --------------------------------------------------------------
@@ -126,30 +61,15 @@ class GroupTask:
 
 def simulate_group(configs: Sequence[SimConfig], states: Sequence[Any] | None, until: int,
                    return_states: bool) -> list[tuple[Any, Any, int]]:
-    """[(History, state or None, first round simulated)] of ``configs`` run up to round ``until``."""
+    """[(History, state or None, first round simulated)] of ``configs`` run in lockstep up to round ``until``
+    (:func:`qsfl.simulate_many`), each from its state when it has one."""
     import qsfl
 
-    many = getattr(qsfl, "simulate_many", None)
-    if many is not None:
-        out = many(list(configs), states=list(states) if states is not None else None, until=until,
-                   return_states=return_states)
-        start = _state_round(states[0]) if states else 0
-        if return_states:
-            return [(h, s, start) for h, s in out]
-        return [(h, None, start) for h in out]
-    # qsfl.simulate_many is built on branch core (shared contract 2); until it lands every config is simulated
-    # from round 0 up to ``until``, which gives the same numbers at a higher cost
-    from qsfl.sim import simulate
-
-    return [(simulate(c.replace(rounds=until)), None, 0) for c in configs]
-
-
-def _state_round(state: Any) -> int:
-    """The next round of a saved simulation state."""
-    for name in ("next_round", "round"):
-        if hasattr(state, name):
-            return int(getattr(state, name))
-    raise TypeError(f"cannot read the round of a simulation state {type(state).__name__}")
+    out: list[Any] = list(qsfl.simulate_many(list(configs), states=list(states) if states is not None else None,
+                                             until=until, return_states=return_states))
+    firsts = [int(st.next_round) if st is not None else 0 for st in (states or [None] * len(configs))]
+    pairs = out if return_states else [(h, None) for h in out]
+    return [(h, st, first) for (h, st), first in zip(pairs, firsts)]
 
 
 def run_group(task: GroupTask) -> list[dict[str, Any]]:
@@ -214,9 +134,9 @@ class _Slot:
 class Evaluator:
     """Evaluates points on the spec's seeds at a given number of rounds; see the module docstring."""
 
-    def __init__(self, spec: Any, mapper: Mapper | None = None, population_batch: bool | None = None) -> None:
+    def __init__(self, spec: Any, workers: Workers | None = None, population_batch: bool | None = None) -> None:
         self.spec = spec
-        self.mapper = mapper or SerialMap()
+        self.workers = workers or SerialWorkers()
         self.population_batch = spec.study.population_batch if population_batch is None else population_batch
         self.cache: dict[tuple[str, int, int], SeedResult] = {}
         self.states: dict[tuple[str, int], tuple[int, Any]] = {}
@@ -300,8 +220,8 @@ class Evaluator:
                 emitted += 1
 
         emit()
-        for task_keys, outs in zip(owners, self.mapper.imap(run_group, tasks)):
-            for job, out in zip(task_keys, outs):
+        for index, outs in self.workers.map_unordered(run_group, tasks):
+            for job, out in zip(owners[index], outs):
                 key, seed = job
                 sr = SeedResult.from_dict(out["result"])
                 if out["state"] is not None:
@@ -335,16 +255,13 @@ class Evaluator:
         """Group the missing simulations into lockstep tasks (see the module docstring)."""
         groups: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
         for job, cfg in configs.items():
-            saved = self.states.get(job)
-            start = saved[0] if saved is not None and saved[0] < rounds else 0
-            if self.population_batch:
-                shared = canonical_config(cfg, self.n_params)
-                shared.pop("strategy")
-                gkey: tuple[Any, ...] = (job[1], start, json.dumps(shared, sort_keys=True, default=repr))
+            if self.population_batch:     # simulate_many's lockstep: everything but the per-config fields shared
+                shared = {k: v for k, v in cfg.to_dict().items() if k not in PER_CONFIG_FIELDS}
+                gkey: tuple[Any, ...] = (job[1], json.dumps(shared, sort_keys=True, default=repr))
             else:
                 gkey = (job,)
             groups.setdefault(gkey, []).append(job)
-        workers = max(int(getattr(self.mapper, "workers", 1)), 1)
+        workers = max(int(self.workers.n), 1)
         chunks: list[tuple[int, int, list[tuple[str, int]]]] = []
         for gkey, members in groups.items():
             n = min(workers, len(members))
@@ -358,6 +275,6 @@ class Evaluator:
             states = [self.states[j][1] if j in self.states and self.states[j][0] < rounds else None
                       for j in members]
             tasks.append(GroupTask([configs[j] for j in members], rounds, self.spec.base.rounds,
-                                   states if all(s is not None for s in states) else None, keep_states, curve))
+                                   states if any(s is not None for s in states) else None, keep_states, curve))
             owners.append(members)
         return tasks, owners
