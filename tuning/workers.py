@@ -1,0 +1,304 @@
+"""Worker pools: where evaluations run. The one module for every parallel map of the project (the GA's
+batches, the baseline, Optuna's extra worker processes, ``qsfl compare``).
+
+* :class:`SerialWorkers`: in this process, in task order.
+* :class:`PoolWorkers`: a local process pool (forkserver where available, else spawn; torch and qsfl
+  preloaded in the forkserver so a worker starts in a fraction of a second).
+* :class:`DaskWorkers`: a Dask cluster (``tcp://host:8786``) or ``local:N``, a LocalCluster of N worker
+  processes on this machine. Dask re-runs the tasks of a worker that dies on the other workers.
+
+Every backend runs each task with one torch thread (results never depend on the backend or the number of
+workers) and loads each dataset once per process (``qsfl.sim.get_dataset``'s cache, warmed with ``base``'s
+dataset when the worker starts). One shutdown and Ctrl-C path: a ``KeyboardInterrupt`` while waiting for
+results terminates the workers (pool workers ignore SIGINT, so they print no traceback of their own) and is
+re-raised once; ``close()`` waits for nothing left over, ``terminate()`` stops at once; both are idempotent.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing as mp
+import re
+import signal
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qsfl.errors import ConfigError, check_range
+
+if TYPE_CHECKING:
+    from qsfl.config import SimConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: modules the forkserver imports once, so that every forked pool worker starts with them loaded
+PRELOAD = ["torch", "qsfl.sim", "tuning.objective"]
+LOCAL_PREFIX = "local:"
+_ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
+
+Warm = tuple[str, dict[str, Any]] | None   # (dataset name, dataset options) to load when a worker starts
+
+
+# ----- the cluster argument -----------------------------------------------------------------------------
+def check_cluster(field: str, value: Any) -> str:
+    """Validate a cluster argument: ``local:N`` (N >= 1) or a scheduler address such as ``tcp://host:8786``."""
+    if isinstance(value, str):
+        if value.startswith(LOCAL_PREFIX):
+            n = value[len(LOCAL_PREFIX):]
+            if n.isdigit() and int(n) >= 1:
+                return value
+        elif _ADDRESS.match(value):
+            return value
+    raise ConfigError(f"{field}: {value!r} is not a cluster; allowed: 'local:N' (N >= 1 worker processes on this "
+                      f"machine) or a Dask scheduler address such as 'tcp://host:8786'")
+
+
+def local_workers(cluster: str) -> int | None:
+    """N of ``local:N``, None for a scheduler address."""
+    return int(cluster[len(LOCAL_PREFIX):]) if cluster.startswith(LOCAL_PREFIX) else None
+
+
+# ----- what every worker process does once --------------------------------------------------------------
+def warm_spec(base: SimConfig | None) -> Warm:
+    """The dataset a worker should load when it starts (None: nothing to preload)."""
+    return None if base is None else (base.dataset, dict(base.dataset_options))
+
+
+def setup_process(warm: Warm, threads: int = 1) -> None:
+    """One torch thread, and the dataset loaded into this process's cache (``qsfl.sim.get_dataset``)."""
+    from qsfl.engine.threads import configure_threads
+
+    configure_threads(threads)
+    if warm is None:
+        return
+    try:
+        from qsfl.sim import get_dataset
+
+        get_dataset(warm[0], dict(warm[1]))
+    except Exception as exc:  # noqa: BLE001 - the evaluation itself reports the error with its context
+        log.debug("worker warm-up failed: %s", exc)
+
+
+def init_pool_worker(warm: Warm) -> None:
+    """Pool initializer: ignore SIGINT (the parent handles Ctrl-C and terminates us), then :func:`setup_process`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_process(warm)
+
+
+def _call_indexed(fn: Callable[[T], R], item: tuple[int, T]) -> tuple[int, R]:
+    i, task = item
+    return i, fn(task)
+
+
+_SETUP_LOCK = threading.Lock()
+_SETUP_DONE: set[Any] = set()
+
+
+def _dask_call(fn: Callable[[T], R], warm: Warm, task: T) -> R:
+    """A task on a Dask worker: set the process up once (threads, dataset), then run ``fn(task)``."""
+    key = repr(warm)
+    if key not in _SETUP_DONE:
+        with _SETUP_LOCK:   # a worker may run several threads
+            if key not in _SETUP_DONE:
+                setup_process(warm)
+                _SETUP_DONE.add(key)
+    return fn(task)
+
+
+# ----- the pools ----------------------------------------------------------------------------------------
+class Workers(ABC):
+    """Runs ``fn(task)`` for many tasks; see the module docstring. Use as a context manager."""
+
+    n: int = 1   # how many tasks run at the same time
+
+    @abstractmethod
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
+        """(task index, result) pairs in completion order. Submits every task before returning (except
+        :class:`SerialWorkers`, which runs each one when the iterator reaches it)."""
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        """Results in task order (each one as soon as it and all before it have finished)."""
+        return _in_order(self.map_unordered(fn, tasks))
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the workers (after the results were consumed)."""
+
+    def terminate(self) -> None:
+        """Stop the workers now, abandoning tasks still running."""
+        self.close()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()
+
+    def _guard(self, results: Iterator[tuple[int, R]]) -> Iterator[tuple[int, R]]:
+        """The one Ctrl-C path: terminate the workers quietly, re-raise the KeyboardInterrupt once."""
+        try:
+            yield from results
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+
+
+def _in_order(results: Iterator[tuple[int, R]]) -> Iterator[R]:
+    early: dict[int, R] = {}
+    nxt = 0
+    for i, r in results:
+        early[i] = r
+        while nxt in early:
+            yield early.pop(nxt)
+            nxt += 1
+
+
+class SerialWorkers(Workers):
+    """Evaluate in this process, in task order, with one torch thread (restored on close)."""
+
+    n = 1
+
+    def __init__(self) -> None:
+        import torch
+
+        self._threads: int | None = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
+        return ((i, fn(task)) for i, task in enumerate(tasks))
+
+    def close(self) -> None:
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)   # a library caller gets its setting back
+            self._threads = None
+
+
+def pool_context() -> Any:
+    """The multiprocessing context of every pool: forkserver (with :data:`PRELOAD`) where available, else spawn.
+
+    Never fork: a forked child of a process that already ran torch can deadlock in its thread pools.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+class PoolWorkers(Workers):
+    """A local process pool of ``workers`` processes (one torch thread each, the dataset loaded once each)."""
+
+    def __init__(self, workers: int, base: SimConfig | None = None) -> None:
+        check_range("--workers", workers, 1, None, integer=True)
+        self.n = workers
+        self._pool: Any = pool_context().Pool(workers, initializer=init_pool_worker, initargs=(warm_spec(base),))
+        self._open = True
+
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
+        results = self._pool.imap_unordered(functools.partial(_call_indexed, fn), enumerate(tasks), chunksize=1)
+        return self._guard(results)
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        return (r for _, r in self._guard(enumerate(self._pool.imap(fn, tasks, chunksize=1))))
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._pool.close()
+            self._pool.join()
+
+    def terminate(self) -> None:
+        if self._open:
+            self._open = False
+            self._pool.terminate()
+            self._pool.join()
+
+
+class DaskWorkers(Workers):
+    """Evaluations on a Dask cluster: ``local:N`` starts a LocalCluster of N processes (one thread each),
+    any other value is the address of a running scheduler. Results stream back as they finish; the tasks
+    of a worker that dies are re-run by Dask on the others (up to ``distributed.scheduler.allowed-failures``
+    times per task, then the task fails with ``KilledWorker``)."""
+
+    def __init__(self, cluster: str, base: SimConfig | None = None) -> None:
+        check_cluster("--cluster", cluster)
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"") from None
+        self.address = cluster
+        self._warm = warm_spec(base)
+        self._cluster: Any = None
+        self._futures: dict[str, Any] = {}
+        n = local_workers(cluster)
+        try:
+            if n is not None:
+                # processes=True: one GIL and one torch per worker; no dashboard (no port to bind, no bokeh)
+                # silence_logs: a cancelled task or a killed worker is reported by our own code, not logged
+                # by every process of the cluster
+                self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, silence_logs=logging.ERROR)
+                self.client: Any = Client(self._cluster)
+            else:
+                self.client = Client(cluster)
+        except OSError as exc:
+            self.terminate()
+            raise ConfigError(f"--cluster {cluster}: cannot connect to the Dask scheduler ({exc}); start it with "
+                              f"`dask scheduler` and workers with `dask worker {cluster}` (docs/scaling.md)") from None
+        self.n = n if n is not None else max(1, sum(self.client.nthreads().values()))
+
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
+        from distributed import as_completed
+
+        index: dict[str, int] = {}
+        futures = []
+        for i, task in enumerate(tasks):
+            # pure=False: a task that equals another one is still its own evaluation
+            fut = self.client.submit(_dask_call, fn, self._warm, task, pure=False)
+            index[fut.key] = i
+            futures.append(fut)
+        self._futures.update((f.key, f) for f in futures)
+        done = as_completed(futures, with_results=True)
+        del futures   # as_completed holds them until they are yielded; then they are released
+
+        def results() -> Iterator[tuple[int, R]]:
+            for fut, result in done:
+                self._futures.pop(fut.key, None)
+                yield index.pop(fut.key), result
+        return self._guard(results())
+
+    def close(self) -> None:
+        if self._futures:
+            self.client.cancel(list(self._futures.values()))
+            self._futures.clear()
+        client, cluster = getattr(self, "client", None), self._cluster
+        self.client = None
+        self._cluster = None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    def terminate(self) -> None:
+        self.close()   # cancels what is still queued or running; a LocalCluster's processes are stopped
+
+
+def make_workers(workers: int = 1, cluster: str | None = None, base: SimConfig | None = None) -> Workers:
+    """The pool for ``--workers`` / ``--cluster``: Dask when ``cluster`` is given, else serial for one worker,
+    else a process pool. ``base``'s dataset is preloaded in every worker process."""
+    if cluster is not None:
+        return DaskWorkers(cluster, base)
+    check_range("--workers", workers, 1, None, integer=True)
+    return SerialWorkers() if workers == 1 else PoolWorkers(workers, base)
