@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seeds", metavar="LIST", help="seeds the search did not use, e.g. 100,101,102 or 100-104 "
                                                    "(default: the spec's study.eval_seeds)")
     c.add_argument("--workers", type=int, default=1, help="parallel processes, 1 torch thread each (default 1)")
+    c.add_argument("--cluster", metavar="ADDRESS", help="run on a Dask cluster: tcp://host:8786, or local:N worker "
+                                                        "processes on this machine (docs/scaling.md)")
     c.add_argument("--rounds", type=int, help="override the number of rounds of every run")
     c.add_argument("--base", type=Path, metavar="FILE.toml",
                    help="base SimConfig when OUT_DIR has no spec.toml with a [base] table")
@@ -48,7 +50,7 @@ def run_compare(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else None
     summary = compare_study(args.out_dir, top=args.top, configs_file=args.configs, seeds=seeds,
                             workers=args.workers, rounds=args.rounds, base_file=args.base, topk_p=args.topk_p,
-                            progress=show_progress(args.quiet))
+                            progress=show_progress(args.quiet), cluster=args.cluster)
     print(md_table(display_table(summary).drop(columns=["setting"])))
     print(f"written to {args.out_dir}/compare.csv, compare.md, compare/, figures/compare_convergence.png")
     if (args.out_dir / "spec.toml").is_file():

@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import multiprocessing as mp
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,11 +241,6 @@ class Job:
     path: str
 
 
-def _init_worker() -> None:
-    import torch
-    torch.set_num_threads(1)  # N workers x 1 thread: no oversubscription of the cores
-
-
 def run_job(job: Job) -> dict[str, Any]:
     """Simulate one job (or reuse its saved History if the config matches) and return its result row."""
     from qsfl.sim import simulate
@@ -291,25 +284,22 @@ def run_row(label: str, kind: str, history: History) -> dict[str, Any]:
             "wall_time_s": s["wall_time_s"]}
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = False) -> list[dict[str, Any]]:
-    """Run all jobs (a spawn process pool for workers > 1) and return their rows in job order."""
+def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = False,
+             cluster: str | None = None) -> list[dict[str, Any]]:
+    """Run all jobs (a pool of tuning.workers: serial, processes or a Dask cluster) and return their rows in
+    job order."""
     from tqdm.auto import tqdm
+
+    from tuning.workers import make_workers
 
     bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
     rows: list[dict[str, Any] | None] = [None] * len(jobs)
+    base = SimConfig.from_dict(jobs[0].config) if jobs else None   # its dataset is preloaded in every worker
     try:
-        if workers <= 1:
-            for i, job in enumerate(jobs):
-                rows[i] = run_job(job)
+        with make_workers(workers, cluster, base) as pool:
+            for i, row in pool.map_unordered(run_job, jobs):
+                rows[i] = row
                 bar.update()
-        else:
-            # spawn, not fork: a forked child of a process that already ran torch can deadlock
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
-                futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
-                for fut in as_completed(futures):
-                    rows[futures[fut]] = fut.result()
-                    bar.update()
     finally:
         bar.close()
     return [r for r in rows if r is not None]
@@ -386,7 +376,8 @@ def compare_markdown(summary: pd.DataFrame, *, seeds: Sequence[int], base: SimCo
 # ----- the command ---------------------------------------------------------------------------------
 def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path | None = None,
                   seeds: Sequence[int] | None = None, workers: int = 1, rounds: int | None = None,
-                  base_file: str | Path | None = None, topk_p: float = 0.1, progress: bool = False) -> pd.DataFrame:
+                  base_file: str | Path | None = None, topk_p: float = 0.1, progress: bool = False,
+                  cluster: str | None = None) -> pd.DataFrame:
     """Run the comparison and write compare.csv, compare.md, compare/runs.csv and the figures; return the table."""
     from reports import plots
     from reports.report import load_compare_runs, spec_seeds
@@ -396,6 +387,10 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
         raise ConfigError(f"--top: {top} is out of range; allowed [0, inf)")
     if workers < 1:
         raise ConfigError(f"--workers: {workers} is out of range; allowed [1, inf)")
+    if cluster is not None:
+        from tuning.workers import check_cluster
+
+        check_cluster("--cluster", cluster)
     if configs_file is None and not out.is_dir():
         raise ConfigError(f"{out}: no such directory (expected the --out directory of `qsfl tune`, "
                           "or pass --configs and --base)")
@@ -414,7 +409,7 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
                 cfg.replace(seed=seed).to_dict(), str(out / "compare" / label / f"seed{seed}"))
             for label, cfg in everything.items() for seed in seeds]
     out.mkdir(parents=True, exist_ok=True)
-    runs = pd.DataFrame(run_jobs(jobs, workers=workers, progress=progress))
+    runs = pd.DataFrame(run_jobs(jobs, workers=workers, progress=progress, cluster=cluster))
     (out / "compare").mkdir(exist_ok=True)
     atomic_write_text(out / "compare" / "runs.csv", runs.to_csv(index=False))
     summary = summarise(runs, order=list(everything), descriptions=descriptions)

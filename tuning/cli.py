@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output directory (default: studies/out/<study name>)")
     p.add_argument("--resume", action="store_true", help="continue the study already in --out")
     p.add_argument("--workers", type=int, help="processes evaluating in parallel (default: study.workers, else 1)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="GA: evaluate on a Dask cluster: tcp://host:8786, or local:N worker processes on this machine "
+                        "(default: study.cluster; docs/scaling.md)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://...")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. ga.population=4 or base.rounds=3 (repeatable)")
@@ -54,6 +57,13 @@ def run_tune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers: {args.workers} is out of range; allowed [1, inf)")
     spec = load_spec(args.spec, args.overrides)
     workers = args.workers if args.workers is not None else spec.study.workers
+    if args.cluster is not None:
+        from tuning.workers import check_cluster
+
+        check_cluster("--cluster", args.cluster)
+        if args.workers is not None:
+            raise ConfigError(f"--workers {args.workers} with --cluster {args.cluster}: choose one (the cluster's "
+                              f"workers evaluate in parallel)")
     if args.storage is not None and spec.study.engine != "optuna":
         raise ConfigError("--storage: only for study.engine = \"optuna\"; the GA keeps checkpoint.pkl in --out")
     if args.storage is not None and "://" not in args.storage:
@@ -62,7 +72,7 @@ def run_tune(args: argparse.Namespace) -> int:
     out = args.out or Path("studies") / "out" / spec.name
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     echo = (lambda s: None) if args.quiet else print
-    result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
+    result = run_study(spec, out, resume=args.resume, workers=workers, cluster=args.cluster, storage=args.storage,
                        progress=show_progress(args.quiet), verbose=verbose, echo=echo)
     if not args.no_report:
         report = write_report(out)

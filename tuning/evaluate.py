@@ -1,6 +1,6 @@
-"""Evaluating points of the search space: a pluggable map (serial or a process pool with one torch thread
-per worker) and the :class:`Evaluator` that caches per-(params, seed) results, numbers evaluations and
-writes one trials-table row per finished evaluation.
+"""Evaluating points of the search space: the :class:`Evaluator` that caches per-(params, seed) results,
+numbers evaluations and writes one trials-table row per finished evaluation, on any pool of
+:mod:`tuning.workers` (serial, processes, Dask); rows are written as evaluations finish.
 
 Every evaluation runs with one torch thread, serial or parallel, so results never depend on ``--workers``.
 """
@@ -8,8 +8,7 @@ Every evaluation runs with one torch thread, serial or parallel, so results neve
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,76 +24,16 @@ from tuning.objective import (
 )
 from tuning.spec import StudySpec
 from tuning.trials import TrialsTable, evaluation_from_row, make_row
+from tuning.workers import SerialWorkers, Workers
 
 log = logging.getLogger(__name__)
 
 
-# ----- threads and worker processes -----------------------------------------------------------------------
-def configure_threads(n: int = 1) -> None:
-    """One torch thread per evaluation (the engine's helper when present)."""
-    from qsfl.engine.threads import configure_threads as engine_threads
-
-    engine_threads(n)
-
-
-def init_worker(dataset: str, options: Mapping[str, Any]) -> None:
-    """Pool initializer: one torch thread, and load the dataset once into the per-process cache."""
-    configure_threads(1)
-    try:
-        from qsfl.sim import get_dataset
-
-        get_dataset(dataset, dict(options))
-    except Exception as exc:  # noqa: BLE001 - the evaluation itself will report the error
-        log.debug("worker warm-up failed: %s", exc)
-
-
+# ----- the worker task --------------------------------------------------------------------------------
 def run_task(task: tuple[dict[str, Any]]) -> dict[str, Any]:
     """Worker entry: simulate one (config, seed) and return the SeedResult as a dict."""
     (config_dict,) = task
     return run_seed(SimConfig.from_dict(config_dict)).to_dict()
-
-
-class SerialMap:
-    """Evaluate in this process, in order."""
-
-    workers = 1
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return map(fn, tasks)
-
-    def close(self) -> None:
-        pass
-
-
-class PoolMap:
-    """A process pool (forkserver where available, else spawn); results come back in task order."""
-
-    def __init__(self, workers: int, base: SimConfig) -> None:
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if "forkserver" in methods:
-            ctx.set_forkserver_preload(["torch", "qsfl.sim", "tuning.objective"])
-        self.workers = workers
-        self.pool = ctx.Pool(workers, initializer=init_worker,
-                             initargs=(base.dataset, dict(base.dataset_options)))
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return self.pool.imap(fn, list(tasks), chunksize=1)
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-    def terminate(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
-def make_map(workers: int, base: SimConfig) -> SerialMap | PoolMap:
-    """Serial for one worker, else a process pool of ``workers``."""
-    if workers < 1:
-        raise ConfigError(f"--workers: {workers} is out of range; allowed [1, inf)")
-    return SerialMap() if workers == 1 else PoolMap(workers, base)
 
 
 # ----- the evaluator -----------------------------------------------------------------------------------
@@ -127,11 +66,11 @@ class SameParams:
 class Evaluator:
     """Evaluates points on the spec's seeds with a cache keyed by (params id, seed); one row per evaluation."""
 
-    def __init__(self, spec: StudySpec, table: TrialsTable, mapper: SerialMap | PoolMap | None = None,
+    def __init__(self, spec: StudySpec, table: TrialsTable, mapper: Workers | None = None,
                  engine: str = "ga", on_evaluation: Callable[[Evaluation, dict[str, Any]], None] | None = None) -> None:
         self.spec = spec
         self.table = table
-        self.mapper = mapper or SerialMap()
+        self.mapper = mapper or SerialWorkers()
         self.engine = engine
         self.on_evaluation = on_evaluation
         self.cache: dict[tuple[str, int], SeedResult] = {}
@@ -240,7 +179,8 @@ class Evaluator:
         # points whose seeds were all cached or whose config was invalid finish without simulating
         for pid in [p for p in order if p in results and pending[p] == 0]:
             done[pid] = self._finish(pid, planned[pid], results[pid], generation)
-        for owner, res in zip(task_owner, self.mapper.imap(run_task, tasks)):
+        for j, res in self.mapper.map_unordered(run_task, tasks):   # rows are written as evaluations finish
+            owner = task_owner[j]
             sr = SeedResult.from_dict(res)
             slot = results[owner]
             slot[self.spec.study.seeds.index(sr.seed)] = sr

@@ -20,18 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qsfl.engine.threads import configure_threads
 from qsfl.errors import ConfigError
-from tuning.evaluate import Evaluator, configure_threads
+from tuning.evaluate import Evaluator
 from tuning.objective import Evaluation
 from tuning.spec import StudySpec, parse_spec, spec_fingerprint
 from tuning.storage import open_serialised, storage_kwargs
 from tuning.trials import TrialsTable, evaluation_from_row, make_row
+from tuning.workers import PoolWorkers
 
 log = logging.getLogger(__name__)
 
@@ -332,16 +333,21 @@ def _has_waiting(study: Any) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def _worker_main(raw: dict[str, Any], name: str, out_dir: str, storage_url: str, worker: int, workers: int,
-                 verbose: bool, shared: bool = True) -> None:
-    """Entry of a spawned Optuna worker process."""
+def _worker_main(task: tuple[dict[str, Any], str, str, str, int, int, bool, bool]) -> str:
+    """Entry of an extra Optuna worker process (a :class:`tuning.workers.PoolWorkers` task); returns "" or the
+    error that ended it (the other workers and this process go on)."""
     import optuna
 
+    raw, name, out_dir, storage_url, worker, workers, verbose, shared = task
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
-    spec = parse_spec(raw, default_name=name)
-    worker_loop(spec, Path(out_dir), storage_url, worker, workers, shared=shared)
+    try:
+        spec = parse_spec(raw, default_name=name)
+        worker_loop(spec, Path(out_dir), storage_url, worker, workers, shared=shared)
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, like a crashed process's exit code
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 def run_optuna(spec: StudySpec, out_dir: Path, storage_url: str | None, *, workers: int = 1, owns_storage: bool = True,
@@ -358,22 +364,17 @@ def run_optuna(spec: StudySpec, out_dir: Path, storage_url: str | None, *, worke
         n = fail_orphans(study)
         if n:
             log.warning("re-queued %d trial(s) left running by an interrupted run", n)
-    procs = []
-    if workers > 1:
-        ctx = mp.get_context("spawn")
-        for w in range(1, workers):
-            p = ctx.Process(target=_worker_main, args=(dict(spec.raw), spec.name, str(out_dir), url, w, workers,
-                                                       verbose, shared), daemon=False)
-            p.start()
-            procs.append(p)
-    try:
+    tasks = [(dict(spec.raw), spec.name, str(out_dir), url, w, workers, verbose, shared) for w in range(1, workers)]
+    errors: list[str] = []
+    if tasks:
+        with PoolWorkers(len(tasks), spec.base) as pool:
+            extra = pool.map_unordered(_worker_main, tasks)    # submitted now; they run beside this process
+            worker_loop(spec, out_dir, url, 0, workers, on_trial=on_trial, shared=shared)
+            errors = [err for _, err in extra if err]
+    else:
         worker_loop(spec, out_dir, url, 0, workers, on_trial=on_trial, shared=shared)
-    finally:
-        for p in procs:
-            p.join()
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
-    if bad:
-        log.warning("%d Optuna worker process(es) exited with codes %s", len(bad), bad)
+    if errors:
+        log.warning("%d Optuna worker process(es) stopped with an error: %s", len(errors), "; ".join(errors))
     study = open_study(spec, url, shared=shared)
     TrialsTable(out_dir, spec.space.names, spec.objective.n,
                 {p.name: p.type for p in spec.space.params}).replace(rows_from_study(study, spec))

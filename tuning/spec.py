@@ -29,10 +29,12 @@ from qsfl.errors import (
 )
 from tuning.objective import Objective, build_objective
 from tuning.space import SearchSpace, build_space
+from tuning.workers import check_cluster
 
 ENGINES = ("ga", "optuna")
 SECTIONS = ("study", "base", "space", "objective", "ga", "optuna")
-STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers")
+STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers",
+              "cluster")
 CROSSOVERS = ("sbx", "blend")
 MUTATIONS = ("polynomial", "gaussian")
 SAMPLERS = ("tpe", "cmaes", "nsga2", "random", "ga")
@@ -51,6 +53,7 @@ class StudyInfo:
     description: str = ""
     save_histories: bool = True
     workers: int = 1              # default for --workers
+    cluster: str | None = None    # default for --cluster: "local:N" or a Dask scheduler address
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,11 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     check_bool("study.save_histories", save)
     workers = t.get("workers", 1)
     check_range("study.workers", workers, 1, None, integer=True)
+    cluster = t.get("cluster")
+    if cluster is not None:
+        check_cluster("study.cluster", cluster)
     return StudyInfo(name=name, engine=engine, seeds=seeds, eval_seeds=eval_seeds, search_seed=search_seed,
-                     description=description, save_histories=save, workers=workers)
+                     description=description, save_histories=save, workers=workers, cluster=cluster)
 
 
 def parse_base(table: Any) -> SimConfig:
@@ -267,7 +273,7 @@ def spec_fingerprint(spec: StudySpec) -> str:
     import json
 
     # a longer run (more generations / trials) or another storage URL may resume the same study
-    skip = {"study": ("description", "eval_seeds", "save_histories", "workers"), "ga": ("generations",),
+    skip = {"study": ("description", "eval_seeds", "save_histories", "workers", "cluster"), "ga": ("generations",),
             "optuna": ("n_trials", "storage")}
     data = {section: ({k: v for k, v in table.items() if k not in skip[section]}
                       if section in skip and isinstance(table, Mapping) else table)

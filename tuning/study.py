@@ -14,20 +14,15 @@ from typing import Any
 import pandas as pd
 
 from qsfl.config import dump_toml, load_toml
+from qsfl.engine.threads import configure_threads
 from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
-from tuning.evaluate import (
-    Evaluator,
-    SameParams,
-    SerialMap,
-    configure_threads,
-    make_map,
-    run_task,
-)
+from tuning.evaluate import Evaluator, SameParams, run_task
 from tuning.objective import Evaluation, SeedResult, combine
 from tuning.space import baseline_overrides
 from tuning.spec import StudySpec, spec_fingerprint
 from tuning.trials import TrialsTable, fitness_columns, read_trials
+from tuning.workers import SerialWorkers, Workers, make_workers
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +76,13 @@ def baseline_params(spec: StudySpec) -> dict[str, Any]:
             **{n: v for n, v in defaults.items() if n not in ("beta", "alpha", "k", "ns", "p")}}
 
 
-def evaluate_baseline(spec: StudySpec, mapper: Any = None) -> dict[str, Any]:
+def evaluate_baseline(spec: StudySpec, mapper: Workers | None = None) -> dict[str, Any]:
     """Simulate the authors' defaults on the study's seeds and rounds; the baseline.toml content."""
     params = baseline_params(spec)
     others = {p.key: params[p.name] for p in spec.space.params if p.name not in ("beta", "alpha", "k", "ns", "p")}
     base = spec.base.with_overrides({**baseline_overrides(spec.base), **others})
     tasks = [(base.replace(seed=s).to_dict(),) for s in spec.study.seeds]
-    results = [SeedResult.from_dict(r) for r in (mapper or SerialMap()).imap(run_task, tasks)]
+    results = [SeedResult.from_dict(r) for r in (mapper or SerialWorkers()).map(run_task, tasks)]
     ev = combine(params, spec.study.seeds, results, spec.objective, spec.base.rounds)
     return baseline_dict(spec, ev)
 
@@ -222,7 +217,7 @@ def write_logbook(out_dir: Path, logbook: Any, n_objectives: int) -> None:
     atomic_write(out_dir / "logbook.csv", lambda p: df.to_csv(p, index=False))
 
 
-def run_ga_search(spec: StudySpec, out_dir: Path, *, resume: bool, mapper: Any, progress: Progress,
+def run_ga_search(spec: StudySpec, out_dir: Path, *, resume: bool, mapper: Workers, progress: Progress,
                   stop_after: int | None = None) -> tuple[TrialsTable, Any]:
     """The GA over the spec's space; returns the trials table and the final GA state."""
     from tuning.ga import GeneticAlgorithm
@@ -257,18 +252,23 @@ def run_ga_search(spec: StudySpec, out_dir: Path, *, resume: bool, mapper: Any, 
 
 # ----- the whole study ---------------------------------------------------------------------------------
 def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, workers: int = 1,
-              storage: str | None = None, progress: bool = False, stop_after: int | None = None,
-              verbose: bool = False, echo: Callable[[str], None] = lambda s: None) -> StudyResult:
+              cluster: str | None = None, storage: str | None = None, progress: bool = False,
+              stop_after: int | None = None, verbose: bool = False,
+              echo: Callable[[str], None] = lambda s: None) -> StudyResult:
     """Run (or resume) a study and write every output of docs/study_output.md; returns the result."""
     start = time.perf_counter()
     out = Path(out_dir)
     storage = storage or spec.optuna.storage
+    cluster = cluster or spec.study.cluster
+    if cluster is not None and spec.study.engine != "ga":
+        raise ConfigError(f"--cluster {cluster}: only for study.engine = \"ga\"; Optuna studies scale out through a "
+                          f"shared --storage (docs/scaling.md)")
     prepare_out(spec, out, resume)
     import torch
 
     threads = torch.get_num_threads()
     configure_threads(1)
-    mapper = make_map(workers, spec.base) if spec.study.engine == "ga" else SerialMap()
+    mapper = make_workers(workers, cluster, spec.base) if spec.study.engine == "ga" else SerialWorkers()
     ok = False
     try:
         baseline_path = out / "baseline.toml"
@@ -319,7 +319,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
             write_histories(spec, out, best)
         ok = True
     finally:
-        if hasattr(mapper, "terminate") and not ok:
+        if not ok:
             mapper.terminate()
         else:
             mapper.close()

@@ -164,25 +164,26 @@ def _in_order(results: Iterator[tuple[int, R]]) -> Iterator[R]:
 
 
 class SerialWorkers(Workers):
-    """Evaluate in this process, in task order, with one torch thread (restored on close)."""
+    """Evaluate in this process, in task order, with one torch thread while a map runs (then restored)."""
 
     n = 1
 
-    def __init__(self) -> None:
-        import torch
-
-        self._threads: int | None = torch.get_num_threads()
-        torch.set_num_threads(1)
-
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
-        return ((i, fn(task)) for i, task in enumerate(tasks))
+        return _one_thread((i, fn(task)) for i, task in enumerate(tasks))
 
     def close(self) -> None:
-        if self._threads is not None:
-            import torch
+        pass
 
-            torch.set_num_threads(self._threads)   # a library caller gets its setting back
-            self._threads = None
+
+def _one_thread(results: Iterator[tuple[int, R]]) -> Iterator[tuple[int, R]]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield from results
+    finally:
+        torch.set_num_threads(threads)   # a library caller gets its setting back
 
 
 def pool_context() -> Any:
