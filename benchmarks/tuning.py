@@ -42,6 +42,7 @@ def random_search(spec: StudySpec, n: int, out: Path, mapper, seed: int) -> dict
             seen.add(pt.id)
             points.append(pt)
     evaluator.evaluate_points(points, generation=0)
+    table.close()
     best = best_entries(table.rows, spec, limit=1)
     return best[0] if best else {}
 

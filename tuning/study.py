@@ -26,7 +26,7 @@ from tuning.workers import SerialWorkers, Workers, make_workers
 
 log = logging.getLogger(__name__)
 
-MARKERS = ("trials.parquet", "trials.csv", "checkpoint.pkl", "study.db")
+MARKERS = ("trials.parquet", "trials.csv", "trials.journal.jsonl", "checkpoint.pkl", "study.db")
 SUMMARY_METRICS = ("final_accuracy", "best_accuracy", "uplink_mb", "compression_ratio", "rounds_to_target")
 
 
@@ -245,7 +245,10 @@ def run_ga_search(spec: StudySpec, out_dir: Path, *, resume: bool, mapper: Worke
                           similar=SameParams(spec), hooks=[on_generation],
                           get_extra=lambda: {"counter": evaluator.counter},
                           set_extra=lambda extra: evaluator.load_rows(rows, int(extra["counter"])))
-    state = ga.run(resume=resume, stop_after=stop_after)
+    try:
+        state = ga.run(resume=resume, stop_after=stop_after)
+    finally:
+        table.close()   # the journal's last rows into trials.parquet / trials.csv
     write_logbook(out_dir, state.logbook, spec.objective.n)
     return table, state
 
