@@ -40,6 +40,7 @@ R = TypeVar("R")
 #: modules the forkserver imports once, so that every forked pool worker starts with them loaded
 PRELOAD = ["torch", "qsfl.sim", "tuning.objective"]
 LOCAL_PREFIX = "local:"
+CONNECT_TIMEOUT_S = 30.0   # how long to wait for a Dask scheduler that does not answer
 _ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 
 Warm = tuple[str, dict[str, Any]] | None   # (dataset name, dataset options) to load when a worker starts
@@ -253,7 +254,7 @@ class DaskWorkers(Workers):
                                              dashboard_address=None, silence_logs=logging.ERROR)
                 self.client: Any = Client(self._cluster)
             else:
-                self.client = Client(cluster)
+                self.client = Client(cluster, timeout=CONNECT_TIMEOUT_S)
         except OSError as exc:
             self.terminate()
             raise ConfigError(f"--cluster {cluster}: cannot connect to the Dask scheduler ({exc}); start it with "
