@@ -16,6 +16,7 @@ re-raised once; ``close()`` waits for nothing left over, ``terminate()`` stops a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import multiprocessing as mp
@@ -240,7 +241,13 @@ class DaskWorkers(Workers):
             from distributed import Client, LocalCluster
         except ImportError:
             raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"") from None
+        _private_random_for_dask()
         self.address = cluster
+        # distributed logs at INFO through its own handler, and tracebacks of closed connections while a
+        # cluster shuts down: keep warnings while we run, errors only while we close, and restore on close
+        self._logger = logging.getLogger("distributed")
+        self._log_level = self._logger.level
+        self._logger.setLevel(max(self._log_level, logging.WARNING))
         self._warm = warm_spec(base)
         self._cluster: Any = None
         self._futures: dict[str, Any] = {}
@@ -248,10 +255,11 @@ class DaskWorkers(Workers):
         try:
             if n is not None:
                 # processes=True: one GIL and one torch per worker; no dashboard (no port to bind, no bokeh)
-                # silence_logs: a cancelled task or a killed worker is reported by our own code, not logged
-                # by every process of the cluster
-                self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=logging.ERROR)
+                # silence_logs: a cancelled task, a killed worker or a heartbeat that races the shutdown is
+                # not logged by every process of the cluster (a task's own error reaches us as its exception)
+                with _forkserver_for_dask():
+                    self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None, silence_logs=logging.CRITICAL)
                 self.client: Any = Client(self._cluster)
             else:
                 self.client = Client(cluster, timeout=CONNECT_TIMEOUT_S)
@@ -288,13 +296,61 @@ class DaskWorkers(Workers):
         client, cluster = getattr(self, "client", None), self._cluster
         self.client = None
         self._cluster = None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        self._logger.setLevel(max(self._log_level, logging.ERROR))
+        try:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            self._logger.setLevel(self._log_level)
 
     def terminate(self) -> None:
         self.close()   # cancels what is still queued or running; a LocalCluster's processes are stopped
+
+
+#: modules of Dask (and Tornado, its event loop) that draw from Python's global ``random`` in this process
+_DASK_RANDOM_USERS = ("distributed.utils_comm", "distributed.scheduler", "distributed.comm.core", "distributed.worker",
+                      "distributed.worker_state_machine", "dask.sizeof", "tornado.ioloop")
+
+
+def _private_random_for_dask() -> None:
+    """Give Dask's modules a ``random.Random`` of their own.
+
+    Dask's client (and a LocalCluster's scheduler, which runs in this process) draw from Python's global
+    ``random`` in their event-loop thread, at moments that depend on timing: e.g. ``gather_from_workers``
+    picks a worker with ``random.choice`` for every result fetched. DEAP's operators draw from that same
+    global stream, so a GA on a cluster would propose other individuals than a serial run of the same seed.
+    """
+    import importlib
+    import random
+
+    for name in _DASK_RANDOM_USERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "random", None) is random:
+            module.random = random.Random()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _forkserver_for_dask() -> Iterator[None]:
+    """Start a LocalCluster's workers from our forkserver (torch and qsfl preloaded) instead of spawning them:
+    they start faster and, unlike spawned workers that imported torch, exit at once when the cluster closes.
+    Workers restarted later (after a worker died) are spawned, as Dask does by default."""
+    import dask
+
+    if "forkserver" not in mp.get_all_start_methods():
+        yield
+        return
+    import multiprocessing.forkserver
+
+    ctx = pool_context()
+    ctx.set_forkserver_preload([*PRELOAD, "distributed"])   # no effect if the forkserver already runs
+    multiprocessing.forkserver.ensure_running()              # so Dask's own preload list does not replace ours
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        yield
 
 
 def make_workers(workers: int = 1, cluster: str | None = None, base: SimConfig | None = None) -> Workers:
