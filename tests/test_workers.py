@@ -86,6 +86,47 @@ def test_unreachable_scheduler_is_a_config_error(monkeypatch):
         make_workers(cluster="tcp://127.0.0.1:9")
 
 
+# ----- --cluster and study.cluster -----------------------------------------------------------------------------
+@pytest.fixture
+def ga_spec(tmp_path) -> Path:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(GA_SPEC.format(name="tiny_cli", rounds=1))
+    return spec
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cluster", "local:0"], "--cluster: 'local:0' is not a cluster"),
+    (["--cluster", "localhost:8786"], "--cluster: 'localhost:8786' is not a cluster"),
+    (["--cluster", "local:2", "--workers", "2"], "--workers 2 with --cluster local:2: choose one"),
+    (["--set", 'study.cluster="local:0"'], "study.cluster: 'local:0' is not a cluster"),
+    (["--set", 'study.engine="optuna"', "--cluster", "local:2"], 'only for study.engine = "ga"'),
+])
+def test_tune_rejects_a_bad_cluster_before_any_output(ga_spec, tmp_path, capsys, args, message):
+    from qsfl_cli import main
+
+    out = tmp_path / "out"
+    assert main(["tune", str(ga_spec), "--out", str(out), "--quiet", "--no-report", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_compare_rejects_a_bad_cluster(tmp_path, capsys):
+    from qsfl_cli import main
+
+    assert main(["compare", str(tmp_path), "--cluster", "local:zero", "--quiet"]) == 2
+    assert "--cluster: 'local:zero' is not a cluster" in capsys.readouterr().err
+
+
+def test_study_cluster_is_parsed_and_does_not_change_the_fingerprint(ga_spec):
+    from tuning.spec import load_spec, spec_fingerprint
+
+    plain = load_spec(ga_spec)
+    clustered = load_spec(ga_spec, ['study.cluster="tcp://10.0.0.5:8786"'])
+    assert plain.study.cluster is None and clustered.study.cluster == "tcp://10.0.0.5:8786"
+    assert spec_fingerprint(plain) == spec_fingerprint(clustered)      # resume a study on another cluster
+
+
 # ----- serial --------------------------------------------------------------------------------------------------
 def test_serial_runs_in_task_order_with_one_torch_thread_then_restores_it():
     import torch
