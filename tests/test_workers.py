@@ -403,3 +403,4 @@ def test_ga_loses_nothing_when_a_cluster_worker_is_killed_mid_generation(serial_
     assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
     assert len(read_trials(out)) > population
     assert_same_study(reference, out)                      # no row lost, none twice, same values as serial
+    assert len(worker_pids(client)) == 2                   # the study left the cluster's workers running
