@@ -272,6 +272,31 @@ def test_killed_writer_loses_and_duplicates_nothing(tmp_path, where, at):
     pd.testing.assert_frame_equal(df, read_trials(out))
 
 
+def test_read_trials_while_a_writer_appends_and_compacts_sees_whole_tables(tmp_path):
+    """A reader (qsfl report, a test polling a running study) never sees a damaged or shrinking table."""
+    import threading
+
+    t = table(tmp_path, compact_ratio=0.2, compact_every_s=math.inf)
+    t.append(row(0))
+    done = threading.Event()
+
+    def write():
+        for i in range(1, 100):
+            t.append(row(i))
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = [1]
+    while not done.is_set():
+        df = read_trials(tmp_path)
+        assert df["trial"].tolist() == list(range(len(df)))       # whole rows, in order, none twice
+        assert len(df) >= seen[-1]                                  # never fewer than a previous read
+        seen.append(len(df))
+    writer.join()
+    assert len(read_trials(tmp_path)) == 100 and len(seen) > 2
+
+
 # ----- directories ---------------------------------------------------------------------------------------------
 def test_atomic_write_fsyncs_the_directory_after_the_rename(tmp_path, monkeypatch):
     from qsfl.io import atomic_write_text

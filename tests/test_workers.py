@@ -404,3 +404,66 @@ def test_ga_loses_nothing_when_a_cluster_worker_is_killed_mid_generation(serial_
     assert len(read_trials(out)) > population
     assert_same_study(reference, out)                      # no row lost, none twice, same values as serial
     assert len(worker_pids(client)) == 2                   # the study left the cluster's workers running
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (cluster workers, forkserver, resource tracker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ga_on_a_local_cluster_killed_and_resumed_equals_the_serial_run(serial_study, tmp_path):
+    """SIGKILL of `qsfl tune --cluster local:2` itself: its workers do not outlive it, and --resume (again on a
+    cluster) loses and repeats nothing."""
+    from tuning.trials import read_trials
+
+    pytest.importorskip("distributed")
+    spec, reference = serial_study
+    out = tmp_path / "out"
+    proc = tune(spec, out, "--cluster", "local:2", wait=False)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            df = read_trials(out) if out.is_dir() else None
+            if df is not None and len(df) >= 8:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        kids = descendants(proc.pid)
+        before = read_trials(out)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert kids, "expected cluster worker processes"
+    deadline = time.monotonic() + 60
+    while any(alive(p) for p in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in kids if alive(p)], "orphaned cluster processes"
+    tune(spec, out, "--resume", "--cluster", "local:2")
+    after = read_trials(out)
+    kept = after.set_index("trial").loc[before["trial"].tolist()].reset_index()[before.columns]
+    pd.testing.assert_frame_equal(kept, before)            # finished rows are not re-run (same timestamps)
+    assert_same_study(reference, out)

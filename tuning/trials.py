@@ -17,6 +17,7 @@ The rows are written in completion order; the files hold them sorted by ``trial`
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -268,7 +269,11 @@ def _read_files(out_dir: Path) -> tuple[pd.DataFrame | None, int | None]:
                        (CSV, lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]))):
         if (out_dir / name).is_file():
             try:
-                df = read(out_dir / name)
+                # one read of the whole file, then parse: a reader racing a compaction's rename sees one
+                # complete version (pyarrow opens a path more than once)
+                df = read(io.BytesIO((out_dir / name).read_bytes()))
+            except FileNotFoundError:
+                continue
             except Exception as exc:   # noqa: BLE001 - any parser error means a damaged table
                 raise ConfigError(f"{out_dir / name}: damaged trials table ({type(exc).__name__}: {exc}); "
                                   f"restore it or start the study in a new --out directory") from None
