@@ -467,3 +467,19 @@ def test_ga_on_a_local_cluster_killed_and_resumed_equals_the_serial_run(serial_s
     kept = after.set_index("trial").loc[before["trial"].tolist()].reset_index()[before.columns]
     pd.testing.assert_frame_equal(kept, before)            # finished rows are not re-run (same timestamps)
     assert_same_study(reference, out)
+
+
+@pytest.mark.slow
+def test_compare_on_a_local_cluster_equals_serial(serial_study, tmp_path):
+    import shutil
+
+    from reports.compare import compare_study
+
+    pytest.importorskip("distributed")
+    _, study = serial_study
+    tables = {}
+    for how, kw in (("serial", {"workers": 1}), ("cluster", {"cluster": "local:2"})):
+        out = Path(shutil.copytree(study, tmp_path / how))
+        tables[how] = compare_study(out, top=1, seeds=[5, 6], rounds=2, **kw)
+    cols = ["label", "final_accuracy_mean", "uplink_mb_mean", "compression_ratio_mean"]
+    pd.testing.assert_frame_equal(tables["cluster"][cols], tables["serial"][cols])
