@@ -1,24 +1,28 @@
-"""The `qsfl` command line: simulate | tune | compare | report.
+"""The `qsfl` command line: simulate | tune | compare | report | data check.
 
-User mistakes (bad config, bad spec, missing files) print one ``error: ...`` line and exit with code 2,
-never a traceback. ``tune`` lives in tuning/cli.py, ``compare`` and ``report`` in reports/cli.py; each
-module exposes ``add_parser(subparsers)`` and the parser's ``func``.
+User mistakes (bad config, bad spec, missing files) print one ``error: ...`` line and exit with code 2, never a
+traceback; Ctrl-C prints one line and exits with 130. This module is the top layer: it registers the parsers of
+``tuning.cli`` (tune, compare) and ``reports.cli`` (report) and chains them, the report after ``tune`` and the
+tables and figures after ``compare``, so that ``tuning`` never imports ``reports``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qsfl import __version__
 from qsfl.config import SimConfig, load_config, parse_assignments
 from qsfl.errors import ConfigError
+from reports import cli as reports_cli
+from tuning import cli as tuning_cli
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 # flag name -> SimConfig field
 SIM_FLAGS = {"dataset": "dataset", "model": "model", "partition": "partition", "clients": "clients",
@@ -35,8 +39,23 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="run one federated simulation and write its History",
+def common_options(top: bool) -> argparse.ArgumentParser:
+    """-v/--verbose and -q/--quiet, accepted before and after the subcommand.
+
+    In the subcommands' copy the defaults are SUPPRESS, so ``qsfl -v tune ...`` keeps the top level's value
+    instead of having the subcommand's default overwrite it.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    default: Any = False if top else argparse.SUPPRESS
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars; print only results and errors")
+    return p
+
+
+# ----- simulate ----------------------------------------------------------------------------------------
+def add_simulate_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("simulate", parents=[common], help="run one federated simulation and write its History",
                        description="Run one federated simulation. Config from --config TOML, then flags, "
                                    "then --set key=value overrides (later wins).")
     p.add_argument("--config", type=Path, help="TOML file with SimConfig fields and a [strategy] table")
@@ -55,7 +74,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. strategy.beta=0.9 or partition_options.alpha=0.5 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("out/simulate"), help="output directory (default out/simulate)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     p.set_defaults(func=run_simulate)
 
 
@@ -67,29 +86,39 @@ def build_sim_config(args: argparse.Namespace) -> SimConfig:
     return config.with_overrides(overrides) if overrides else config
 
 
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{v / 1e6:.3f} MB"
+
+
+def _ratio(v: Any) -> str:
+    return f"{v:.2f}x vs FedAvg" if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else \
+        "n/a (no uplink)"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """One screen of the run's key numbers."""
-    def mb(v: Any) -> str:
-        return "-" if v is None else f"{v / 1e6:.3f} MB"
+    """One screen of the run's key numbers (rounds counted from 1)."""
     lines = [
         f"status              {summary['status']}" + (f" ({summary['reason']})" if summary.get("reason") else ""),
         f"rounds run          {summary['rounds_run']}",
         f"parameters          {summary['n_params']:,}",
         f"final accuracy      {summary['final_accuracy']:.4f}",
         f"best accuracy       {summary['best_accuracy']:.4f}",
-        f"uplink total        {mb(summary['total_uplink_bytes'])}",
-        f"downlink total      {mb(summary['total_downlink_bytes'])}",
-        f"compression ratio   {summary['compression_ratio']:.2f}x vs FedAvg",
+        f"uplink total        {_mb(summary['total_uplink_bytes'])}",
+        f"downlink total      {_mb(summary['total_downlink_bytes'])}",
+        f"compression ratio   {_ratio(summary['compression_ratio'])}",
         f"target accuracy     {summary['target_accuracy']:.2f}: "
-        + (f"reached at round {summary['rounds_to_target']} after {mb(summary['uplink_bytes_to_target'])} uplink"
+        + (f"reached at round {summary['rounds_to_target']} after {_mb(summary['uplink_bytes_to_target'])} uplink"
            if summary["rounds_to_target"] is not None else "not reached"),
         f"wall time           {summary['wall_time_s']:.2f} s",
     ]
     return "\n".join(lines)
 
 
-def prepare_out_dir(path: Path) -> None:
-    """Create the output directory before any work, so a bad --out fails at once with a clear error."""
+def prepare_out_dir(path: Path, overwrite: bool) -> None:
+    """Create the output directory before any work; refuse one that holds files unless ``overwrite``."""
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(f"--out: {str(path)!r} is not empty (an earlier run?); pass --overwrite to replace its "
+                          "files or choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -100,33 +129,107 @@ def run_simulate(args: argparse.Namespace) -> int:
     from qsfl.sim import Simulation
 
     simulation = Simulation(build_sim_config(args))   # every check (data, model, ns) before any output
-    prepare_out_dir(args.out)
-    history = simulation.run(progress=show_progress(args.quiet))
+    prepare_out_dir(args.out, args.overwrite)
+    history = simulation.run(progress=args.progress)
     out = history.save(args.out)
     print(format_summary(history.summary))
-    print(f"written to          {out}/history.csv, history.parquet, config.toml")
+    print(f"written to          {out}/history.csv, history.parquet, config.toml, summary.json")
     return 0
 
 
+# ----- data check --------------------------------------------------------------------------------------
+def add_data_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("data", parents=[common], help="check a local dataset directory",
+                       description="Datasets read from local files (femnist, mnist, cifar10).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{check}")
+    c = actions.add_parser("check", parents=[common], help="load a local dataset as a run would and say what it holds",
+                           description="Load PATH as dataset NAME exactly as a simulation would, print what it "
+                                       "found (files, samples, classes, natural clients) or one error line.")
+    c.add_argument("path", type=Path, metavar="PATH", help="the directory (dataset_options.path)")
+    c.add_argument("--dataset", required=True, help="femnist | mnist | cifar10")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="another loader option, e.g. max_users=50 (repeatable)")
+    c.set_defaults(func=run_data_check)
+
+
+def run_data_check(args: argparse.Namespace) -> int:
+    from qsfl.data.check import check_dataset
+
+    options = parse_assignments(args.overrides)
+    print("\n".join(check_dataset(args.dataset, args.path, **options)))
+    return 0
+
+
+# ----- tune / compare chained with the reports -------------------------------------------------------------
+def run_tune(args: argparse.Namespace) -> int:
+    """``qsfl tune``: the study (tuning), then its report (reports) unless --no-report."""
+    out, code = tuning_cli.tune(args)
+    if args.no_report:
+        return code
+    from reports.report import write_report
+
+    try:
+        path = write_report(out)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the study's results are on disk: say so, and fail visibly
+        print(f"error: the study finished but its report failed ({type(exc).__name__}: {exc}); "
+              f"the results are in {out}; retry with `qsfl report {out}`", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"report: {path}")
+    return code
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``qsfl compare``: the simulations (tuning), then the tables and figures (reports)."""
+    from reports.compare import display_table, write_compare
+    from reports.format import md_table
+
+    out = tuning_cli.compare(args)
+    summary = write_compare(out)
+    print(md_table(display_table(summary).drop(columns=["setting"])))
+    print(f"written to {out}/compare.csv, compare_tests.csv, compare.md, compare/, figures/compare_convergence.png")
+    if (out / "spec.toml").is_file():
+        print(f"include it in the report: qsfl report {out}")
+    return 0
+
+
+def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path | None = None,
+                  seeds: Sequence[int] | None = None, workers: int = 1, rounds: int | None = None,
+                  base_file: str | Path | None = None, topk_p: float = 0.1, progress: bool = False) -> Any:
+    """``qsfl compare`` from Python: run the comparison and write its tables and figures; return compare.csv."""
+    from reports.compare import write_compare
+    from tuning.compare import plan_comparison, run_comparison
+
+    plan = plan_comparison(out_dir, top=top, configs_file=configs_file, seeds=seeds, rounds=rounds,
+                           base_file=base_file, topk_p=topk_p)
+    run_comparison(plan, workers=workers, progress=progress)
+    return write_compare(plan.out_dir)
+
+
+# ----- the parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qsfl", description="QSFL simulator and hyperparameter tuner")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,tune,compare,report}")
-    add_simulate_parser(sub)
-    for module in ("tuning.cli", "reports.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.add_parser(sub)
+    parser = argparse.ArgumentParser(prog="qsfl", description="QSFL simulator and hyperparameter tuner",
+                                     parents=[common_options(top=True)])
+    parser.add_argument("--version", action="version", version=f"qsfl-tune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,tune,compare,report,data}")
+    common = common_options(top=False)
+    add_simulate_parser(sub, common)
+    tuning_cli.add_parsers(sub, common)
+    reports_cli.add_parsers(sub, common)
+    add_data_parser(sub, common)
+    sub.choices["tune"].set_defaults(func=run_tune)
+    sub.choices["compare"].set_defaults(func=run_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    args.progress = show_progress(args.quiet)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -136,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

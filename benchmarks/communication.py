@@ -6,6 +6,13 @@ same run (same seeds, same partitions, same rounds).
 
     python benchmarks/communication.py                 # digits + mnist1d, 3 seeds
     python benchmarks/communication.py --quick         # digits only, 2 seeds, fewer rounds
+
+The authors' released code (docs/faithfulness.md): ``--variant authors_code`` adds QSFL with
+``variant="authors_code"``; ``--variant authors_code+training`` also trains as their experiments did (Adam,
+10 local epochs, batch 2, per-batch mean loss); ``--switch NAME ...`` (or ``--switch all``) adds QSFL with that
+one option set to the authors' value and every other at this project's default.
+
+    python benchmarks/communication.py --datasets digits --variant authors_code --switch all
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import pandas as pd
 
 import qsfl
 from qsfl import SimConfig, StrategyConfig
+from qsfl.authors_code import AUTHORS_EXPERIMENT_TRAINING, SWITCHES
 
 STRATEGIES = {
     "fedavg": StrategyConfig(name="fedavg"),
@@ -34,18 +42,32 @@ CASES = {
 }
 
 
-def run_case(name: str, seeds: list[int], rounds: int | None, target: float | None) -> pd.DataFrame:
+def authors_rows(variants: list[str], switches: list[str]) -> dict[str, tuple[StrategyConfig, dict]]:
+    """label -> (strategy, SimConfig changes) for the authors' variant and each switch alone."""
+    rows: dict[str, tuple[StrategyConfig, dict]] = {}
+    for variant in variants:
+        training = dict(AUTHORS_EXPERIMENT_TRAINING) if variant.endswith("+training") else {}
+        rows[f"QSFL {variant}"] = (StrategyConfig(name="qsfl", variant="authors_code"), training)
+    for name in switches:
+        rows[f"QSFL +{name}={SWITCHES[name][1]}"] = (StrategyConfig(name="qsfl", **{name: SWITCHES[name][1]}), {})
+    return rows
+
+
+def run_case(name: str, seeds: list[int], rounds: int | None, target: float | None,
+             strategies: dict[str, tuple[StrategyConfig, dict]] | None = None) -> pd.DataFrame:
     """All strategies on one dataset over ``seeds``; one row per (strategy, seed)."""
     base = dict(CASES[name])
     if rounds:
         base["rounds"] = rounds
     if target is not None:
         base["target_accuracy"] = target
+    if strategies is None:
+        strategies = {label: (strategy, {}) for label, strategy in STRATEGIES.items()}
     rows = []
-    for label, strategy in STRATEGIES.items():
+    for label, (strategy, changes) in strategies.items():
         for seed in seeds:
             cfg = SimConfig(partition="dirichlet", partition_options={"alpha": 0.5}, clients=20, seed=seed,
-                            strategy=strategy, **base)
+                            strategy=strategy, **{**base, **changes})
             start = time.perf_counter()
             s = qsfl.simulate(cfg).summary
             rows.append({"dataset": name, "target": cfg.target_accuracy, "strategy": label, "seed": seed, "final_accuracy": s["final_accuracy"],
@@ -55,7 +77,7 @@ def run_case(name: str, seeds: list[int], rounds: int | None, target: float | No
                                                  if s["uplink_bytes_to_target"] is not None else math.nan),
                          "rounds_to_target": s["rounds_to_target"], "seconds": time.perf_counter() - start})
             r = rows[-1]
-            print(f"  {name:8s} {label:12s} seed {seed}: acc {r['final_accuracy']:.3f}, "
+            print(f"  {name:8s} {label:30s} seed {seed}: acc {r['final_accuracy']:.3f}, "
                   f"uplink {r['uplink_mb']:.2f} MB, to target {r['uplink_mb_to_target']:.3f} MB, "
                   f"{r['seconds']:.1f} s", flush=True)
     return pd.DataFrame(rows)
@@ -78,16 +100,28 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=None, choices=list(CASES), help="default: all")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2")
     parser.add_argument("--rounds", type=int, default=None, help="override the rounds of every case")
     parser.add_argument("--target", type=float, default=None, help="override every case's target accuracy")
-    parser.add_argument("--quick", action="store_true", help="digits only, seeds 0 1, 25 rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="digits only, seeds 0 1, 25 rounds (unless --datasets/--seeds/--rounds say otherwise)")
     parser.add_argument("--csv", help="also write the per-seed rows to this CSV")
+    parser.add_argument("--variant", nargs="+", default=[], choices=["authors_code", "authors_code+training"],
+                        help="add QSFL with variant=authors_code (+training: also the authors' local training)")
+    parser.add_argument("--switch", nargs="+", default=[], choices=[*SWITCHES, "all"],
+                        help="add QSFL with this one option at the authors' value (all: one row per option)")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES),
+                        help="which of the usual strategies to run (fedavg is needed for the ratios)")
     args = parser.parse_args()
     if args.quick:
-        args.datasets, args.seeds, args.rounds = ["digits"], [0, 1], 25
-    frames = [run_case(name, args.seeds, args.rounds, args.target) for name in args.datasets]
+        args.datasets, args.seeds = args.datasets or ["digits"], args.seeds or [0, 1]
+        args.rounds = args.rounds or 25
+    args.datasets, args.seeds = args.datasets or list(CASES), args.seeds or [0, 1, 2]
+    switches = list(SWITCHES) if "all" in args.switch else args.switch
+    strategies = {label: (STRATEGIES[label], {}) for label in args.strategies}
+    strategies.update(authors_rows(args.variant, switches))
+    frames = [run_case(name, args.seeds, args.rounds, args.target, strategies) for name in args.datasets]
     df = pd.concat(frames, ignore_index=True)
     if args.csv:
         df.to_csv(args.csv, index=False)

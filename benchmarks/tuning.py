@@ -20,13 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qsfl.config import load_toml
-from tuning.evaluate import Evaluator, Point, run_task
+from tuning.evaluate import Evaluator, Point, make_map, run_task
 from tuning.objective import Evaluation, SeedResult, combine
 from tuning.space import baseline_overrides
 from tuning.spec import StudySpec, load_spec
 from tuning.study import baseline_params, best_entries, run_study
 from tuning.trials import TrialsTable, read_trials
-from tuning.workers import make_workers
 
 
 def random_search(spec: StudySpec, n: int, out: Path, mapper, seed: int) -> dict:
@@ -42,7 +41,6 @@ def random_search(spec: StudySpec, n: int, out: Path, mapper, seed: int) -> dict
             seen.add(pt.id)
             points.append(pt)
     evaluator.evaluate_points(points, generation=0)
-    table.close()
     best = best_entries(table.rows, spec, limit=1)
     return best[0] if best else {}
 
@@ -51,7 +49,7 @@ def reevaluate(spec: StudySpec, overrides: dict, params: dict, mapper) -> Evalua
     """Simulate one config on the spec's eval_seeds; mean/std metrics and fitness on those seeds."""
     seeds = list(spec.study.eval_seeds)
     tasks = [(spec.base.with_overrides({**overrides, "seed": s}).to_dict(),) for s in seeds]
-    results = [SeedResult.from_dict(r) for r in mapper.map(run_task, tasks)]
+    results = [SeedResult.from_dict(r) for r in mapper.imap(run_task, tasks)]
     return combine(params, seeds, results, spec.objective, spec.base.rounds)
 
 
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(ga_rows)
     ga_best = load_toml(args.study_dir / "best.toml")["best"][0]
 
-    mapper = make_workers(args.workers, base=spec.base)
+    mapper = make_map(args.workers, spec.base)
     try:
         t1 = time.perf_counter()
         print(f"random search with the same budget ({n} evaluations) ...")

@@ -1,17 +1,42 @@
 """qsfl: a seeded, reproducible federated-learning simulator of QSFL and its baselines."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 from qsfl.config import SimConfig, StrategyConfig, load_config
 from qsfl.errors import ConfigError
 from qsfl.history import History
+from qsfl.state import SimState
+
+if TYPE_CHECKING:
+    from qsfl.sim import Simulation
 
 __version__ = "0.1.0"
 
 
-def simulate(config: SimConfig, **kwargs) -> History:
+def simulate(config: SimConfig, **kwargs: Any) -> History:
     """Run one federated simulation of ``config`` and return its History (see qsfl.sim.simulate)."""
     from qsfl.sim import simulate as _simulate
 
     return _simulate(config, **kwargs)
 
 
-__all__ = ["ConfigError", "History", "SimConfig", "StrategyConfig", "__version__", "load_config", "simulate"]
+def simulate_many(configs: Sequence[SimConfig], **kwargs: Any) -> list[History] | list[tuple[History, SimState]]:
+    """Run configs that differ only in their strategy in lockstep, one History each (see qsfl.sim.simulate_many)."""
+    from qsfl.sim import simulate_many as _simulate_many
+
+    return _simulate_many(configs, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Simulation":   # lazily: importing qsfl stays light (no torch engine until a run)
+        from qsfl.sim import Simulation
+
+        return Simulation
+    raise AttributeError(f"module 'qsfl' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "History", "SimConfig", "SimState", "Simulation", "StrategyConfig", "__version__",
+           "load_config", "simulate", "simulate_many"]

@@ -1,4 +1,5 @@
-"""Validated, frozen simulation configs (SimConfig, StrategyConfig) and their TOML/dict round trip.
+"""Validated, frozen simulation configs (SimConfig; each strategy's config in qsfl.strategy_config) and their
+TOML/dict round trip.
 
 Every error raised here is a :class:`ConfigError` whose message names the field, the value received
 and the allowed range, so a CLI can print it and exit with code 2.
@@ -15,21 +16,37 @@ from typing import Any
 
 from qsfl.errors import (
     ConfigError,
-    check_bool,
     check_choice,
     check_options,
     check_range,
     check_table,
     reject_unknown,
 )
+from qsfl.strategy_config import (
+    AGGREGATES,
+    AUTHORS_DEFAULTS,
+    INDEX_ENCODINGS,
+    RELEVANCES,
+    SELECTIONS,
+    FedAvgConfig,
+    QSFLConfig,
+    StrategyConfig,
+    TopKConfig,
+    config_class,
+    strategy_config,
+    strategy_fields,
+    strategy_names,
+)
+from qsfl.system import SystemConfig, system_from_config
 
-STRATEGIES = ("fedavg", "topk", "qsfl")
-SELECTIONS = ("topk", "percentile")
-RELEVANCES = ("update", "weights")
-AGGREGATES = ("delta", "official")
-INDEX_ENCODINGS = ("auto", "int32", "bitmap")
+STRATEGIES = strategy_names()   # the built-in strategies (a user's registered later: strategy_names())
 ENGINES = ("auto", "batched", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
+
+__all__ = ["AGGREGATES", "AUTHORS_DEFAULTS", "DEVICES", "ENGINES", "INDEX_ENCODINGS", "RELEVANCES", "SELECTIONS",
+           "STRATEGIES", "FedAvgConfig", "QSFLConfig", "SimConfig", "StrategyConfig", "TopKConfig", "dump_toml",
+           "load_config", "load_toml", "parse_assignments", "parse_value", "set_dotted", "strategy_fields",
+           "strategy_names"]
 
 
 def _check_options(field: str, kind: str, name: str, options: Any, valid: list[str]) -> None:
@@ -57,43 +74,6 @@ def _elsewhere(kind: str, names: list[str]) -> str:
 
 
 @dataclass(frozen=True)
-class StrategyConfig:
-    """Which FL algorithm runs and its parameters (defaults are the QSFL authors')."""
-
-    name: str = "fedavg"
-    # QSFL: Qualification Judgment
-    use_qj: bool = True
-    beta: float = 0.9
-    k: int | None = None          # qualified count; None -> ceil(alpha * cohort size)
-    alpha: float = 0.7
-    selection: str = "topk"       # "topk": the K best scores; "percentile": authors' percentile cut
-    relevance: str = "update"     # "update": sign(d_i) vs sign(g_{t-1}); "weights": authors' code
-    # QSFL: Sparse Cyclic Sliding Segment (also used by topk: p)
-    use_scss: bool = True
-    ns: int = 6
-    p: float = 0.4
-    aggregate: str = "delta"      # "delta" (correct) or "official" (authors' sparse-weight average)
-    error_feedback: bool = False
-    index_encoding: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_choice("strategy.name", self.name, STRATEGIES)
-        check_bool("strategy.use_qj", self.use_qj)
-        check_bool("strategy.use_scss", self.use_scss)
-        check_bool("strategy.error_feedback", self.error_feedback)
-        check_range("strategy.beta", self.beta, 0.0, 1.0)
-        if self.k is not None:
-            check_range("strategy.k", self.k, 1, None, integer=True)
-        check_range("strategy.alpha", self.alpha, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.selection", self.selection, SELECTIONS)
-        check_choice("strategy.relevance", self.relevance, RELEVANCES)
-        check_range("strategy.ns", self.ns, 1, None, integer=True)
-        check_range("strategy.p", self.p, 0.0, 1.0, lo_open=True)
-        check_choice("strategy.aggregate", self.aggregate, AGGREGATES)
-        check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
-
-
-@dataclass(frozen=True)
 class SimConfig:
     """One federated simulation: data, model, local training, strategy, seed."""
 
@@ -111,6 +91,12 @@ class SimConfig:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    optimizer: str = "sgd"         # local optimizer: "sgd" (momentum, weight_decay) or "adam" (adam_*, weight_decay)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    prox_mu: float = 0.0           # FedProx: prox_mu/2 * ||w - w_start||^2 added to the local loss (0 = off)
+    loss_report: str = "last_epoch"  # a client's reported loss: "last_epoch" or "all_batches" (authors' code)
     seed: int = 0
     eval_every: int = 1
     target_accuracy: float = 0.85
@@ -118,6 +104,7 @@ class SimConfig:
     device: str = "auto"
     max_chunk_mb: float = 1024.0   # memory budget of one vectorised cohort chunk (batched engine)
     divergence_loss: float = 1000.0  # a mean training loss above this (or NaN) stops the run as diverged
+    system: SystemConfig | None = None  # [system]: per-client bandwidth/compute -> simulated time (None: off)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
     def __post_init__(self) -> None:
@@ -144,6 +131,8 @@ class SimConfig:
         check_range("lr", self.lr, 0.0, None, lo_open=True)
         check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_range("weight_decay", self.weight_decay, 0.0, None)
+        from qsfl.engine.local import check_local_options
+        check_local_options(self)
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
         check_range("eval_every", self.eval_every, 1, None, integer=True)
         check_range("target_accuracy", self.target_accuracy, 0.0, 1.0)
@@ -151,11 +140,10 @@ class SimConfig:
         check_choice("device", self.device, DEVICES)
         check_range("max_chunk_mb", self.max_chunk_mb, 0.0, None, lo_open=True)
         check_range("divergence_loss", self.divergence_loss, 0.0, None, lo_open=True)
+        object.__setattr__(self, "system", system_from_config(self.system))   # a table becomes a SystemConfig
         if not isinstance(self.strategy, StrategyConfig):
             raise ConfigError(f"strategy: expected a StrategyConfig, got {self.strategy!r}")
-        if self.strategy.k is not None and self.strategy.k > self.clients:
-            raise ConfigError(f"strategy.k: {self.strategy.k} is out of range; allowed [1, {self.clients}] "
-                              f"(at most the number of clients)")
+        self.strategy.check_simulation(self.clients)
 
     @property
     def cohort_size(self) -> int:
@@ -169,6 +157,10 @@ class SimConfig:
         out["strategy"] = {k: v for k, v in out["strategy"].items() if v is not None}
         for key in ("dataset_options", "model_options", "partition_options"):
             out[key] = dict(out[key])
+        if self.system is None:
+            del out["system"]
+        else:
+            out["system"] = self.system.to_dict()
         return out
 
     @classmethod
@@ -183,18 +175,26 @@ class SimConfig:
         if not isinstance(strategy, Mapping):
             raise ConfigError(f"strategy: expected a table or a name, got {strategy!r}")
         _reject_unknown(cls, data, "")
-        _reject_unknown(StrategyConfig, strategy, "strategy.")
-        return cls(**data, strategy=StrategyConfig(**strategy))
+        return cls(**data, strategy=strategy_config(strategy))
 
     def replace(self, **changes: Any) -> SimConfig:
         """Copy with top-level fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SimConfig:
-        """Copy with dotted-key overrides, e.g. {"strategy.beta": 0.5, "lr": 0.1}."""
+        """Copy with dotted-key overrides, e.g. {"strategy.beta": 0.5, "lr": 0.1}.
+
+        Overriding ``strategy.name`` keeps the fields of this config's strategy that the new one also has
+        and drops the others (an explicitly overridden field that does not apply stays an error).
+        """
         data = self.to_dict()
         for key, value in overrides.items():
             set_dotted(data, key, value)
+        new_name = data["strategy"].get("name", "fedavg")
+        if new_name != self.strategy.name and new_name in strategy_names():
+            keep = set(_field_names(config_class(new_name))) | {k.split(".", 1)[1] for k in overrides
+                                                                 if k.startswith("strategy.")}
+            data["strategy"] = {k: v for k, v in data["strategy"].items() if k in keep}
         return SimConfig.from_dict(data)
 
 
@@ -213,19 +213,22 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``data[a][b] = value`` for key "a.b"; unknown keys raise ConfigError."""
     parts = key.split(".")
     if len(parts) == 1:
-        reject_unknown("", [key], _field_names(SimConfig),
-                       hint=f"or strategy.<{'|'.join(_field_names(StrategyConfig))}>")
+        reject_unknown("", [key], _field_names(SimConfig), hint=f"or strategy.<{'|'.join(strategy_fields())}>")
         data[key] = value
         return
     head, rest = parts[0], ".".join(parts[1:])
+    if head == "system" and len(parts) == 2:
+        reject_unknown("system", [rest], _field_names(SystemConfig))
+        data.setdefault("system", {})[rest] = value
+        return
     if head == "strategy" and len(parts) == 2:
-        reject_unknown("strategy", [rest], _field_names(StrategyConfig))
+        reject_unknown("strategy", [rest], list(strategy_fields()))
         data.setdefault("strategy", {})[rest] = value
         return
     if head in _OPTION_TABLES and len(parts) == 2:
         data.setdefault(head, {})[rest] = value
         return
-    raise ConfigError(f"{key}: unknown key; use a top-level field, strategy.<field> or "
+    raise ConfigError(f"{key}: unknown key; use a top-level field, strategy.<field>, system.<field> or "
                       f"{'/'.join(_OPTION_TABLES)}.<option>")
 
 

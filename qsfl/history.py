@@ -20,7 +20,7 @@ COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "n_sampled", "n_
            "sampled_clients", "qualified_clients", "segment_coverage",
            "uplink_bytes", "uplink_header_bytes", "uplink_value_bytes", "uplink_index_bytes",
            "uplink_meta_bytes", "uplink_messages", "downlink_bytes", "downlink_messages",
-           "cum_uplink_bytes", "cum_downlink_bytes", "wall_time_s")
+           "cum_uplink_bytes", "cum_downlink_bytes", "round_time_s", "cum_time_s", "wall_time_s")
 
 
 class History:
@@ -41,7 +41,8 @@ class History:
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], config: SimConfig | dict[str, Any], **kwargs: Any) -> History:
         """Build from the simulator's per-round dicts."""
-        df = pd.DataFrame(rows, columns=list(COLUMNS))
+        extra = list(dict.fromkeys(k for row in rows for k in row if k not in COLUMNS))   # strategies' metrics
+        df = pd.DataFrame(rows, columns=list(COLUMNS) + extra)
         cfg = config.to_dict() if isinstance(config, SimConfig) else dict(config)
         return cls(df, cfg, **kwargs)
 
@@ -76,18 +77,22 @@ class History:
             # rounds are 0-based in the table; "rounds to target" counts rounds run, so +1
             "rounds_to_target": int(first["round"]) + 1 if first is not None else None,
             "uplink_bytes_to_target": int(first["cum_uplink_bytes"]) if first is not None else None,
+            # simulated seconds (config.system): None without a system model, or when the target is not reached
+            "time_to_target": _seconds(first.get("cum_time_s")) if first is not None else None,
+            "simulated_time_s": _seconds(df["cum_time_s"].iloc[-1]) if len(df) and "cum_time_s" in df else None,
             "wall_time_s": float(df["wall_time_s"].sum()) if len(df) else 0.0,
         }
 
     # ----- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write history.parquet, history.csv, config.toml and summary.json into ``directory``."""
+        """Write history.parquet, history.csv (rounds from 1), config.toml and summary.json into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         _atomic(out / "history.parquet", lambda p: self.df.to_parquet(p, index=False))
         csv = self.df.copy()
-        for col in LIST_COLUMNS:
-            csv[col] = csv[col].map(lambda v: json.dumps([int(x) for x in v]))
+        csv["round"] = csv["round"] + 1   # for readers: rounds 1..R (df and parquet keep the 0-based index t)
+        for col in list_columns(self.df):
+            csv[col] = csv[col].map(lambda v: json.dumps(np.asarray(v).tolist()))
         _atomic(out / "history.csv", lambda p: csv.to_csv(p, index=False))
         _atomic(out / "config.toml", lambda p: Path(p).write_text(dump_toml(self.config), encoding="utf-8"))
         meta = {"summary": self.summary, "n_params": self.n_params,
@@ -103,12 +108,29 @@ class History:
         if missing:
             raise ConfigError(f"{d}: not a simulation output; missing {', '.join(missing)}")
         df = pd.read_parquet(d / "history.parquet")
-        for col in LIST_COLUMNS:
-            df[col] = df[col].map(lambda v: [int(x) for x in v])
+        for col in list_columns(df):
+            df[col] = df[col].map(lambda v: np.asarray(v).tolist())
         meta = json.loads((d / "summary.json").read_text())
         s = meta["summary"]
         return cls(df, load_toml(d / "config.toml"), n_params=meta["n_params"],
                    fedavg_uplink_bytes=meta["fedavg_uplink_bytes"], status=s["status"], reason=s["reason"])
+
+
+def list_columns(df: pd.DataFrame) -> list[str]:
+    """The columns holding a list per round: the standard ones and any list-valued strategy metric."""
+    out = [c for c in LIST_COLUMNS if c in df.columns]
+    for col in df.columns:
+        if col not in out and df[col].dtype == object and len(df) \
+                and isinstance(df[col].iloc[0], (list, tuple, np.ndarray)):
+            out.append(col)
+    return out
+
+
+def _seconds(value: Any) -> float | None:
+    """A simulated-time cell as float seconds, None when absent or NaN (no system model)."""
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,14 +21,22 @@ def relevance(updates: torch.Tensor, last_global_update: torch.Tensor | None) ->
     """Share of coordinates where sign(d_i) == sign(g_{t-1}); 1 for every client when g is None."""
     if last_global_update is None:
         return np.ones(updates.shape[0])
-    agree = (torch.sign(updates) == torch.sign(last_global_update).unsqueeze(0))
-    return agree.to(torch.float64).mean(dim=1).cpu().numpy()
+    return _sign_agreement(updates, last_global_update)
 
 
 def relevance_weights(local_weights: torch.Tensor, global_weights: torch.Tensor) -> np.ndarray:
     """Authors' variant: share of coordinates where sign(w_i) == sign(w_t)."""
-    agree = (torch.sign(local_weights) == torch.sign(global_weights).unsqueeze(0))
-    return agree.to(torch.float64).mean(dim=1).cpu().numpy()
+    return _sign_agreement(local_weights, global_weights)
+
+
+def _sign_agreement(rows: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """Row-wise share of coordinates where sign(rows) == sign(reference), in float64.
+
+    Signs are compared as int8 (-1, 0, 1), several times faster than a float comparison on the CPU; the
+    count is exact, so the share equals the float64 mean of the agreement.
+    """
+    agree = torch.sign(rows).to(torch.int8) == torch.sign(reference).to(torch.int8).unsqueeze(0)
+    return agree.sum(dim=1, dtype=torch.int64).cpu().numpy().astype(np.float64) / rows.shape[1]
 
 
 def score(contrib: np.ndarray, relev: np.ndarray, beta: float) -> np.ndarray:

@@ -47,6 +47,92 @@ def top_p_indices(values: torch.Tensor, p: float) -> torch.Tensor:
     return torch.nonzero(keep).squeeze(1)
 
 
+class SegmentLayout:
+    """The NS segments of an n-vector as a padded ``(NS, width)`` grid of slots, for vectorised segment work.
+
+    ``cols[s, j]`` is the coordinate in slot j of segment s; a segment shorter than ``width`` (sizes differ by
+    at most one) has one padding slot, marked False in ``inside``, whose column repeats a coordinate of the
+    segment and must never be chosen. ``flat`` maps each coordinate back to its slot in ``grid.reshape(-1)``.
+    """
+
+    def __init__(self, n: int, ns: int, device: torch.device | str = "cpu") -> None:
+        self.n, self.ns = n, ns
+        self.bounds = segment_bounds(n, ns)
+        self.sizes = np.diff(self.bounds)
+        self.width = int(self.sizes.max())
+        offsets = np.arange(self.width)
+        inside = offsets[None, :] < self.sizes[:, None]
+        cols = np.where(inside, self.bounds[:-1, None] + offsets[None, :], self.bounds[:-1, None])
+        self.cols = torch.as_tensor(cols, dtype=torch.long, device=device)
+        self.inside = torch.as_tensor(inside, device=device)
+        self.padded = not bool(inside.all())
+        self.flat = torch.as_tensor(np.flatnonzero(inside.reshape(-1)), dtype=torch.long, device=device)
+
+    def to(self, device: torch.device | str) -> SegmentLayout:
+        """This layout with its index tensors on ``device``."""
+        if self.cols.device == torch.device(device):
+            return self
+        return SegmentLayout(self.n, self.ns, device)
+
+
+def top_k_slots(magnitudes: torch.Tensor, k: np.ndarray, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise top-k, vectorised: a bool mask of the ``k[r]`` largest entries of each row ``r`` of the
+    non-negative ``magnitudes`` (ties go to the lower slot), never a slot where ``inside`` is False.
+
+    One ``torch.topk`` per distinct k (a few per config, never one per row) finds each row's k-th largest
+    value; a row whose count at that value overshoots k (a tie) then keeps its lowest-index tied slots.
+    """
+    rows = magnitudes.shape[0]
+    device = magnitudes.device
+    k_np = np.asarray(k, dtype=np.int64)
+    if rows == 0:
+        return torch.zeros_like(magnitudes, dtype=torch.bool)
+    mag = magnitudes if inside is None else magnitudes.masked_fill(~inside, -1.0)   # padding: never chosen
+    kth = torch.empty(rows, 1, dtype=mag.dtype, device=device)
+    for kv in np.unique(k_np).tolist():
+        idx = np.flatnonzero(k_np == kv)
+        every = len(idx) == rows
+        sub = mag if every else mag[torch.as_tensor(idx, device=device)]
+        if kv == mag.shape[1]:   # the whole row (such a row has no padding: k <= its size)
+            value = sub.min(dim=1, keepdim=True).values
+        else:
+            value = torch.topk(sub, kv, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+        if every:
+            kth = value
+        else:
+            kth[torch.as_tensor(idx, device=device)] = value
+    keep = mag >= kth
+    k_t = torch.as_tensor(k_np, device=device)
+    if torch.equal(keep.sum(dim=1), k_t):   # the usual case: no tie beyond the k-th entry itself
+        return keep
+    keep = mag > kth
+    ties = mag == kth
+    need = k_t - keep.sum(dim=1)
+    return keep | (ties & (torch.cumsum(ties, dim=1) <= need.unsqueeze(1)))   # lowest slots win ties
+
+
+def top_k_rows(values: torch.Tensor, lo: np.ndarray, hi: np.ndarray, k: np.ndarray) -> torch.Tensor:
+    """Row-wise :func:`top_p_indices` over arbitrary ranges: a ``(rows, n)`` bool mask of the ``k[r]``
+    largest-magnitude entries of ``values[r, lo[r]:hi[r]]`` (ties to the lower index). The reference form of
+    :func:`top_k_slots` (the strategies use the slot form directly)."""
+    rows, n = values.shape
+    lo_np, hi_np = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    k_np = np.asarray(k, dtype=np.int64)
+    sizes = hi_np - lo_np
+    if rows and not (np.all(lo_np >= 0) and np.all(hi_np <= n) and np.all((k_np >= 1) & (k_np <= sizes))):
+        raise ValueError("top_k_rows: need 0 <= lo < hi <= n and 1 <= k <= hi - lo in every row")
+    mask = torch.zeros(rows, n, dtype=torch.bool, device=values.device)
+    if rows == 0:
+        return mask
+    offsets = np.arange(int(sizes.max()))
+    inside = offsets[None, :] < sizes[:, None]
+    cols = torch.as_tensor(np.where(inside, lo_np[:, None] + offsets[None, :], lo_np[:, None]), device=values.device)
+    keep = top_k_slots(values.gather(1, cols).abs(), k_np, torch.as_tensor(inside, device=values.device))
+    r, c = torch.nonzero(keep, as_tuple=True)
+    mask[r, cols[r, c]] = True
+    return mask
+
+
 @dataclass
 class SparseSegment:
     """One segment of an update as sent on the wire: the chosen entries and their positions."""

@@ -21,12 +21,14 @@ from matplotlib.figure import Figure
 
 from qsfl.io import atomic_write
 from reports.style import (
+    BASELINE_COLORS,
     DPI,
     HEIGHT_IN,
     WIDTH_IN,
     byte_unit,
     color_for,
     linestyle_for,
+    marker_for,
     styled,
 )
 
@@ -34,6 +36,7 @@ RunLike = Any  # pd.DataFrame or qsfl.history.History
 Runs = Mapping[str, RunLike | Sequence[RunLike]]
 
 ACCURACY = "test accuracy"
+BETTER = {True: "\u2191 higher is better", False: "\u2193 lower is better"}
 UPLINK_MB = "cumulative uplink (MB)"
 ROUND = "round"
 
@@ -201,17 +204,21 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
         raise ValueError(f"band: unknown value {band!r}; valid: std, minmax, none")
     fig = _figure((WIDTH_IN, HEIGHT_IN))
     ax = fig.subplots()
-    tuned = 0
+    tuned = drawn = 0
     for label, value in runs.items():
         stats = align_seeds(_as_list(value))
         if stats.empty:
             continue
         color = color_for(label, tuned)
-        tuned += label not in ("fedavg", "topk", "qj-only", "scss-only", "qsfl-default")
-        xs = stats["mb_mean"] if x == "uplink" else stats["round"] + 1
+        style, marker = linestyle_for(label, tuned), marker_for(label, tuned)
+        tuned += label not in BASELINE_COLORS
+        xs = stats["mb_mean"] if x == "uplink" else stats["round"] + 1  # rounds are shown 1-based
         n = int(stats["n"].iloc[0])
-        ax.plot(xs, stats["acc_mean"], color=color, ls=linestyle_for(label),
-                label=label if n == 1 else f"{label} (n={n})")
+        # markers at staggered points: lines that coincide (identical simulations) still show each label
+        every = max(len(xs) // 6, 1)
+        ax.plot(xs, stats["acc_mean"], color=color, ls=style, marker=marker, ms=5, mfc="white", mew=1.3,
+                markevery=(drawn % every, every), label=label if n == 1 else f"{label} (n={n})")
+        drawn += 1
         if n > 1 and band != "none":
             lo, hi = ((stats["acc_mean"] - stats["acc_std"], stats["acc_mean"] + stats["acc_std"])
                       if band == "std" else (stats["acc_min"], stats["acc_max"]))
@@ -304,10 +311,42 @@ def uplink_composition(runs: Runs, *, title: str | None = None) -> Figure:
         ax.barh(y, vals, left=left, color=color, label=name, height=0.65, linewidth=0)
         left += vals
     ax.set_yticks(y, labels)
-    ax.set_xlabel(f"total uplink ({unit}, mean over seeds)")
+    several = any(len(_as_list(runs[lab])) > 1 for lab in labels)
+    ax.set_xlabel(f"total uplink ({unit}" + (", mean over seeds)" if several else ")"))
     ax.grid(axis="y", visible=False)
     _title(ax, title or "Where the uplink bytes go")
     _bottom_legend(fig, ax)
+    return fig
+
+
+# ----- per-client fairness -------------------------------------------------------------------------
+@styled
+def client_accuracy(clients: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], *,
+                    title: str | None = None) -> Figure:
+    """Per label, the spread of per-client accuracy (qsfl.fairness tables, pooled over seeds) as box plots."""
+    labels = list(clients)
+    fig = _figure((WIDTH_IN, 1.4 + 0.42 * max(len(labels), 1)))
+    ax = fig.subplots()
+    data = []
+    for lab in labels:
+        value = clients[lab]
+        frames = [value] if isinstance(value, pd.DataFrame) else list(value)
+        acc = np.concatenate([f["accuracy"].to_numpy(dtype=float) for f in frames]) if frames else np.array([])
+        data.append(acc[np.isfinite(acc)])
+    if not any(len(d) for d in data):
+        return _empty(fig, ax, "no per-client accuracies")
+    y = np.arange(len(labels))[::-1]
+    box = ax.boxplot(data, positions=y, orientation="horizontal", widths=0.6, patch_artist=True, showfliers=True,
+                     flierprops={"marker": ".", "markersize": 4, "alpha": 0.6})
+    for i, (patch, lab) in enumerate(zip(box["boxes"], labels)):
+        patch.set_facecolor(color_for(lab, i))
+        patch.set_alpha(0.35)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("accuracy of the final model on a client's own label distribution")
+    ax.grid(axis="y", visible=False)
+    _title(ax, title or "Per-client accuracy")
+    n = max((len(v) if not isinstance(v, pd.DataFrame) else 1) for v in clients.values())
+    _note(ax, "each box: all clients" + (f" of {n} seeds" if n > 1 else ""))
     return fig
 
 
@@ -407,11 +446,13 @@ def ga_fitness(logbook: pd.DataFrame, *, objective: int = 0, ylabel: str = "fitn
     ax.plot(gen, logbook[cols["min"]], color="#D55E00", marker="v", ms=4, label="min")
     lines = {k: logbook[cols[k]].to_numpy(dtype=float) for k in ("max", "mean", "min")}
     rng = robust_range(np.concatenate(list(lines.values())).tolist(), maximize=maximize)
+    note = BETTER[maximize]
     if rng is not None:  # penalised/failed evaluations would flatten the interesting part
         ax.set_ylim(*rng)
         off = {k: int(((v < rng[0]) if maximize else (v > rng[1])).sum()) for k, v in lines.items()}
-        _note(ax, "off scale: " + ", ".join(f"{k} in {n} gen." for k, n in off.items() if n)
-              + " (penalised evaluations)")
+        note += "; off scale: " + ", ".join(f"{k} in {n} gen." for k, n in off.items() if n) \
+            + " (penalised evaluations)"
+    _note(ax, note)
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel)
     if len(gen) <= 20:
@@ -451,7 +492,7 @@ def optimization_history(trials: pd.DataFrame, *, fitness: str = "fitness", maxi
     _title(ax, title or "Optimisation history")
     note = f"{int(ok.sum())} complete" + (f", {int(pruned.sum())} pruned" if pruned.any() else "") + \
         (f", {n_failed} failed" if n_failed else "") + (f", {n_off} off scale (grey)" if n_off else "") + \
-        (" (maximised)" if maximize else " (minimised)")
+        "; " + BETTER[maximize]
     _note(ax, note)
     ax.legend(loc="lower right" if maximize else "upper right")
     return fig
@@ -555,7 +596,8 @@ def param_importances(trials: pd.DataFrame, *, fitness: str | None = None, evalu
 
 @styled
 def param_importance(trials: pd.DataFrame, *, fitness: Sequence[str] | None = None, evaluator: Any = None,
-                     params: Sequence[str] | None = None, title: str | None = None) -> Figure:
+                     params: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                     title: str | None = None) -> Figure:
     """Horizontal bars of each parameter's importance (optuna evaluator) per fitness objective."""
     fitness = list(fitness or fitness_columns(trials))
     imps = {f: param_importances(trials, fitness=f, evaluator=evaluator, params=params) for f in fitness}
@@ -568,7 +610,8 @@ def param_importance(trials: pd.DataFrame, *, fitness: Sequence[str] | None = No
     h = 0.8 / len(fitness)
     for i, f in enumerate(fitness):
         vals = [imps[f].get(n, 0.0) for n in names]
-        ax.barh(y + (len(fitness) - 1 - 2 * i) * h / 2, vals, height=h * 0.9, color=color_for("", i), label=f)
+        ax.barh(y + (len(fitness) - 1 - 2 * i) * h / 2, vals, height=h * 0.9, color=color_for("", i),
+                label=labels[i] if labels is not None and i < len(labels) else f)
         for yy, v in zip(y + (len(fitness) - 1 - 2 * i) * h / 2, vals):
             ax.text(v, yy, f" {v:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, names)
@@ -623,7 +666,7 @@ def param_scatter(trials: pd.DataFrame, *, fitness: str | None = None, params: S
 
 @styled
 def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, params: Sequence[str] | None = None,
-                         maximize: bool = True, title: str | None = None) -> Figure:
+                         maximize: bool = True, label: str | None = None, title: str | None = None) -> Figure:
     """Each evaluation a line across the parameter axes (scaled to [0, 1]) and fitness, coloured by fitness."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -657,14 +700,14 @@ def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, pa
         ax.text(x, -0.04, ("\u2264" if clipped and maximize else "") + _fmt(lo[j]), ha="center", va="top", fontsize=8)
         ax.text(x, 1.04, ("\u2265" if clipped and not maximize else "") + _fmt(hi[j]), ha="center", va="bottom",
                 fontsize=8)
-    ax.set_xticks(xs, [_pname(c) for c in cols])
+    ax.set_xticks(xs, [_pname(c) for c in params] + [label or fitness])
     ax.tick_params(axis="x", pad=16)
     ax.set_yticks([])
     ax.set_ylim(-0.12, 1.12)
     ax.grid(False)
     ax.spines[["left", "bottom"]].set_visible(False)
     cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
-    cb.set_label(fitness)
+    cb.set_label(label or fitness)
     ax.set_title(title or "Parallel coordinates", loc="left", pad=18)
     _note(ax, f"{len(df)} complete evaluations; best in orange")
     return fig

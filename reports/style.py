@@ -74,9 +74,20 @@ def color_for(label: str, index: int = 0) -> str:
     return BASELINE_COLORS.get(label, TUNED_COLORS[index % len(TUNED_COLORS)])
 
 
-def linestyle_for(label: str) -> str:
-    """Dash pattern of a run label, so baselines stay distinguishable in greyscale print."""
-    return BASELINE_STYLES.get(label, "-")
+TUNED_STYLES: list[Any] = ["-", (0, (5, 1.5)), (0, (1.5, 1)), (0, (6, 1.5, 1.5, 1.5))]
+BASELINE_MARKERS = {"fedavg": "s", "topk": "D", "qj-only": "v", "scss-only": "^", "qsfl-default": "o"}
+TUNED_MARKERS = ["P", "X", "*", "h", "p", "<", ">", "d"]
+
+
+def linestyle_for(label: str, index: int = 0) -> Any:
+    """Dash pattern of a run label: fixed for baselines, the ``index``-th pattern for tuned configs, so lines
+    stay distinguishable in greyscale print and where they overlap."""
+    return BASELINE_STYLES.get(label, TUNED_STYLES[index % len(TUNED_STYLES)])
+
+
+def marker_for(label: str, index: int = 0) -> str:
+    """Marker of a run label: fixed for baselines, the ``index``-th tuned marker otherwise."""
+    return BASELINE_MARKERS.get(label, TUNED_MARKERS[index % len(TUNED_MARKERS)])
 
 
 def mb(n_bytes: float) -> float:

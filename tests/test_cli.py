@@ -1,8 +1,6 @@
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
+from helpers import run_qsfl
 
 from qsfl.config import load_toml
 from qsfl_cli import main
@@ -53,8 +51,7 @@ def test_bad_input_exit_code_2(args, fragment, tmp_path, capsys):
     (["--set", "strategy.p=2"], "strategy.p: 2 is out of range; allowed (0.0, 1.0]"),
 ])
 def test_bad_input_in_a_real_process_has_no_traceback(args, fragment, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "simulate", *args, "--out", str(tmp_path), "--quiet"],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_qsfl("simulate", *args, "--out", str(tmp_path), "--quiet", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -63,6 +60,84 @@ def test_bad_input_in_a_real_process_has_no_traceback(args, fragment, tmp_path):
 def test_bad_toml_is_reported(tmp_path):
     conf = tmp_path / "bad.toml"
     conf.write_text("clients = = 3")
-    proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "simulate", "--config", str(conf)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_qsfl("simulate", "--config", str(conf), "--out", str(tmp_path / "o"), timeout=120)
     assert proc.returncode == 2 and "invalid TOML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_simulate_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["simulate", "--clients", "4", "--rounds", "1", "--out", str(out), "-q"]
+    assert main(args) == 0
+    before = (out / "history.parquet").read_bytes()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "history.parquet").read_bytes() == before        # nothing was touched
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0
+    assert load_toml(out / "config.toml")["seed"] == 1
+
+
+def test_history_csv_numbers_rounds_from_1(tmp_path):
+    out = tmp_path / "run"
+    assert main(["simulate", "--clients", "4", "--rounds", "3", "--out", str(out), "-q"]) == 0
+    assert pd.read_csv(out / "history.csv")["round"].tolist() == [1, 2, 3]
+    assert pd.read_parquet(out / "history.parquet")["round"].tolist() == [0, 1, 2]   # the algorithm's index t
+
+
+def test_summary_of_a_run_without_uplink_says_na_not_infx():
+    from qsfl_cli import format_summary
+
+    summary = {"status": "diverged", "reason": "NaN/inf training loss at round 0", "rounds_run": 0, "n_params": 10,
+               "final_accuracy": float("nan"), "best_accuracy": float("nan"), "total_uplink_bytes": 0,
+               "total_downlink_bytes": 0, "compression_ratio": float("inf"), "target_accuracy": 0.85,
+               "rounds_to_target": None, "uplink_bytes_to_target": None, "wall_time_s": 0.1}
+    text = format_summary(summary)
+    assert "infx" not in text and "compression ratio   n/a" in text
+
+
+def test_diverged_run_prints_na(tmp_path, capsys):
+    assert main(["simulate", "--clients", "4", "--rounds", "2", "--lr", "1e6", "--out", str(tmp_path / "o"),
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "status              diverged" in out and "infx" not in out
+
+
+def test_version_and_verbosity_after_the_subcommand(tmp_path, capsys):
+    from qsfl import __version__
+    from qsfl_cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"qsfl-tune {__version__}"
+    parser = build_parser()
+    for argv, verbose, quiet in ((["-v", "report", "x"], True, False), (["report", "x", "-v", "-q"], True, True),
+                                 (["report", "x"], False, False), (["-q", "simulate"], False, True),
+                                 (["simulate", "--quiet"], False, True), (["tune", "s.toml", "-v"], True, False)):
+        args = parser.parse_args(argv)
+        assert (args.verbose, args.quiet) == (verbose, quiet), argv
+
+
+def test_data_check_prints_what_it_found(tmp_path, capsys):
+    from fixtures_data import write_leaf, write_mnist
+
+    write_leaf(tmp_path / "femnist" / "data", {"w0": (6, 2), "w1": (4, 3), "w2": (5, 1)})
+    assert main(["data", "check", str(tmp_path / "femnist"), "--dataset", "femnist"]) == 0
+    out = capsys.readouterr().out
+    assert "train samples       15" in out and "test samples        6" in out
+    assert "natural clients     3 (samples per client: min 4, median 5, max 6)" in out
+    assert "input shape         (1, 28, 28)" in out and "data/train/all_data_0_train.json" in out
+    write_mnist(tmp_path / "mnist", n_train=12, n_test=5)
+    assert main(["data", "check", str(tmp_path / "mnist"), "--dataset", "mnist", "-q"]) == 0
+    assert "train samples       12" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make, dataset, fragment", [
+    (lambda p: p.mkdir(), "femnist", "no json files in 'train/' and 'test/'"),
+    (lambda p: None, "femnist", "no such file or directory"),
+    (lambda p: p.mkdir(), "mnist", "lacks train-images-idx3-ubyte"),
+    (lambda p: p.mkdir(), "digits", "--dataset: unknown value 'digits'"),
+])
+def test_data_check_errors_are_one_line(tmp_path, capsys, make, dataset, fragment):
+    make(tmp_path / "d")
+    assert main(["data", "check", str(tmp_path / "d"), "--dataset", dataset]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err

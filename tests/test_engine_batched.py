@@ -35,9 +35,10 @@ CASES = {   # name: (input shape, classes, client sizes, batch size)
 }
 
 
-def client_data(shape, classes, sizes, seed=0):
+def client_data(shape, classes, sizes, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, *shape, generator=gen), torch.randint(0, classes, (n,), generator=gen)) for n in sizes]
+    return [(torch.randn(n, *shape, generator=gen).to(device), torch.randint(0, classes, (n,), generator=gen).to(device))
+            for n in sizes]
 
 
 def reference(model, data, global_weights, ids, round_index, **kw):
@@ -50,10 +51,10 @@ def reference(model, data, global_weights, ids, round_index, **kw):
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 1e-4)])
-def test_batched_equals_sequential(name, momentum, weight_decay):
+def test_batched_equals_sequential(name, momentum, weight_decay, device, tol):
     shape, classes, sizes, batch = CASES[name]
-    model = build_model(name, shape, classes, seed=1)
-    data = client_data(shape, classes, sizes)
+    model = build_model(name, shape, classes, seed=1).to(device)
+    data = client_data(shape, classes, sizes, device=device)
     kw = dict(epochs=2, batch_size=batch, lr=0.05, momentum=momentum, weight_decay=weight_decay, seed=3)
     w0 = flat_weights(model)
     ids = list(range(len(sizes)))[::-1]
@@ -61,41 +62,41 @@ def test_batched_equals_sequential(name, momentum, weight_decay):
     engine = BatchedEngine(model, data, **kw)
     assert engine.method == ("linear" if name in ("logreg", "mlp") else "fold")
     got = engine.train(w0, ids, 4)
-    torch.testing.assert_close(got.weights, want_w, atol=TOL[name], rtol=0)
-    np.testing.assert_allclose(got.losses, want_l, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.weights, want_w, atol=tol(TOL[name]), rtol=0)
+    np.testing.assert_allclose(got.losses, want_l, atol=tol(1e-5), rtol=0)
     np.testing.assert_array_equal(got.num_samples, [sizes[i] for i in ids])
 
 
 @pytest.mark.parametrize("method", ["linear", "fold", "vmap"])
-def test_every_method_equals_sequential(method):
+def test_every_method_equals_sequential(method, device, tol):
     shape, classes, sizes, batch = CASES["mlp"]
-    model = build_model("mlp", shape, classes, seed=2, hidden=(32, 16))
-    data = client_data(shape, classes, sizes, seed=5)
+    model = build_model("mlp", shape, classes, seed=2, hidden=(32, 16)).to(device)
+    data = client_data(shape, classes, sizes, seed=5, device=device)
     kw = dict(epochs=3, batch_size=batch, lr=0.1, momentum=0.5, weight_decay=1e-3, seed=0)
     w0 = flat_weights(model)
     want_w, want_l = reference(model, data, w0, [0, 1, 2, 3], 0, **kw)
     engine = BatchedEngine(model, data, method=method, **kw)
     assert engine.method == method
     got = engine.train(w0, [0, 1, 2, 3], 0)
-    torch.testing.assert_close(got.weights, want_w, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(got.losses, want_l, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.weights, want_w, atol=tol(1e-5), rtol=0)
+    np.testing.assert_allclose(got.losses, want_l, atol=tol(1e-5), rtol=0)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn1d"])
-def test_per_row_start_weights_and_repeated_clients(name):
+def test_per_row_start_weights_and_repeated_clients(name, device, tol):
     """Rows start from their own weights; a client id may appear in several rows (simulate_many's lockstep)."""
     shape, classes, sizes, batch = CASES[name]
-    model = build_model(name, shape, classes, seed=1)
-    data = client_data(shape, classes, sizes)
+    model = build_model(name, shape, classes, seed=1).to(device)
+    data = client_data(shape, classes, sizes, device=device)
     kw = dict(epochs=2, batch_size=batch, lr=0.05, momentum=0.9, weight_decay=0.0, seed=3)
     w0 = flat_weights(model)
     gen = torch.Generator().manual_seed(9)
     ids = [0, 2, 0, 1, 2]
-    starts = torch.stack([w0 + 0.05 * torch.randn(w0.shape, generator=gen) for _ in ids])
+    starts = torch.stack([w0 + 0.05 * torch.randn(w0.shape, generator=gen).to(device) for _ in ids])
     got = BatchedEngine(model, data, **kw).train(starts, ids, 5)
     want_w, want_l = reference(model, data, starts, ids, 5, **kw)
-    torch.testing.assert_close(got.weights, want_w, atol=TOL[name], rtol=0)
-    np.testing.assert_allclose(got.losses, want_l, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.weights, want_w, atol=tol(TOL[name]), rtol=0)
+    np.testing.assert_allclose(got.losses, want_l, atol=tol(1e-5), rtol=0)
     for row, cid in enumerate(ids):   # each row equals that client trained alone from that start
         alone = SequentialEngine(model, data, **kw).train(starts[row], [cid], 5)
         torch.testing.assert_close(want_w[row], alone.weights[0], atol=0, rtol=0)
@@ -104,25 +105,25 @@ def test_per_row_start_weights_and_repeated_clients(name):
         BatchedEngine(model, data, **kw).train(starts[:2], ids, 5)
 
 
-def test_finished_client_keeps_its_weights_and_momentum():
+def test_finished_client_keeps_its_weights_and_momentum(device, tol):
     """A 2-sample client trains 2 steps while a 40-sample one trains 16: it must equal training alone."""
     shape, classes = (64,), 10
-    model = build_model("mlp", shape, classes, seed=0)
-    data = client_data(shape, classes, [2, 40])
+    model = build_model("mlp", shape, classes, seed=0).to(device)
+    data = client_data(shape, classes, [2, 40], device=device)
     kw = dict(epochs=2, batch_size=5, lr=0.1, momentum=0.9, weight_decay=1e-2, seed=1)
     w0 = flat_weights(model)
     together = BatchedEngine(model, data, **kw).train(w0, [0, 1], 7)
     alone = BatchedEngine(model, data, **kw).train(w0, [0], 7)
-    torch.testing.assert_close(together.weights[0], alone.weights[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(together.weights[0], alone.weights[0], atol=tol(1e-6), rtol=0)
     want_w, _ = reference(model, data, w0, [0, 1], 7, **kw)
-    torch.testing.assert_close(together.weights, want_w, atol=1e-5, rtol=0)
+    torch.testing.assert_close(together.weights, want_w, atol=tol(1e-5), rtol=0)
 
 
 @pytest.mark.parametrize("name", ["mlp", "femnist_cnn"])
-def test_chunked_equals_unchunked(name):
+def test_chunked_equals_unchunked(name, device, tol):
     shape, classes, sizes, batch = CASES[name]
-    model = build_model(name, shape, classes, seed=0)
-    data = client_data(shape, classes, sizes * 2)
+    model = build_model(name, shape, classes, seed=0).to(device)
+    data = client_data(shape, classes, sizes * 2, device=device)
     kw = dict(epochs=2, batch_size=batch, lr=0.05, momentum=0.9, weight_decay=1e-4, seed=2)
     w0 = flat_weights(model)
     ids = list(range(len(data)))
@@ -130,8 +131,8 @@ def test_chunked_equals_unchunked(name):
     tiny = BatchedEngine(model, data, max_chunk_mb=1e-3, **kw)
     assert whole.chunk_size(8) >= len(ids) and tiny.chunk_size(8) == 1
     a, b = whole.train(w0, ids, 1), tiny.train(w0, ids, 1)
-    torch.testing.assert_close(a.weights, b.weights, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(a.losses, b.losses, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.weights, b.weights, atol=tol(1e-6), rtol=0)
+    np.testing.assert_allclose(a.losses, b.losses, atol=tol(1e-6), rtol=0)
 
 
 def test_chunk_memory_estimate_scales_with_budget():
@@ -145,10 +146,10 @@ def test_chunk_memory_estimate_scales_with_budget():
     assert 1 <= engine.chunk_size(20) <= engine.memory_chunk_size(20)   # CPU: also capped for the caches
 
 
-def test_inputs_are_not_modified():
+def test_inputs_are_not_modified(device):
     shape, classes, sizes, batch = CASES["mlp"]
-    model = build_model("mlp", shape, classes)
-    data = client_data(shape, classes, sizes)
+    model = build_model("mlp", shape, classes).to(device)
+    data = client_data(shape, classes, sizes, device=device)
     before = flat_weights(model)
     w0 = before.clone()
     BatchedEngine(model, data, epochs=1, batch_size=batch, lr=0.5, momentum=0.9).train(w0, [0, 1, 2], 0)
@@ -166,9 +167,9 @@ def test_clients_epoch_orders_are_epoch_orders():
             np.testing.assert_array_equal(order, epoch_orders(seed, round_index, cid, n, epochs))
 
 
-def test_simulation_history_is_the_same():
+def test_simulation_history_is_the_same(device, tol):
     cfg = SimConfig(dataset="digits", model="mlp", clients=12, client_fraction=0.75, rounds=4, batch_size=16,
-                    local_epochs=2, lr=0.05, momentum=0.9, weight_decay=1e-4, seed=3,
+                    local_epochs=2, lr=0.05, momentum=0.9, weight_decay=1e-4, seed=3, device=device.type,
                     strategy=StrategyConfig(name="qsfl", k=5, ns=3, p=0.3))
     seq = qsfl.simulate(cfg.replace(engine="sequential")).df
     bat = qsfl.simulate(cfg.replace(engine="batched")).df
@@ -176,7 +177,7 @@ def test_simulation_history_is_the_same():
              "uplink_bytes", "downlink_bytes", "cum_uplink_bytes", "cum_downlink_bytes"]
     pd.testing.assert_frame_equal(seq[exact], bat[exact], check_exact=True)
     for col in ("test_accuracy", "test_loss", "train_loss"):
-        np.testing.assert_allclose(bat[col], seq[col], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(bat[col], seq[col], atol=tol(1e-5), rtol=0)
 
 
 class WithBatchNorm(nn.Module):
@@ -223,18 +224,18 @@ def test_registry_models_are_vectorisable():
     assert isinstance(engine, BatchedEngine)
 
 
-def test_model_with_direct_parameter_uses_vmap():
+def test_model_with_direct_parameter_uses_vmap(device, tol):
     torch.manual_seed(0)
-    model = WithScale()
-    data = client_data((64,), 10, [7, 12])
+    model = WithScale().to(device)
+    data = client_data((64,), 10, [7, 12], device=device)
     kw = dict(epochs=2, batch_size=5, lr=0.05, momentum=0.9, weight_decay=1e-4, seed=0)
     engine = BatchedEngine(model, data, **kw)
     assert engine.method == "vmap"
     w0 = flat_weights(model)
     want_w, want_l = reference(model, data, w0, [1, 0], 2, **kw)
     got = engine.train(w0, [1, 0], 2)
-    torch.testing.assert_close(got.weights, want_w, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(got.losses, want_l, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.weights, want_w, atol=tol(1e-5), rtol=0)
+    np.testing.assert_allclose(got.losses, want_l, atol=tol(1e-5), rtol=0)
 
 
 def test_configure_threads():

@@ -59,8 +59,8 @@ def pg_study(url: str, name: str):
 
 
 def counted(trial) -> bool:
-    """Trials that count toward n_trials (tuning.optuna_search.counted)."""
-    from tuning.optuna_search import counted as tuning_counted
+    """Trials that count toward n_trials (tuning.search.optuna.counted)."""
+    from tuning.search.optuna import counted as tuning_counted
 
     return tuning_counted(trial)
 
@@ -120,7 +120,7 @@ def test_two_tune_processes_finish_the_budget_together_without_duplicate_or_lost
 # 4 distinct configs, each simulated twice).
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_two_fresh_workers_propose_different_params(pg_url, study_name, tmp_path):
-    from tuning.optuna_search import open_study
+    from tuning.search.optuna import open_study
     from tuning.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path, OPTUNA_SPEC, study_name))
@@ -175,7 +175,7 @@ def _open_at_barrier(barrier: Any, url: str, spec_path: str, results: Any) -> No
     """A spawned process: import everything, wait for the others, then open the study like `qsfl tune` does."""
     import traceback
 
-    from tuning.optuna_search import open_study
+    from tuning.search.optuna import open_study
     from tuning.spec import load_spec
 
     spec = load_spec(spec_path)

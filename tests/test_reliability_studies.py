@@ -16,91 +16,32 @@ The process-level tests take tens of seconds each: they are marked ``slow`` (CI 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import (
+    GA_SPEC,
+    OPTUNA_SPEC,
+    alive,
+    descendants,
+    run_tune,
+    tune_cmd,
+    write_spec,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-GA_SPEC = """
-[study]
-name = "{name}"
-engine = "ga"
-seeds = [0]
-eval_seeds = []
-search_seed = 3
-save_histories = false
-
-[base]
-dataset = "digits"
-model = "logreg"
-clients = 4
-rounds = 2
-batch_size = 50
-
-[base.strategy]
-name = "qsfl"
-
-[space.beta]
-low = 0.0
-high = 1.0
-[space.k]
-low = 1
-high = 4
-[space.ns]
-low = 1
-high = 4
-[space.p]
-low = 0.05
-high = 1.0
-
-[objective]
-formula = "final_accuracy - 0.5 * uplink_fraction"
-direction = "maximize"
-
-[ga]
-population = 6
-generations = 4
-"""
-
-OPTUNA_SPEC = GA_SPEC.replace('engine = "ga"', 'engine = "optuna"').split("[ga]")[0] + """
-[optuna]
-n_trials = 8
-sampler = "tpe"
-n_startup_trials = 4
-"""
 
 TIMING_COLUMNS = ["duration_s", "finished_at"]
 
 
 # ----- helpers ------------------------------------------------------------------------------------------------
-def write_spec(tmp_path: Path, text: str, name: str) -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text.format(name=name))
-    return path
-
-
-def tune_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "qsfl_cli", "tune", str(spec), "--out", str(out), "--no-report", "--quiet",
-            *extra]
-
-
-def run_tune(spec: Path, out: Path, *extra: str, timeout: int = 600) -> None:
-    """Run ``qsfl tune`` to completion in a fresh process; it must succeed without a traceback."""
-    proc = subprocess.run(tune_cmd(spec, out, *extra), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-
-
 def table_rows(out: Path) -> int:
     """Finished evaluations on disk (trials.csv is replaced atomically, so it is always whole)."""
     try:
@@ -108,33 +49,6 @@ def table_rows(out: Path) -> int:
             return max(sum(1 for _ in fh) - 1, 0)
     except FileNotFoundError:
         return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (pool workers, forkserver, resource tracker)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def kill_when(spec: Path, out: Path, ready, *extra: str, timeout: float = 600,
@@ -183,7 +97,7 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
 
 def hall_of_fame(out: Path) -> list[tuple[list[float], tuple[float, ...]]]:
     """(genome, fitness) of the checkpoint's HallOfFame (our own trusted checkpoint)."""
-    import tuning.ga  # noqa: F401 - the pickle refers to its classes
+    import tuning.search.ga  # noqa: F401 - the pickle refers to its classes
 
     with open(out / "checkpoint.pkl", "rb") as fh:
         state = pickle.load(fh)
@@ -325,7 +239,7 @@ def test_optuna_same_spec_and_seed_give_identical_tables(tmp_path):
 def test_two_processes_on_one_explicit_sqlite_storage_propose_different_params(tmp_path):
     import optuna
 
-    from tuning.optuna_search import open_study
+    from tuning.search.optuna import open_study
     from tuning.spec import load_spec
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -363,7 +277,7 @@ def test_ga_diverging_trials_are_failed_with_worst_fitness_and_the_study_goes_on
     assert list(logbook["gen"]) == [0, 1, 2]                       # every generation ran
     assert logbook["nfailed"].sum() >= 1
     assert (logbook["min_0"] > -1).all()                           # statistics over the complete ones only
-    import tuning.ga  # noqa: F401
+    import tuning.search.ga  # noqa: F401
 
     with open(out / "checkpoint.pkl", "rb") as fh:
         state = pickle.load(fh)
@@ -454,8 +368,7 @@ def test_trials_table_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_ga_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    from tuning.ga import GeneticAlgorithm
-    from tuning.spec import GASettings
+    from tuning.search.ga import GASettings, GeneticAlgorithm
 
     def evaluate(genomes, generation):
         return [((-sum((g - 0.5) ** 2 for g in genome),), True) for genome in genomes], len(genomes)

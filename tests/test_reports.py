@@ -144,7 +144,7 @@ def study_dir(study_template, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, study_template) -> Path:
     """The study directory after `compare --top 1 --seeds 5,6 --rounds 2`."""
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     out = Path(shutil.copytree(study_template, tmp_path_factory.mktemp("cmp") / "out"))
     compare_study(out, top=1, seeds=[5, 6], workers=1, rounds=2)
@@ -341,14 +341,14 @@ def test_compare_md_and_figure(compared):
     md = (compared / "compare.md").read_text()
     for label in ("tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"):
         assert f"| {label} |" in md
-    assert "\u00b1" in md and "seeds 5, 6" in md
+    assert "confidence interval" in md and "seeds 5, 6" in md
     assert (compared / "figures" / "compare_convergence.png").is_file()
     assert (compared / "figures" / "compare_convergence.svg").is_file()
     assert len(pd.read_csv(compared / "compare" / "runs.csv")) == 12
 
 
 def test_compare_reuses_saved_runs(compared, tmp_path):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     out = Path(shutil.copytree(compared, tmp_path / "out"))
     before = pd.read_csv(out / "compare.csv")
@@ -359,14 +359,14 @@ def test_compare_reuses_saved_runs(compared, tmp_path):
 
 
 def test_compare_refuses_search_seeds(study_dir):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     with pytest.raises(ConfigError, match="used by the search"):
         compare_study(study_dir, seeds=[0, 7])
 
 
 def test_default_seeds_skip_the_search_seeds():
-    from reports.compare import choose_seeds, parse_seeds
+    from tuning.compare import choose_seeds, parse_seeds
 
     assert choose_seeds(None, {0, 1, 3}) == [2, 4, 5]
     assert choose_seeds(None, {0}, preferred=[100, 101]) == [100, 101]
@@ -377,7 +377,7 @@ def test_default_seeds_skip_the_search_seeds():
 
 
 def test_compare_configs_file_and_base_file(tmp_path):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     (tmp_path / "base.toml").write_text(dump_toml({**BASE, "rounds": 2}))
     (tmp_path / "configs.toml").write_text(
@@ -397,7 +397,7 @@ def test_compare_configs_file_and_base_file(tmp_path):
     ('x = 1\n', r"\[\[config\]\]"),
 ])
 def test_bad_configs_file(tmp_path, text, match):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     (tmp_path / "base.toml").write_text(dump_toml(BASE))
     (tmp_path / "c.toml").write_text(text)
@@ -406,7 +406,7 @@ def test_bad_configs_file(tmp_path, text, match):
 
 
 def test_compare_without_base_names_what_is_missing(tmp_path):
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     with pytest.raises(ConfigError, match="spec.toml"):
         compare_study(tmp_path)
@@ -430,7 +430,8 @@ def test_report_html_is_self_contained_and_complete(compared):
     assert "Comparison with baselines" in text
     for _, row in table.iterrows():
         assert f"<td>{row['label']}</td>" in text
-        assert f"{row['final_accuracy_mean']:.4f} \u00b1 {row['final_accuracy_std']:.4f}" in text
+        cell = f"{row['final_accuracy_mean']:.4f} [{row['final_accuracy_ci_low']:.4f}, {row['final_accuracy_ci_high']:.4f}]"
+        assert cell in text
     # best configs, timing and the spec
     assert "Best configurations" in text and "authors&#x27; defaults" in text
     assert "wall clock" in text and "test-study" in text and "[base]" in text
@@ -443,7 +444,7 @@ def test_report_html_is_self_contained_and_complete(compared):
 def test_report_of_a_study_still_running(study_dir):
     """Only spec + trials so far (no best.toml, logbook, histories): `qsfl report` still writes the report."""
     from qsfl_cli import main
-    from reports.report import load_study
+    from reports.study import load_report_study
 
     for name in ("best.toml", "baseline.toml", "logbook.csv", "trials.parquet"):
         (study_dir / name).unlink()
@@ -451,12 +452,14 @@ def test_report_of_a_study_still_running(study_dir):
     assert main(["report", str(study_dir), "--quiet"]) == 0
     text = (study_dir / "report.html").read_text()
     assert "Best configurations" in text
-    assert len(load_study(study_dir).trials) == 6
+    assert len(load_report_study(study_dir).trials) == 6
 
 
 def test_multi_objective_optuna_study_with_failed_and_pruned_rows(study_dir):
     """Two objectives, engine optuna, a pruned and a failed trial: every figure still builds sensibly."""
-    from reports.report import best_table, load_study, study_figures
+    from reports.figures import study_figures
+    from reports.study import load_report_study as load_study
+    from reports.tables import best_table
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     trials["engine"], trials["generation"] = "optuna", -1
@@ -499,26 +502,58 @@ def test_not_a_study_dir_names_missing_files(tmp_path):
         write_report(tmp_path / "nope")
 
 
-def test_study_timing():
-    from reports.report import format_duration, study_timing
+def test_study_timing_one_session():
+    from reports.format import format_duration
+    from reports.study import study_timing
 
     t = pd.DataFrame({"duration_s": [2.0, 3.0, 4.0], "state": ["complete", "complete", "failed"],
                       "finished_at": ["2024-01-01T00:00:02+00:00", "2024-01-01T00:00:05+00:00",
                                       "2024-01-01T00:01:00+00:00"]})
     out = study_timing(t)
-    assert out["compute_s"] == 9.0 and out["wall_s"] == 60.0
+    assert out["compute_s"] == 9.0 and out["wall_s"] == 60.0 and out["sessions"] == 1
     assert out["n_complete"] == 2 and out["n_failed"] == 1
     assert format_duration(3725) == "1 h 2 min 5 s"
 
 
-def test_objective_directions():
-    from reports.report import objective_directions
+def test_study_timing_after_resume_counts_computing_not_the_pause():
+    """Two sessions a day apart: wall time is the two sessions' spans (10 s + 6 s), not a day."""
+    from reports.study import study_timing
 
-    assert objective_directions({}, 1) == [True]
-    assert objective_directions({"objective": {"direction": "minimize"}}, 1) == [False]
-    assert objective_directions({"objective": {"objectives": ["final_accuracy", "uplink_mb"]}}, 2) == [True, False]
-    assert objective_directions({"objective": {"objectives": ["a", "b"], "directions": ["minimize", "maximize"]}},
-                                2) == [False, True]
+    t = pd.DataFrame({"duration_s": [4.0, 6.0, 2.0, 4.0],
+                      "finished_at": ["2024-01-01T00:00:04+00:00", "2024-01-01T00:00:10+00:00",
+                                      "2024-01-02T00:00:02+00:00", "2024-01-02T00:00:06+00:00"]})
+    out = study_timing(t)
+    assert out["sessions"] == 2 and out["wall_s"] == 16.0 and out["compute_s"] == 16.0
+    # two parallel workers overlap in time: the session's span counts once
+    t = pd.DataFrame({"duration_s": [10.0, 10.0], "finished_at": ["2024-01-01T00:00:10+00:00",
+                                                                  "2024-01-01T00:00:11+00:00"]})
+    out = study_timing(t)
+    assert out["wall_s"] == 11.0 and out["compute_s"] == 20.0
+
+
+def test_directions_and_objective_names_come_from_the_files(study_dir):
+    """The spec's objective when readable, else best.toml's `objectives`/`directions`; never a name guess."""
+    from tuning.results import load_study
+
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    study = load_study(study_dir)
+    assert study.directions == ["maximize"] and study.objectives == ["final_accuracy - 0.05 * uplink_fraction"]
+    # a metric whose name looks minimised ("uplink") declared maximised: the files win
+    spec["objective"] = {"formula": "uplink_mb", "direction": "maximize"}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    assert load_study(study_dir).directions == ["maximize"]
+    # an unreadable [objective]: best.toml says what was optimised
+    spec["objective"] = {"formula": "no_such_metric"}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    best = __import__("tomllib").loads((study_dir / "best.toml").read_text())
+    (study_dir / "best.toml").write_text(dump_toml({**best, "objectives": ["minimize uplink_fraction"],
+                                                    "directions": ["minimize"]}))
+    study = load_study(study_dir)
+    assert study.directions == ["minimize"] and study.objectives == ["uplink_fraction"]
+    (study_dir / "best.toml").unlink()
+    (study_dir / "baseline.toml").unlink()
+    with pytest.raises(ConfigError, match="direction"):
+        load_study(study_dir)
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
@@ -554,10 +589,177 @@ def test_cli_compare(study_dir, capsys):
 @pytest.mark.slow
 def test_compare_in_parallel_equals_serial(compared, tmp_path):
     """Two spawn workers (1 torch thread each) give the same table as the serial run."""
-    from reports.compare import compare_study
+    from qsfl_cli import compare_study
 
     out = Path(shutil.copytree(compared, tmp_path / "out", ignore=shutil.ignore_patterns("compare")))
     table = compare_study(out, top=1, seeds=[5, 6], workers=2, rounds=2)
     serial = pd.read_csv(compared / "compare.csv")
     cols = ["final_accuracy_mean", "uplink_mb_mean", "compression_ratio_mean"]
     np.testing.assert_allclose(table[cols].to_numpy(), serial[cols].to_numpy(), rtol=1e-6)
+
+
+# ----- reports stay right after resume and extension ---------------------------------------------------------
+def test_best_table_lists_distinct_simulations(study_dir):
+    """Two params that simulate identically (same seeds, every metric equal) share one row of the best table."""
+    from reports.study import load_report_study
+    from reports.tables import best_table
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    top = trials.sort_values("fitness", ascending=False).iloc[0]
+    twin = top.copy()
+    twin["param_p"], twin["trial"], twin["individual"] = top["param_p"] + 0.001, len(trials), "twin"
+    pd.concat([trials, twin.to_frame().T.astype(trials.dtypes)], ignore_index=True).to_parquet(
+        study_dir / "trials.parquet", index=False)
+    best = __import__("tomllib").loads((study_dir / "best.toml").read_text())["best"]
+    twin_params = {**best[0]["params"], "p": float(twin["param_p"])}
+    best = [best[0], {"params": twin_params, "fitness": best[0]["fitness"]}, *best[1:]]
+    (study_dir / "best.toml").write_text(dump_toml({"best": best}))
+    table = best_table(load_report_study(study_dir))
+    assert list(table["rank"]) == [1, 2, "authors' defaults"]       # 3 entries, 2 distinct simulations
+    assert "same simulation: " in table["params"].iloc[0] and f"p={twin_params['p']:.4g}" in table["params"].iloc[0]
+
+
+def test_simulation_keys_merge_only_identical_complete_rows():
+    from tuning.results import simulation_keys
+
+    t = pd.DataFrame({"seeds": ["0", "0", "1", "0"], "metric_final_accuracy": [0.5, 0.5, 0.5, 0.5],
+                      "metric_uplink_mb": [1.0, 1.0, 1.0, 2.0], "state": ["complete"] * 4})
+    keys = simulation_keys(t)
+    assert keys[0] == keys[1] and len(set(keys)) == 3                # other seed, other bytes: distinct
+    t.loc[1, "state"] = "failed"
+    assert simulation_keys(t)[0] != simulation_keys(t)[1]
+    assert simulation_keys(t.assign(simulation=["a", "a", "b", "b"])).tolist() == ["a", "a", "b", "b"]
+
+
+def test_comparison_of_an_earlier_best_set_is_marked_stale(compared, tmp_path):
+    from reports.report import write_report
+    from tuning.results import read_compare
+
+    out = Path(shutil.copytree(compared, tmp_path / "out"))
+    assert read_compare(out).stale is False
+    assert "STALE" not in write_report(out, formats=("png",)).read_text()
+    best = __import__("tomllib").loads((out / "best.toml").read_text())
+    best["best"][0]["params"]["p"] = 0.123                           # a resumed study found another best
+    (out / "best.toml").write_text(dump_toml(best))
+    assert read_compare(out).stale is True
+    assert "STALE: best.toml changed since this comparison ran" in write_report(out, formats=("png",)).read_text()
+
+
+def test_report_records_versions_and_hardware(study_dir):
+    import platform
+
+    import torch
+
+    from qsfl.environment import describe, git_commit
+    from reports.report import write_report
+
+    env = describe()
+    assert env["torch"] == torch.__version__ and env["python"] == platform.python_version()
+    assert env["cpu_count"] >= 1 and "qsfl_tune" in env
+    text = write_report(study_dir, formats=("png",)).read_text()
+    assert f"torch {torch.__version__}" in text and f"Python {platform.python_version()}" in text
+    commit = git_commit()
+    assert commit is None or f"commit {commit}" in text
+    assert f"{env['cpu_count']} CPUs" in text
+
+
+def test_report_shows_the_sessions_that_ran_the_study(study_dir):
+    from reports.report import write_report
+
+    env = {"qsfl_tune": "0.1.0", "python": "3.11.7", "torch": "2.13.0", "cpu": "Test CPU", "cpu_count": 2,
+           "git_commit": "abc123"}
+    (study_dir / "environment.json").write_text(json.dumps({"sessions": [
+        {"started": "2024-05-01T12:00:00+00:00", "finished": "2024-05-01T12:10:00+00:00", "status": "complete",
+         "command": "qsfl tune s.toml", "environment": env},
+        {"started": "2024-05-03T08:00:00+00:00", "finished": "2024-05-03T08:05:00+00:00", "status": "complete",
+         "command": "qsfl tune s.toml --resume", "environment": {**env, "cpu": "Other CPU"}}]}))
+    text = write_report(study_dir, formats=("png",)).read_text()
+    assert "session 1" in text and "session 2" in text and "commit abc123" in text and "Other CPU" in text
+
+
+def test_multi_objective_figures_name_their_metrics(study_dir):
+    from reports.figures import study_figures
+    from reports.study import load_report_study
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials["fitness_0"], trials["fitness_1"] = trials["metric_final_accuracy"], trials["metric_uplink_mb"]
+    trials.drop(columns=["fitness"]).to_parquet(study_dir / "trials.parquet", index=False)
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    spec["objective"] = {"objectives": ["final_accuracy", "uplink_mb"]}
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    logbook = pd.read_csv(study_dir / "logbook.csv")
+    logbook["min_1"], logbook["mean_1"], logbook["max_1"], logbook["std_1"] = 1.0, 2.0, 3.0, 0.5
+    logbook.to_csv(study_dir / "logbook.csv", index=False)
+    entries = study_figures(load_report_study(study_dir))
+    figs = {f.name: f for f in entries}
+    texts = " ".join(f.caption + " " + " ".join(a.get_xlabel() + a.get_ylabel() + a.get_title()
+                                                for a in f.figure.axes) for f in entries)
+    assert "fitness_0" not in texts and "fitness_1" not in texts
+    assert figs["optimization_history_1"].figure.axes[0].get_ylabel() == "uplink_mb"
+    ax = figs["objective_front"].figure.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("uplink_mb", "final_accuracy")
+    assert "lower is better" in figs["ga_fitness_1"].figure.axes[0].get_title(loc="right")
+    assert "higher is better" in figs["ga_fitness_0"].figure.axes[0].get_title(loc="right")
+
+
+def test_ga_fitness_says_which_direction_is_better(study_template):
+    logbook = pd.read_csv(study_template / "logbook.csv")
+    assert "higher is better" in plots.ga_fitness(logbook, maximize=True).axes[0].get_title(loc="right")
+    assert "lower is better" in plots.ga_fitness(logbook, maximize=False).axes[0].get_title(loc="right")
+
+
+def test_overlapping_lines_stay_distinguishable(runs):
+    """Two labels with the very same run (identical simulations) draw lines with different markers and dashes."""
+    same = runs["tuned-1"][0]
+    for fig in (plots.accuracy_vs_round({"tuned-1": [same], "tuned-2": [same], "qsfl-default": [same]}),
+                plots.accuracy_vs_uplink({"tuned-1": [same], "tuned-2": [same]})):
+        lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+        styles = {(line.get_marker(), str(line.get_linestyle()), str(line.get_dashes() if hasattr(line, "get_dashes")
+                                                                      else "")) for line in lines}
+        assert len({line.get_marker() for line in lines}) == len(lines)
+        assert len(styles) == len(lines)
+
+
+def test_mean_over_seeds_only_with_several_seeds(runs):
+    one = {"qsfl-default": runs["qsfl-default"][:1], "fedavg": runs["fedavg"]}
+    assert "mean over seeds" not in plots.uplink_composition(one).axes[0].get_xlabel()
+    assert "mean over seeds" in plots.uplink_composition(runs).axes[0].get_xlabel()
+    assert plots.accuracy_vs_round(one).axes[0].get_title(loc="right") == ""
+    assert "over seeds" in plots.accuracy_vs_round(runs).axes[0].get_title(loc="right")
+
+
+def test_report_of_one_seed_does_not_say_mean_over_seeds(study_dir):
+    from reports.report import write_report
+
+    text = write_report(study_dir, formats=("png",)).read_text()
+    assert "mean over" not in text and "Metrics are the search&#x27;s own (seed 0)" in text
+    spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
+    spec["study"]["seeds"] = [0, 1]
+    (study_dir / "spec.toml").write_text(dump_toml(spec))
+    assert "mean over its 2 seeds 0, 1" in write_report(study_dir, formats=("png",)).read_text()
+
+
+@pytest.mark.parametrize("best, baseline, directions, says", [
+    ([[0.8]], [0.7], ["maximize"], False),
+    ([[0.6], [0.5]], [0.7], ["maximize"], True),
+    ([[0.7]], [0.7], ["maximize"], True),                       # a tie is not better
+    ([[3.0]], [2.0], ["minimize"], True),
+    ([[1.0]], [2.0], ["minimize"], False),
+    ([[0.9, 5.0], [0.8, 1.0]], [0.85, 3.0], ["maximize", "minimize"], True),    # nobody dominates the defaults
+    ([[0.9, 2.0], [0.8, 1.0]], [0.85, 3.0], ["maximize", "minimize"], False),   # (0.9, 2.0) dominates
+])
+def test_defaults_verdict(best, baseline, directions, says):
+    from tuning.results import defaults_verdict
+
+    verdict = defaults_verdict([{"fitness": f} for f in best], {"fitness": baseline, "state": "complete"},
+                               directions)
+    assert (verdict is not None) == says
+
+
+def test_report_says_when_the_defaults_were_not_beaten(study_dir):
+    from reports.report import write_report
+
+    baseline = __import__("tomllib").loads((study_dir / "baseline.toml").read_text())
+    baseline["fitness"] = [10.0]                                 # the defaults' fitness beats every trial
+    (study_dir / "baseline.toml").write_text(dump_toml(baseline))
+    assert "did not beat the defaults" in write_report(study_dir, formats=("png",)).read_text()

@@ -6,43 +6,10 @@ import re
 
 import pandas as pd
 import pytest
+from helpers import spec_text
 
-SPEC = """
-[study]
-name = "e2e-tiny"
-engine = "ga"
-seeds = [0]
-eval_seeds = [100]
-
-[base]
-dataset = "digits"
-model = "mlp"
-clients = 6
-rounds = 2
-batch_size = 30
-target_accuracy = 0.3
-
-[space.beta]
-low = 0.0
-high = 1.0
-[space.k]
-low = 1
-high = 6
-[space.ns]
-low = 1
-high = 6
-[space.p]
-low = 0.05
-high = 1.0
-
-[objective]
-formula = "final_accuracy - 0.05 * uplink_fraction"
-direction = "maximize"
-
-[ga]
-population = 3
-generations = 1
-"""
+SPEC = spec_text("e2e-tiny", rounds=2, batch_size=30, target_accuracy=0.3, eval_seeds=[100], uplink_weight=0.05,
+                 population=3, generations=1)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from qsfl.segments import (
     encode_segment,
     segment_bounds,
     segment_id,
+    top_k_rows,
     top_p_indices,
 )
 
@@ -76,3 +77,34 @@ def test_top_p_equals_a_stable_sort_reference_with_many_ties():
         k = ceil_fraction(p, n)
         ref = torch.sort(torch.sort(values.abs(), descending=True, stable=True).indices[:k]).values
         assert top_p_indices(values, p).tolist() == ref.tolist()
+
+
+def test_top_k_rows_hand_computed():
+    values = torch.tensor([[3.0, -1.0, 0.5, 2.0, -2.0, 9.0],
+                           [1.0, 1.0, 1.0, 1.0, 5.0, 0.0],
+                           [0.0, 0.0, 0.0, 4.0, 4.0, 4.0]])
+    # row 0: 2 of [0, 6); row 1: 2 of [1, 4) (all ties: lowest indices); row 2: whole segment [3, 6)
+    mask = top_k_rows(values, np.array([0, 1, 3]), np.array([6, 4, 6]), np.array([2, 2, 3]))
+    assert mask.tolist() == [[True, False, False, False, False, True],
+                             [False, True, True, False, False, False],
+                             [False, False, False, True, True, True]]
+
+
+def test_top_k_rows_equals_top_p_indices_row_by_row_with_many_ties():
+    gen = torch.Generator().manual_seed(1)
+    for _trial in range(50):
+        rows, n = int(torch.randint(1, 8, (1,), generator=gen)), int(torch.randint(1, 40, (1,), generator=gen))
+        values = torch.randint(-3, 4, (rows, n), generator=gen).float()
+        lo = torch.randint(0, n, (rows,), generator=gen).numpy()
+        hi = np.array([int(torch.randint(int(a) + 1, n + 1, (1,), generator=gen)) for a in lo])
+        p = (torch.rand(rows, generator=gen) * 0.99 + 0.01).tolist()
+        k = np.array([ceil_fraction(q, int(b - a)) for q, a, b in zip(p, lo, hi)])
+        mask = top_k_rows(values, lo, hi, k)
+        for r in range(rows):
+            expected = top_p_indices(values[r, lo[r]:hi[r]], p[r]) + int(lo[r])
+            assert torch.nonzero(mask[r]).squeeze(1).tolist() == expected.tolist()
+
+
+def test_top_k_rows_rejects_a_count_outside_the_segment():
+    with pytest.raises(ValueError, match="1 <= k <= hi - lo"):
+        top_k_rows(torch.zeros(1, 4), np.array([0]), np.array([2]), np.array([3]))

@@ -3,51 +3,18 @@ resume, failed (diverging) evaluations, and bad specs -> exit code 2 naming the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_qsfl, spec_text
 
 from qsfl.config import load_toml
 from qsfl_cli import main
 from tuning.objective import METRICS
 
-TINY = """
-[study]
-name = "tiny"
-seeds = [0]
-save_histories = false
-
-[base]
-dataset = "digits"
-model = "mlp"
-clients = 6
-rounds = 3
-batch_size = 20
-
-[space.beta]
-low = 0.0
-high = 1.0
-[space.k]
-low = 1
-high = 6
-[space.ns]
-low = 1
-high = 6
-[space.p]
-low = 0.05
-high = 1.0
-
-[objective]
-formula = "final_accuracy - 0.5 * uplink_fraction"
-direction = "maximize"
-
-[ga]
-population = 4
-generations = 2
-"""
+TINY = spec_text(save_histories=False)   # digits, mlp, 6 clients, 3 rounds, GA 4 x 2
 
 DOCUMENTED = ["study", "engine", "generation", "trial", "individual", "param_beta", "param_k", "param_ns", "param_p",
               "seeds", "fitness", "state", "reason", "duration_s", "finished_at"]
@@ -109,8 +76,9 @@ def test_diverging_evaluations_are_recorded_as_failed(tiny_spec, tmp_path):
     out = tmp_path / "out"
     spec = tiny_spec.read_text() + "\n[space.lr]\nlow = 200.0\nhigh = 400.0\n"
     tiny_spec.write_text(spec)
+    # every evaluation failed: the study's outputs are written, and it exits non-zero (issue 13)
     assert main(["tune", str(tiny_spec), "--out", str(out), "--no-report", "--quiet",
-                 "--set", "ga.generations=1"]) == 0
+                 "--set", "ga.generations=1"]) == 1
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) >= 4 and set(df["state"]) == {"failed"}
     assert df["reason"].str.contains("diverged").all() and df["fitness"].isna().all()
@@ -162,8 +130,7 @@ def test_missing_spec_and_bad_flags(tmp_path, tiny_spec, capsys):
 def test_bad_spec_in_a_real_process_has_no_traceback(tiny_spec, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.replace("population = 4", "population = 1\nmutation = \"flip\""))
-    proc = subprocess.run([sys.executable, "-m", "qsfl_cli", "tune", str(bad), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_qsfl("tune", str(bad), "--out", str(tmp_path / "o"), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "ga.population" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -215,3 +182,45 @@ def test_report_is_written_at_the_end_unless_no_report(tiny_spec, tmp_path, caps
     assert main(["tune", str(tiny_spec), "--out", str(out), "--set", "study.save_histories=true"]) == 0
     assert (out / "report.html").is_file() and (out / "histories" / "best" / "history.parquet").is_file()
     assert "report:" in capsys.readouterr().out
+
+
+def test_dataset_paths_in_a_spec_are_relative_to_the_spec_file(tmp_path, monkeypatch):
+    from tuning.spec import load_spec
+
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "s.toml"
+    spec.write_text(TINY.replace('dataset = "digits"', 'dataset = "femnist"\n'
+                                 'dataset_options = { path = "../leaf", max_users = 5 }'))
+    monkeypatch.chdir(tmp_path / "specs")   # anywhere: the path is the spec's, not the working directory's
+    loaded = load_spec(spec)
+    assert Path(loaded.base.dataset_options["path"]) == (tmp_path / "specs" / ".." / "leaf")
+    assert loaded.raw["base"]["dataset_options"]["path"] == loaded.base.dataset_options["path"]   # spec.toml too
+    # a path typed on the command line stays relative to the working directory
+    assert load_spec(spec, ["base.dataset_options.path=here"]).base.dataset_options["path"] == "here"
+    spec.write_text(TINY.replace('dataset = "digits"', 'dataset = "femnist"\n'
+                                 'dataset_options = { path = "/abs/leaf" }'))
+    assert load_spec(spec).base.dataset_options["path"] == "/abs/leaf"
+
+
+def test_paper_femnist_spec_comments_match_its_values():
+    from tuning.spec import load_spec
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "paper_femnist.toml"
+    text = path.read_text()
+    spec = load_spec(path)
+    base = spec.base
+    assert base.dataset_options["max_users"] == base.clients == 50 and "The first 50 writers" in text
+    assert base.cohort_size == 10 and "10 of them (client_fraction 0.2)" in text and "C = 10" in text
+    assert base.rounds == 100 and "100 rounds" in text
+    k = next(p for p in spec.space.params if p.name == "k")
+    assert k.high == base.cohort_size and "at most the cohort size C" in text
+    assert base.target_accuracy == 0.7 and "70 %" in text and "final_accuracy >= 0.72" in text and "72 %" in text
+    assert base.dataset_options["path"].endswith("studies/../data/leaf/femnist")
+    assert "data/leaf/femnist in the repository" in text
+
+
+def test_resume_without_a_study_is_an_error(tiny_spec, tmp_path, capsys):
+    out = tmp_path / "empty"
+    assert main(["tune", str(tiny_spec), "--out", str(out), "--resume", "-q"]) == 2
+    assert "holds no study to resume" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())      # --out stays usable

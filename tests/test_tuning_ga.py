@@ -9,9 +9,8 @@ import random
 
 import pytest
 
-from tuning.ga import GeneticAlgorithm, Individual, fitness_class, logbook_rows
+from tuning.search.ga import GASettings, GeneticAlgorithm, Individual, fitness_class, logbook_rows
 from tuning.space import Param, SearchSpace
-from tuning.spec import GASettings
 
 
 def batch(fn):

@@ -22,7 +22,7 @@ sampler = "random"
 @pytest.fixture
 def spec_path(tmp_path):
     path = tmp_path / "tiny_optuna.toml"
-    path.write_text(OPTUNA.replace('name = "tiny"', 'name = "tiny"\nengine = "optuna"'))
+    path.write_text(OPTUNA.replace('engine = "ga"', 'engine = "optuna"'))
     return path
 
 
@@ -70,8 +70,9 @@ def test_orphaned_running_trial_is_requeued_with_its_params(spec_path, tmp_path)
 def test_failed_trials_are_fail_with_reason(spec_path, tmp_path):
     spec_path.write_text(spec_path.read_text() + "\n[space.lr]\nlow = 200.0\nhigh = 400.0\n")
     out = tmp_path / "out"
+    # every evaluation failed: the study exits non-zero (issue 13)
     assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet",
-                 "--set", "optuna.n_trials=2"]) == 0
+                 "--set", "optuna.n_trials=2"]) == 1
     study = _study(out)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     assert all("diverged" in t.user_attrs["fail_reason"] for t in study.trials)
@@ -109,7 +110,7 @@ def test_multi_objective_optuna_writes_fitness_columns(spec_path, tmp_path):
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
 def test_every_single_objective_sampler_runs_a_tiny_study(sampler, tmp_path):
     path = tmp_path / f"tiny_{sampler}.toml"
-    path.write_text(OPTUNA.replace('name = "tiny"', 'name = "tiny"\nengine = "optuna"')
+    path.write_text(OPTUNA.replace('engine = "ga"', 'engine = "optuna"')
                     .replace('sampler = "random"', f'sampler = "{sampler}"'))
     out = tmp_path / "out"
     assert main(["tune", str(path), "--out", str(out), "--no-report", "--quiet"]) == 0

@@ -486,21 +486,16 @@ def test_compare_on_a_local_cluster_equals_serial(serial_study, tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_with_two_workers_runs_a_pool_process_beside_this_one(tmp_path):
-    """Optuna's extra worker processes come from tuning.workers' pool: the budget is met exactly, and two
-    trials ran at the same time (the main process runs one trial at a time)."""
-    import optuna
-
-    from tuning.trials import read_trials
-
-    text = GA_SPEC.format(name="tiny_optuna_pool", rounds=60).split("[ga]")[0].replace('engine = "ga"',
-                                                                                      'engine = "optuna"')
+def test_optuna_on_a_local_cluster_equals_two_pool_workers(tmp_path):
+    """Optuna asks a batch of trials (as many as there are workers) and evaluates it on the pool: a
+    LocalCluster of 2 gives the table of --workers 2."""
+    pytest.importorskip("distributed")
+    text = GA_SPEC.format(name="tiny_optuna_pool", rounds=2).split("[ga]")[0].replace('engine = "ga"',
+                                                                                     'engine = "optuna"')
     spec = tmp_path / "optuna.toml"
-    spec.write_text(text + "\n[optuna]\nn_trials = 10\nsampler = \"random\"\n")
-    out = tmp_path / "out"
-    tune(spec, out, "--workers", "2")
-    df = read_trials(out)
-    assert len(df) == 10 and df["trial"].is_unique and set(df["state"]) == {"complete"}
-    study = optuna.load_study(study_name="tiny_optuna_pool", storage=f"sqlite:///{out / 'study.db'}")
-    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.trials if t.state.name == "COMPLETE")
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    spec.write_text(text + "\n[optuna]\nn_trials = 6\nsampler = \"tpe\"\nn_startup_trials = 2\n")
+    tune(spec, tmp_path / "pool", "--workers", "2")
+    tune(spec, tmp_path / "cluster", "--cluster", "local:2")
+    a, b = comparable(tmp_path / "pool"), comparable(tmp_path / "cluster")
+    assert len(a) == 6 and a["trial"].is_unique
+    pd.testing.assert_frame_equal(b, a)

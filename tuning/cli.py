@@ -1,55 +1,87 @@
-"""``qsfl tune SPEC``: run or resume a tuning study (GA or Optuna) from a TOML spec."""
+"""``qsfl tune SPEC`` and ``qsfl compare OUT_DIR``: argument parsing and the tuning layer's part of each command.
+
+The top-level CLI (qsfl_cli.py) registers these parsers and chains the reports after them (the report after a
+study, the tables and figures after a comparison), so that ``tuning`` never imports ``reports``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
+import sys
 from pathlib import Path
+from typing import Any
 
 from qsfl.errors import ConfigError
+from qsfl.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+ENVIRONMENT_FILE = "environment.json"
+STUDY_MARKERS = ("trials.parquet", "trials.csv", "trials.journal.jsonl", "checkpoint.pkl", "study.db")
+CLUSTER_HELP = "run on a Dask cluster: tcp://host:8786, or local:N worker processes on this machine (docs/scaling.md)"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the ``tune`` subcommand."""
-    p = sub.add_parser("tune", help="tune QSFL's hyperparameters with a GA or Optuna from a TOML study spec",
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register the ``tune`` and ``compare`` subcommands (``common`` carries -v/-q)."""
+    p = sub.add_parser("tune", parents=[common],
+                       help="tune QSFL's hyperparameters with a GA or Optuna from a TOML study spec",
                        description="Run a tuning study. Outputs (trials table, best.toml, baseline.toml, logbook or "
                                    "study.db, report) go to --out; see docs/tuning.md.")
     p.add_argument("spec", type=Path, help="study spec TOML (see studies/)")
     p.add_argument("--out", type=Path, help="output directory (default: studies/out/<study name>)")
     p.add_argument("--resume", action="store_true", help="continue the study already in --out")
     p.add_argument("--workers", type=int, help="processes evaluating in parallel (default: study.workers, else 1)")
-    p.add_argument("--cluster", metavar="ADDRESS",
-                   help="GA: evaluate on a Dask cluster: tcp://host:8786, or local:N worker processes on this machine "
-                        "(default: study.cluster; docs/scaling.md)")
+    p.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; default: study.cluster")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://...")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. ga.population=4 or base.rounds=3 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--no-report", action="store_true", help="do not write report.html / report.md at the end")
-    p.set_defaults(func=run_tune)
+
+    c = sub.add_parser("compare", parents=[common],
+                       help="re-run the best configs of a study with the baselines over fresh seeds",
+                       description="Re-run the best N configs of a study (or the configs of a TOML file) together "
+                                   "with fedavg, topk, QJ-only, SCSS-only and QSFL with the authors' defaults over "
+                                   "seeds the search did not use; write OUT/compare.csv, compare_tests.csv, "
+                                   "compare.md, compare/<label>/seed<k>/ and figures/compare_convergence.*")
+    c.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the study's output directory (qsfl tune --out)")
+    c.add_argument("--top", type=int, default=3, help="how many of the study's best configs (default 3; for "
+                                                      "several objectives, points spread along the front)")
+    c.add_argument("--configs", type=Path, metavar="FILE.toml",
+                   help="compare these instead: [[config]] tables with label and params = {beta=..., k=...}")
+    c.add_argument("--seeds", metavar="LIST", help="seeds the search did not use, e.g. 100,101,102 or 100-104 "
+                                                   "(default: the spec's study.eval_seeds)")
+    c.add_argument("--workers", type=int, default=1, help="parallel processes, 1 torch thread each (default 1)")
+    c.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP)
+    c.add_argument("--rounds", type=int, help="override the number of rounds of every run")
+    c.add_argument("--base", type=Path, metavar="FILE.toml",
+                   help="base SimConfig when OUT_DIR has no spec.toml with a [base] table")
+    c.add_argument("--topk-p", dest="topk_p", type=float, default=0.1, help="p of the topk baseline (default 0.1)")
 
 
-def write_report(out_dir: Path) -> Path | None:
-    """Call reports.report.write_report(out_dir) when that module is installed; None otherwise."""
+# ----- tune ----------------------------------------------------------------------------------------
+def _record_session(out: Path, started: dt.datetime, argv: list[str], status: str) -> None:
+    """Append this run of ``qsfl tune`` (times, command, versions, hardware) to OUT/environment.json."""
+    from qsfl.environment import describe
+
+    path = out / ENVIRONMENT_FILE
     try:
-        from reports.report import write_report as report
-    except (ImportError, AttributeError) as exc:
-        log.info("no report written: %s", exc)
-        return None
-    try:
-        return report(out_dir)
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the study's results are already on disk
-        log.warning("report failed: %s", exc)
-        return None
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    sessions = data.get("sessions", []) if isinstance(data, dict) else []
+    sessions.append({"started": started.isoformat(timespec="seconds"),
+                     "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "status": status,
+                     "command": " ".join(["qsfl", *argv]), "environment": describe()})
+    atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2))
 
 
-def run_tune(args: argparse.Namespace) -> int:
-    """Entry of ``qsfl tune``; ConfigError for user mistakes (exit 2)."""
-    from qsfl_cli import show_progress
+def tune(args: argparse.Namespace) -> tuple[Path, int]:
+    """Run (or resume) the study of ``qsfl tune``; return its output directory and exit code (1: every evaluation
+    failed). ConfigError for user mistakes."""
+    from tuning.results import defaults_verdict
     from tuning.spec import load_spec
     from tuning.study import format_summary, run_study
 
@@ -57,27 +89,59 @@ def run_tune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers: {args.workers} is out of range; allowed [1, inf)")
     spec = load_spec(args.spec, args.overrides)
     workers = args.workers if args.workers is not None else spec.study.workers
-    if args.cluster is not None:
-        from tuning.workers import check_cluster
-
-        check_cluster("--cluster", args.cluster)
-        if args.workers is not None:
-            raise ConfigError(f"--workers {args.workers} with --cluster {args.cluster}: choose one (the cluster's "
-                              f"workers evaluate in parallel)")
+    _check_cluster(args)
     if args.storage is not None and spec.study.engine != "optuna":
         raise ConfigError("--storage: only for study.engine = \"optuna\"; the GA keeps checkpoint.pkl in --out")
     if args.storage is not None and "://" not in args.storage:
         raise ConfigError(f"--storage: expected a database URL such as sqlite:///study.db or "
                           f"postgresql://user@host/db, got {args.storage!r}")
-    out = args.out or Path("studies") / "out" / spec.name
+    out: Path = args.out or Path("studies") / "out" / spec.name
+    if args.resume and args.storage is None and not any((out / m).exists() for m in STUDY_MARKERS):
+        raise ConfigError(f"--resume: {out} holds no study to resume (no trials table, checkpoint or study.db); "
+                          "drop --resume to start one")
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     echo = (lambda s: None) if args.quiet else print
-    result = run_study(spec, out, resume=args.resume, workers=workers, cluster=args.cluster, storage=args.storage,
-                       progress=show_progress(args.quiet), verbose=verbose, echo=echo)
-    if not args.no_report:
-        report = write_report(out)
-        if report is not None and not args.quiet:
-            print(f"report: {report}")
+    started = dt.datetime.now(dt.UTC)
+    status = "interrupted"
+    try:
+        result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
+                           progress=args.progress, verbose=verbose, echo=echo, quiet=args.quiet,
+                           cluster=args.cluster)
+        status = "complete"
+    finally:
+        if (out / "spec.toml").is_file():  # the study started: say what ran it, even when it stopped early
+            _record_session(out, started, list(getattr(args, "argv", sys.argv[1:])), status)
     if not args.quiet:
         print(format_summary(result))
-    return 0
+        verdict = defaults_verdict(result.best, result.baseline, list(spec.objective.directions))
+        if verdict:
+            print(f"note: {verdict}")
+    if result.exit_code:
+        print(f"error: all {result.evaluations} evaluations failed; see the reason column of {out / 'trials.csv'}",
+              file=sys.stderr)
+    return out, result.exit_code
+
+
+def _check_cluster(args: argparse.Namespace) -> None:
+    """--cluster is ``local:N`` or a scheduler address, and not combined with an explicit --workers N > 1."""
+    if args.cluster is None:
+        return
+    from tuning.workers import check_cluster
+
+    check_cluster("--cluster", args.cluster)
+    if args.workers is not None and args.workers != 1:
+        raise ConfigError(f"--workers {args.workers} with --cluster {args.cluster}: choose one (the cluster's "
+                          f"workers evaluate in parallel)")
+
+
+# ----- compare -------------------------------------------------------------------------------------
+def compare(args: argparse.Namespace) -> Any:
+    """Plan and run the simulations of ``qsfl compare`` (tables and figures are the reports' part)."""
+    from tuning.compare import parse_seeds, plan_comparison, run_comparison
+
+    _check_cluster(args)
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    plan = plan_comparison(args.out_dir, top=args.top, configs_file=args.configs, seeds=seeds, rounds=args.rounds,
+                           base_file=args.base, topk_p=args.topk_p)
+    run_comparison(plan, workers=args.workers, progress=args.progress, cluster=args.cluster)
+    return plan.out_dir

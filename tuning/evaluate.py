@@ -1,15 +1,29 @@
-"""Evaluating points of the search space: the :class:`Evaluator` that caches per-(params, seed) results,
-numbers evaluations and writes one trials-table row per finished evaluation, on any pool of
-:mod:`tuning.workers` (serial, processes, Dask); rows are written as evaluations finish.
+"""Evaluating points of the search space: simulations grouped into lockstep batches, a cache of simulations, on
+any pool of :mod:`tuning.workers` (serial, a process pool, a Dask cluster; one torch thread per worker).
+
+* **Simulation cache.** A result is cached under (simulation key, seed, rounds): the key is the canonical config
+  of :mod:`tuning.simkey`, so points that simulate identically (e.g. two ``p`` that keep the same number of
+  entries per segment) are simulated once, and the cache key includes the rounds of the fidelity.
+* **Population batches** (``study.population_batch``, default on): the configs of one batch that share seed,
+  dataset, partition, model and local training (all but the strategy table) and the round they start from run
+  in lockstep through :func:`qsfl.simulate_many`, split into as many tasks as there are workers; off, every
+  (config, seed) is its own task.
+* **Continuation.** An evaluation at more rounds continues the simulation from the state saved at the end of the
+  previous fidelity (``Simulation.state()`` / ``simulate_many(states=...)``), so it costs only the extra rounds.
+  States live in memory for the batch being evaluated only (a study resumed after a crash re-simulates a
+  promoted point from round 0, which gives the same numbers).
 
 Every evaluation runs with one torch thread, serial or parallel, so results never depend on ``--workers``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qsfl.config import SimConfig
@@ -19,206 +33,263 @@ from tuning.objective import (
     SeedResult,
     combine,
     failed_evaluation,
+    failure_result,
+    history_result,
     params_id,
-    run_seed,
 )
-from tuning.spec import StudySpec
-from tuning.trials import TrialsTable, evaluation_from_row, make_row
+from tuning.simkey import canonical_config, model_size, simulation_key
 from tuning.workers import SerialWorkers, Workers
 
 log = logging.getLogger(__name__)
 
 
-# ----- the worker task --------------------------------------------------------------------------------
-def run_task(task: tuple[dict[str, Any]]) -> dict[str, Any]:
-    """Worker entry: simulate one (config, seed) and return the SeedResult as a dict."""
-    (config_dict,) = task
-    return run_seed(SimConfig.from_dict(config_dict)).to_dict()
+# ----- one task: configs of one lockstep group --------------------------------------------------------------
+@dataclass
+class GroupTask:
+    """Configs that run in lockstep from the same round (their states, or from scratch) up to ``until``."""
+
+    configs: list[SimConfig]
+    until: int
+    full_rounds: int
+    states: list[Any] | None = None
+    return_states: bool = False
+    curve: bool = False           # also return the per-round test accuracy of this stretch
 
 
-# ----- the evaluator -----------------------------------------------------------------------------------
+def simulate_group(configs: Sequence[SimConfig], states: Sequence[Any] | None, until: int,
+                   return_states: bool) -> list[tuple[Any, Any, int]]:
+    """[(History, state or None, first round simulated)] of ``configs`` run up to round ``until``."""
+    import qsfl
+
+    many = getattr(qsfl, "simulate_many", None)
+    if many is not None:
+        out = many(list(configs), states=list(states) if states is not None else None, until=until,
+                   return_states=return_states)
+        start = _state_round(states[0]) if states else 0
+        if return_states:
+            return [(h, s, start) for h, s in out]
+        return [(h, None, start) for h in out]
+    # qsfl.simulate_many is built on branch core (shared contract 2); until it lands every config is simulated
+    # from round 0 up to ``until``, which gives the same numbers at a higher cost
+    from qsfl.sim import simulate
+
+    return [(simulate(c.replace(rounds=until)), None, 0) for c in configs]
+
+
+def _state_round(state: Any) -> int:
+    """The next round of a saved simulation state."""
+    for name in ("next_round", "round"):
+        if hasattr(state, name):
+            return int(getattr(state, name))
+    raise TypeError(f"cannot read the round of a simulation state {type(state).__name__}")
+
+
+def run_group(task: GroupTask) -> list[dict[str, Any]]:
+    """Worker entry: simulate a group; one dict per config: result (SeedResult dict), simulated rounds, state,
+    accuracy curve. A group that raises is re-run config by config, so only the failing config fails."""
+    start = time.perf_counter()
+    try:
+        outs = simulate_group(task.configs, task.states, task.until, task.return_states)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing simulation is a failed evaluation, not a failed study
+        if len(task.configs) > 1:
+            singles = [GroupTask([c], task.until, task.full_rounds, [s] if task.states else None,
+                                 task.return_states, task.curve)
+                       for c, s in zip(task.configs, task.states or [None] * len(task.configs))]
+            return [r for single in singles for r in run_group(single)]
+        return [{"result": failure_result(task.configs[0], exc, time.perf_counter() - start).to_dict(),
+                 "simulated": 0, "state": None, "curve": []}]
+    each = (time.perf_counter() - start) / max(len(task.configs), 1)
+    results = []
+    for cfg, (history, state, first) in zip(task.configs, outs):
+        sr = history_result(history, cfg.seed, each, task.full_rounds)
+        curve: list[tuple[int, float]] = []
+        if task.curve:
+            df = history.df
+            curve = [(int(r), float(a)) for r, a in zip(df["round"], df["test_accuracy"]) if int(r) >= first]
+        results.append({"result": sr.to_dict(), "simulated": max(sr.rounds - first, 0), "state": state,
+                        "curve": curve})
+        del history
+    return results
+
+
+# ----- points ------------------------------------------------------------------------------------------------
 @dataclass
 class Point:
-    """A proposed point after the constraint repair."""
+    """A proposed point after the constraint repair (``overrides``: explicit SimConfig overrides, e.g. the
+    baseline's, instead of the space's mapping of ``params``)."""
 
     params: dict[str, Any]
     repair: str = ""
     penalty: str = ""          # non-empty: not simulated, failed with this reason
+    overrides: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
         return params_id(self.params)
 
 
-class SameParams:
-    """DEAP ``similar``: two genomes are the same individual when they decode to the same params."""
+@dataclass
+class _Slot:
+    """A point being evaluated: its per-seed results as they arrive."""
 
-    def __init__(self, spec: StudySpec) -> None:
-        self.space = spec.space
-        self.base = spec.base
-
-    def __call__(self, a: Sequence[float], b: Sequence[float]) -> bool:
-        pa = self.space.repair(self.space.decode(list(a)), self.base)[0]
-        pb = self.space.repair(self.space.decode(list(b)), self.base)[0]
-        return params_id(pa) == params_id(pb)
+    point: Point
+    key: str = ""
+    results: dict[int, SeedResult] = field(default_factory=dict)
+    missing: int = 0
+    simulated: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    evaluation: Evaluation | None = None
 
 
 class Evaluator:
-    """Evaluates points on the spec's seeds with a cache keyed by (params id, seed); one row per evaluation."""
+    """Evaluates points on the spec's seeds at a given number of rounds; see the module docstring."""
 
-    def __init__(self, spec: StudySpec, table: TrialsTable, mapper: Workers | None = None,
-                 engine: str = "ga", on_evaluation: Callable[[Evaluation, dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, spec: Any, mapper: Workers | None = None, population_batch: bool | None = None) -> None:
         self.spec = spec
-        self.table = table
         self.mapper = mapper or SerialWorkers()
-        self.engine = engine
-        self.on_evaluation = on_evaluation
-        self.cache: dict[tuple[str, int], SeedResult] = {}
-        self.penalised: dict[str, Evaluation] = {}
-        self.counter = 0                              # GA evaluation counter (the table's ``trial``)
-        self.replay: dict[int, dict[str, Any]] = {}   # rows written after the last checkpoint (resume)
+        self.population_batch = spec.study.population_batch if population_batch is None else population_batch
+        self.cache: dict[tuple[str, int, int], SeedResult] = {}
+        self.states: dict[tuple[str, int], tuple[int, Any]] = {}
+        self._n_params: int | None = None
 
-    # ----- points and configs --------------------------------------------------------------------------
+    # ----- points and configs ---------------------------------------------------------------------------
     def point(self, params: Mapping[str, Any]) -> Point:
         """Apply the NS <= K repair/penalty to raw params."""
         fixed, repair, penalty = self.spec.space.repair(params, self.spec.base)
         return Point(fixed, repair, penalty)
 
-    def config(self, params: Mapping[str, Any], seed: int) -> SimConfig:
-        """The SimConfig of a point on one seed (base + params)."""
-        return self.spec.base.with_overrides({**self.spec.space.overrides(params), "seed": seed})
+    def config(self, point: Point, seed: int) -> SimConfig:
+        """The SimConfig of a point on one seed (base + params, full rounds)."""
+        overrides = point.overrides if point.overrides is not None else self.spec.space.overrides(point.params)
+        return self.spec.base.with_overrides({**overrides, "seed": seed})
+
+    @property
+    def n_params(self) -> int:
+        if self._n_params is None:
+            self._n_params = model_size(self.spec.base)
+        return self._n_params
+
+    def simulation(self, point: Point) -> str:
+        """The point's simulation key ('' when its config is invalid)."""
+        try:
+            return simulation_key(self.config(point, self.spec.study.seeds[0]), self.n_params)
+        except ConfigError:
+            return ""
 
     def remember(self, ev: Evaluation) -> None:
         """Put an evaluation's per-seed results into the cache (simulations are deterministic)."""
-        for r in ev.per_seed:
-            self.cache[(ev.individual, r.seed)] = r
-        if not ev.per_seed and ev.state == "failed":
-            self.penalised[ev.individual] = ev
+        if ev.simulation and ev.rounds:
+            for r in ev.per_seed:
+                self.cache[(ev.simulation, r.seed, ev.rounds)] = r
 
-    def load_rows(self, rows: Sequence[Mapping[str, Any]], counter: int) -> None:
-        """Resume: rows before ``counter`` fill the cache, later ones are replayed when their trial comes."""
-        self.counter = counter
-        self.replay = {}
-        for row in rows:
-            ev = self._from_row(row)
-            if int(row["trial"]) < counter:
-                self.remember(ev)
-            else:
-                self.replay[int(row["trial"])] = dict(row)
-        self.table.rows = [dict(r) for r in rows]
+    def forget_states(self) -> None:
+        """Drop the saved simulation states (after a batch)."""
+        self.states.clear()
 
-    def _from_row(self, row: Mapping[str, Any]) -> Evaluation:
-        return evaluation_from_row(row, self.spec.space.names, self.spec.objective, self.spec.base.rounds)
-
-    def _cached(self, point: Point) -> Evaluation | None:
-        seeds = self.spec.study.seeds
-        if point.id in self.penalised:
-            return self.penalised[point.id]
-        results = [self.cache.get((point.id, s)) for s in seeds]
-        if all(r is not None for r in results):
-            return combine(point.params, seeds, results, self.spec.objective, self.spec.base.rounds,  # type: ignore[arg-type]
-                           point.repair)
-        return None
-
-    def _record(self, ev: Evaluation, generation: int, trial: int) -> None:
-        row = make_row(self.spec.name, self.engine, generation, trial, ev, self.spec.space.names,
-                       self.spec.objective.n)
-        self.table.append(row)
-        if self.on_evaluation is not None:
-            self.on_evaluation(ev, row)
-
-    # ----- batches (GA) ------------------------------------------------------------------------------
-    def evaluate_points(self, points: Sequence[Point], generation: int) -> tuple[list[Evaluation], int]:
-        """Evaluate a batch in order; returns the evaluations and how many were new (rows written)."""
-        seeds = self.spec.study.seeds
-        out: list[Evaluation | None] = [None] * len(points)
-        planned: dict[str, tuple[int, Point, list[int]]] = {}   # id -> (trial, point, indices)
-        order: list[str] = []
-        for i, pt in enumerate(points):
-            hit = self._cached(pt)
-            if hit is not None:
-                out[i] = hit
-            elif pt.id in planned:
-                planned[pt.id][2].append(i)
-            else:
-                planned[pt.id] = (self.counter, pt, [i])
-                order.append(pt.id)
-                self.counter += 1
-        tasks: list[tuple[dict[str, Any]]] = []
-        task_owner: list[str] = []
-        results: dict[str, list[SeedResult | None]] = {}
-        done: dict[str, Evaluation] = {}
-        for pid in order:
-            trial, pt, _ = planned[pid]
-            replay = self.replay.pop(trial, None)
-            if replay is not None and replay["individual"] == pid:
-                ev = self._from_row(replay)
-                self.remember(ev)
-                done[pid] = ev
-                continue
-            if replay is not None:  # a row that this run does not reproduce: it is replaced, not duplicated
-                log.warning("trials row %d (%s) does not match the resumed run; re-evaluating", trial,
-                            replay["individual"])
-                self.table.rows = [r for r in self.table.rows if int(r["trial"]) != trial]
+    # ----- a batch at one fidelity ----------------------------------------------------------------------
+    def evaluate(self, points: Sequence[Point], rounds: int, *, keep_states: bool = False, curve: bool = False,
+                 on_done: Callable[[int, Evaluation], None] | None = None) -> list[Evaluation]:
+        """Evaluate ``points`` after ``rounds`` rounds on every seed; ``on_done(i, ev)`` sees each evaluation
+        as soon as it and every point before it are finished (so rows are written in order)."""
+        seeds = list(self.spec.study.seeds)
+        full = self.spec.base.rounds
+        slots = [_Slot(pt) for pt in points]
+        jobs: dict[tuple[str, int], list[int]] = {}          # (key, seed) -> slots waiting for that simulation
+        configs: dict[tuple[str, int], SimConfig] = {}
+        for i, slot in enumerate(slots):
+            pt = slot.point
             if pt.penalty:
-                ev = failed_evaluation(pt.params, seeds, pt.penalty, self.spec.objective, pt.repair)
-                self.penalised[pid] = ev
-                self._record(ev, generation, trial)
-                done[pid] = ev
+                slot.evaluation = failed_evaluation(pt.params, seeds, pt.penalty, self.spec.objective, pt.repair)
                 continue
-            results[pid] = [self.cache.get((pid, s)) for s in seeds]
             try:
-                configs = {s: self.config(pt.params, s) for s, r in zip(seeds, results[pid]) if r is None}
+                cfgs = {s: self.config(pt, s) for s in seeds}
             except ConfigError as exc:
-                results[pid] = [SeedResult(s, "failed", f"invalid config: {exc}", {}, 0.0) for s in seeds]
+                results = [SeedResult(s, "failed", f"invalid config: {exc}", {}, 0.0) for s in seeds]
+                slot.evaluation = combine(pt.params, seeds, results, self.spec.objective, rounds, pt.repair, full)
                 continue
-            for cfg in configs.values():
-                tasks.append((cfg.to_dict(),))
-                task_owner.append(pid)
-        pending = {pid: sum(1 for o in task_owner if o == pid) for pid in results}
-        # points whose seeds were all cached or whose config was invalid finish without simulating
-        for pid in [p for p in order if p in results and pending[p] == 0]:
-            done[pid] = self._finish(pid, planned[pid], results[pid], generation)
-        for j, res in self.mapper.map_unordered(run_task, tasks):   # rows are written as evaluations finish
-            owner = task_owner[j]
-            sr = SeedResult.from_dict(res)
-            slot = results[owner]
-            slot[self.spec.study.seeds.index(sr.seed)] = sr
-            pending[owner] -= 1
-            if pending[owner] == 0:
-                done[owner] = self._finish(owner, planned[owner], slot, generation)
-        for pid in order:
-            for i in planned[pid][2]:
-                out[i] = done[pid]
-        return [ev for ev in out if ev is not None], len(order)
-
-    def _finish(self, pid: str, plan: tuple[int, Point, list[int]], results: list[SeedResult | None],
-                generation: int) -> Evaluation:
-        trial, pt, _ = plan
-        ev = combine(pt.params, self.spec.study.seeds, [r for r in results if r is not None],
-                     self.spec.objective, self.spec.base.rounds, pt.repair)
-        self.remember(ev)
-        self._record(ev, generation, trial)
-        return ev
-
-    # ----- one point in this process (Optuna, baseline) ------------------------------------------------
-    def evaluate_here(self, point: Point, on_round: Callable[[dict[str, Any]], None] | None = None,
-                      seeds: Sequence[int] | None = None) -> Evaluation:
-        """Evaluate one point in this process (``on_round`` sees the first seed's rounds); no row written."""
-        seeds = list(seeds if seeds is not None else self.spec.study.seeds)
-        if point.penalty:
-            return failed_evaluation(point.params, seeds, point.penalty, self.spec.objective, point.repair)
-        results: list[SeedResult] = []
-        for i, s in enumerate(seeds):
-            cached = self.cache.get((point.id, s))
-            if cached is None:
-                try:
-                    cfg = self.config(point.params, s)
-                except ConfigError as exc:
-                    cached = SeedResult(s, "failed", f"invalid config: {exc}", {}, 0.0)
+            slot.key = simulation_key(cfgs[seeds[0]], self.n_params)
+            for s in seeds:
+                hit = self.cache.get((slot.key, s, rounds))
+                if hit is not None:
+                    slot.results[s] = hit
                 else:
-                    cached = run_seed(cfg, on_round=on_round if i == 0 else None)
-            results.append(cached)
-        ev = combine(point.params, seeds, results, self.spec.objective, self.spec.base.rounds, point.repair)
-        self.remember(ev)
+                    jobs.setdefault((slot.key, s), []).append(i)
+                    configs[(slot.key, s)] = cfgs[s]
+                    slot.missing += 1
+        tasks, owners = self._tasks(configs, rounds, keep_states, curve)
+        emitted = 0
+
+        def emit() -> None:
+            nonlocal emitted
+            while emitted < len(slots) and (slots[emitted].evaluation is not None or slots[emitted].missing == 0):
+                slot = slots[emitted]
+                if slot.evaluation is None:
+                    slot.evaluation = self._finish(slot, seeds, rounds)
+                if on_done is not None:
+                    on_done(emitted, slot.evaluation)
+                emitted += 1
+
+        emit()
+        for t, outs in self.mapper.map_unordered(run_group, tasks):   # tasks come back as they finish
+            for job, out in zip(owners[t], outs):
+                key, seed = job
+                sr = SeedResult.from_dict(out["result"])
+                if out["state"] is not None:
+                    self.states[job] = (rounds, out["state"])
+                self.cache[(key, seed, rounds)] = sr
+                first = True
+                for i in jobs[job]:
+                    slot = slots[i]
+                    slot.results[seed] = sr
+                    slot.missing -= 1
+                    if first:   # a simulation shared by identical points counts once
+                        slot.simulated += int(out["simulated"])
+                        first = False
+                    if curve and seed == seeds[0]:
+                        slot.curve = [tuple(c) for c in out["curve"]]
+            emit()
+        emit()
+        return [s.evaluation for s in slots if s.evaluation is not None]
+
+    def _finish(self, slot: _Slot, seeds: Sequence[int], rounds: int) -> Evaluation:
+        pt = slot.point
+        ev = combine(pt.params, seeds, [slot.results[s] for s in seeds], self.spec.objective, rounds, pt.repair,
+                     self.spec.base.rounds)
+        ev.simulation = slot.key
+        ev.simulated_rounds = slot.simulated
+        ev.curve = slot.curve
         return ev
+
+    def _tasks(self, configs: Mapping[tuple[str, int], SimConfig], rounds: int, keep_states: bool,
+               curve: bool) -> tuple[list[GroupTask], list[list[tuple[str, int]]]]:
+        """Group the missing simulations into lockstep tasks (see the module docstring)."""
+        groups: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
+        for job, cfg in configs.items():
+            saved = self.states.get(job)
+            start = saved[0] if saved is not None and saved[0] < rounds else 0
+            if self.population_batch:
+                shared = canonical_config(cfg, self.n_params)
+                shared.pop("strategy")
+                gkey: tuple[Any, ...] = (job[1], start, json.dumps(shared, sort_keys=True, default=repr))
+            else:
+                gkey = (job,)
+            groups.setdefault(gkey, []).append(job)
+        workers = max(self.mapper.n, 1)
+        chunks: list[tuple[int, int, list[tuple[str, int]]]] = []
+        for gkey, members in groups.items():
+            n = min(workers, len(members))
+            size = math.ceil(len(members) / n)
+            for c in range(0, len(members), size):
+                chunks.append((c // size, gkey[0] if self.population_batch else 0, members[c:c + size]))
+        # interleave seeds chunk by chunk, so points finish (and their rows are written) early
+        chunks.sort(key=lambda ch: ch[0])
+        tasks, owners = [], []
+        for _, _, members in chunks:
+            states = [self.states[j][1] if j in self.states and self.states[j][0] < rounds else None
+                      for j in members]
+            tasks.append(GroupTask([configs[j] for j in members], rounds, self.spec.base.rounds,
+                                   states if all(s is not None for s in states) else None, keep_states, curve))
+            owners.append(members)
+        return tasks, owners

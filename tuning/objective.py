@@ -10,6 +10,15 @@ Metrics that may be undefined for a run use a documented stand-in *inside the fi
 table keeps NaN): ``rounds_to_target`` not reached counts as ``rounds + 1``; ``uplink_bytes_to_target`` not
 reached counts as the bytes FedAvg would send in ``rounds + 1`` rounds. A failed evaluation (diverged run,
 exception, penalised constraint) gets the worst fitness (:data:`WORST`, signed by direction).
+
+**Low rungs** (``[fidelity]``: an evaluation after ``r`` of the study's ``R`` rounds). Metrics that exist only
+once the target accuracy is reached would make every low-rung point equal. Below ``R`` a seed that has not yet
+reached the target is ranked by its *projection* (:func:`project_to_target`): the accuracy curve is extended
+linearly through its first and its best evaluated round, the round where that line meets the target is its
+projected ``rounds_to_target`` (at least ``r + 1``, at most ``10 R``; ``10 R`` when accuracy has not risen), and
+its projected ``uplink_bytes_to_target`` is the uplink bytes so far plus the mean bytes per round times the
+projected remaining rounds. Faster learning and fewer bytes per round both rank better. A seed that reached the
+target within ``r`` rounds has its exact value, the same as in a full run.
 """
 
 from __future__ import annotations
@@ -34,29 +43,38 @@ DIRECTIONS = ("maximize", "minimize")
 WORST = 1e9  # fitness of a failed evaluation (negated for maximised objectives); finite so NSGA-II works
 
 
+LOW_RUNG_CAP = 10   # a projection never goes beyond this many times the study's rounds
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A named metric of one run and whether larger is better."""
+    """A named metric of one run, whether larger is better, and whether the study summary prints it."""
 
     name: str
     direction: str
     description: str
+    summary: bool = False
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("final_accuracy", "maximize", "test accuracy after the last round"),
-    Metric("best_accuracy", "maximize", "best test accuracy over the evaluated rounds"),
+    Metric("final_accuracy", "maximize", "test accuracy after the last round", summary=True),
+    Metric("best_accuracy", "maximize", "best test accuracy over the evaluated rounds", summary=True),
     Metric("uplink_bytes", "minimize", "total uplink bytes of the run"),
-    Metric("uplink_mb", "minimize", "total uplink bytes / 1e6"),
+    Metric("uplink_mb", "minimize", "total uplink bytes / 1e6", summary=True),
     Metric("uplink_fraction", "minimize", "uplink bytes / FedAvg's uplink bytes on the same cohorts"),
-    Metric("compression_ratio", "maximize", "FedAvg's uplink bytes / the run's uplink bytes"),
-    Metric("rounds_to_target", "minimize", "rounds run until test accuracy >= target (NaN if never)"),
+    Metric("compression_ratio", "maximize", "FedAvg's uplink bytes / the run's uplink bytes", summary=True),
+    Metric("rounds_to_target", "minimize", "rounds run until test accuracy >= target (NaN if never)", summary=True),
     Metric("uplink_bytes_to_target", "minimize", "cumulative uplink bytes when the target was reached"),
     Metric("target_reached", "maximize", "1 if the target accuracy was reached, else 0"),
     Metric("constraint_violation", "minimize", "how far the spec's constraint is violated (0 if met)"),
 )}
 
 RUN_METRICS = [m for m in METRICS if m != "constraint_violation"]
+SUMMARY_METRICS = tuple(m for m, info in METRICS.items() if info.summary)
+
+
+class StopRun(Exception):
+    """Raised from an ``on_round`` hook to stop a simulation on purpose (it passes through :func:`run_seed`)."""
 
 
 # ----- safe formulas ---------------------------------------------------------------------------------
@@ -300,17 +318,22 @@ class SeedResult:
     duration_s: float
     rounds: int = 0
     fedavg_uplink_bytes: float = math.nan
+    projection: dict[str, float] = field(default_factory=dict)   # low-rung stand-ins (see module doc)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "status": self.status, "reason": self.reason, "metrics": self.metrics,
-                "duration_s": self.duration_s, "rounds": self.rounds,
-                "fedavg_uplink_bytes": self.fedavg_uplink_bytes}
+        out = {"seed": self.seed, "status": self.status, "reason": self.reason, "metrics": self.metrics,
+               "duration_s": self.duration_s, "rounds": self.rounds,
+               "fedavg_uplink_bytes": self.fedavg_uplink_bytes}
+        if self.projection:
+            out["projection"] = self.projection
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SeedResult:
         return cls(seed=int(d["seed"]), status=str(d["status"]), reason=str(d["reason"]),
                    metrics={k: float(v) for k, v in d["metrics"].items()}, duration_s=float(d["duration_s"]),
-                   rounds=int(d.get("rounds", 0)), fedavg_uplink_bytes=float(d.get("fedavg_uplink_bytes", math.nan)))
+                   rounds=int(d.get("rounds", 0)), fedavg_uplink_bytes=float(d.get("fedavg_uplink_bytes", math.nan)),
+                   projection={k: float(v) for k, v in d.get("projection", {}).items()})
 
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
@@ -332,42 +355,72 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def project_to_target(accuracy: Sequence[tuple[int, float]], cum_uplink: float, rounds_run: int, target: float,
+                      full_rounds: int) -> dict[str, float]:
+    """Projected ``rounds_to_target`` / ``uplink_bytes_to_target`` of a run that has not reached ``target`` after
+    ``rounds_run`` rounds (``accuracy``: [(round index, accuracy)] of the evaluated rounds); see the module doc."""
+    points = [(r, a) for r, a in accuracy if a == a]
+    cap = float(LOW_RUNG_CAP * max(full_rounds, rounds_run))
+    est = cap
+    if points:
+        r0, a0 = points[0]
+        rb, ab = max(points, key=lambda p: (p[1], -p[0]))
+        if rb > r0 and ab > a0:
+            est = (rb + 1) + (target - ab) * (rb - r0) / (ab - a0)
+    est = min(max(est, float(rounds_run + 1)), cap)
+    per_round = cum_uplink / rounds_run if rounds_run else 0.0
+    return {"rounds_to_target": est, "uplink_bytes_to_target": cum_uplink + per_round * (est - rounds_run)}
+
+
+def history_result(history: Any, seed: int, duration: float, full_rounds: int) -> SeedResult:
+    """The SeedResult of a (possibly partial: fewer than ``full_rounds`` rounds) History."""
+    summary = history.summary
+    rounds = int(summary.get("rounds_run", len(history.df)))
+    nan_metrics = {m: math.nan for m in RUN_METRICS}
+    if summary["status"] != "complete":
+        return SeedResult(seed, "failed", f"diverged: {summary['reason']}", nan_metrics, duration, rounds,
+                          float(summary["fedavg_uplink_bytes"]))
+    metrics = summary_metrics(summary)
+    projection: dict[str, float] = {}
+    if rounds < full_rounds and math.isnan(metrics["rounds_to_target"]):
+        df = history.df
+        curve = list(zip(df["round"].astype(int), df["test_accuracy"].astype(float)))
+        projection = project_to_target(curve, float(summary["total_uplink_bytes"]), rounds,
+                                       float(summary["target_accuracy"]), full_rounds)
+    return SeedResult(seed, "complete", "", metrics, duration, rounds, float(summary["fedavg_uplink_bytes"]),
+                      projection)
+
+
+def failure_result(config: SimConfig, exc: BaseException, duration: float) -> SeedResult:
+    """A failed SeedResult naming the exception and where it was raised."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return SeedResult(config.seed, "failed", f"{type(exc).__name__}: {exc}{at}",
+                      {m: math.nan for m in RUN_METRICS}, duration, 0)
+
+
 def run_seed(config: SimConfig, on_round: Callable[[dict[str, Any]], None] | None = None) -> SeedResult:
     """Simulate ``config`` once; a diverged run or an exception gives a failed SeedResult with the reason."""
     from qsfl.sim import simulate
 
     start = time.perf_counter()
-    nan_metrics = {m: math.nan for m in RUN_METRICS}
     try:
         history = simulate(config, on_round=on_round)
-    except (KeyboardInterrupt, MemoryError):
+    except (KeyboardInterrupt, MemoryError, StopRun):
         raise
-    except Exception as exc:
-        if _is_control_flow(exc):
-            raise
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        reason = f"{type(exc).__name__}: {exc} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
-        return SeedResult(config.seed, "failed", reason, nan_metrics, time.perf_counter() - start, 0)
-    summary = history.summary
-    duration = time.perf_counter() - start
-    rounds = int(summary.get("rounds_run", config.rounds))
-    if summary["status"] != "complete":
-        return SeedResult(config.seed, "failed", f"diverged: {summary['reason']}", nan_metrics, duration, rounds,
-                          float(summary["fedavg_uplink_bytes"]))
-    metrics = summary_metrics(summary)
-    del history
-    return SeedResult(config.seed, "complete", "", metrics, duration, rounds,
-                      float(summary["fedavg_uplink_bytes"]))
+    except Exception as exc:  # noqa: BLE001 - a failing simulation is a failed evaluation, not a failed study
+        return failure_result(config, exc, time.perf_counter() - start)
+    return history_result(history, config.seed, time.perf_counter() - start, config.rounds)
 
 
-def _is_control_flow(exc: BaseException) -> bool:
-    """Exceptions a caller raises from on_round to stop a run (e.g. optuna.TrialPruned) pass through."""
-    return type(exc).__name__ in ("TrialPruned",)
-
-
-def fitness_inputs(result: SeedResult, rounds: int) -> dict[str, float]:
-    """A complete seed's metrics with the documented stand-ins for undefined values (see module doc)."""
+def fitness_inputs(result: SeedResult, rounds: int, full_rounds: int | None = None) -> dict[str, float]:
+    """A complete seed's metrics with the documented stand-ins for undefined values (see module doc): the
+    low-rung projection when ``rounds < full_rounds``, else the full-run stand-ins."""
     values = dict(result.metrics)
+    if full_rounds is not None and rounds < full_rounds:
+        for name, value in result.projection.items():
+            if math.isnan(values[name]):
+                values[name] = value
     if math.isnan(values["rounds_to_target"]):
         values["rounds_to_target"] = float(rounds + 1)
     if math.isnan(values["uplink_bytes_to_target"]):
@@ -392,6 +445,12 @@ class Evaluation:
     duration_s: float
     repair: str = ""
     per_seed: list[SeedResult] = field(default_factory=list)
+    rounds: int = 0                  # the fidelity: rounds simulated for this evaluation (0 = not simulated)
+    rung: int = 0                    # successive-halving rung (0 without [fidelity])
+    simulation: str = ""             # canonical simulation key (points with the same key simulate identically)
+    simulated_rounds: int = 0        # rounds newly simulated for this row, all seeds (0 when cached)
+    new_rows: int = 0                # trials rows written for it in the batch that produced it
+    curve: list[tuple[int, float]] = field(default_factory=list)   # first seed's accuracy per round (pruners)
 
     @property
     def ok(self) -> bool:
@@ -413,8 +472,9 @@ def _canon(v: Any) -> Any:
 
 
 def combine(params: Mapping[str, Any], seeds: Sequence[int], results: Sequence[SeedResult], objective: Objective,
-            rounds: int, repair: str = "") -> Evaluation:
-    """Mean/std over seeds and the fitness; any failed seed fails the evaluation (its reason is kept)."""
+            rounds: int, repair: str = "", full_rounds: int | None = None) -> Evaluation:
+    """Mean/std over seeds and the fitness after ``rounds`` rounds (low-rung stand-ins when ``rounds <
+    full_rounds``); any failed seed fails the evaluation (its reason is kept)."""
     pid = params_id(params)
     duration = float(sum(r.duration_s for r in results))
     failed = [r for r in results if r.status != "complete"]
@@ -422,18 +482,18 @@ def combine(params: Mapping[str, Any], seeds: Sequence[int], results: Sequence[S
         nan = {m: math.nan for m in METRICS}
         reason = "; ".join(f"seed {r.seed}: {r.reason}" for r in failed)
         return Evaluation(dict(params), pid, list(seeds), "failed", reason, nan, dict(nan), objective.worst(),
-                          duration, repair, list(results))
+                          duration, repair, list(results), rounds=rounds)
     names = RUN_METRICS
     table = np.array([[r.metrics[m] for m in names] for r in results], dtype=float)
     mean = dict(zip(names, (float(x) for x in table.mean(axis=0))))
     std = dict(zip(names, (float(x) for x in table.std(axis=0))))
-    inputs = [fitness_inputs(r, rounds) for r in results]
+    inputs = [fitness_inputs(r, rounds, full_rounds) for r in results]
     fit_values = {m: float(np.mean([i[m] for i in inputs])) for m in names}
     viol = objective.violation(fit_values)
     fit_values["constraint_violation"] = viol
     mean["constraint_violation"], std["constraint_violation"] = viol, 0.0
     return Evaluation(dict(params), pid, list(seeds), "complete", "", mean, std, objective.fitness(fit_values),
-                      duration, repair, list(results))
+                      duration, repair, list(results), rounds=rounds)
 
 
 def failed_evaluation(params: Mapping[str, Any], seeds: Sequence[int], reason: str, objective: Objective,

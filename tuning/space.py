@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qsfl.config import SimConfig, StrategyConfig
+from qsfl.config import AUTHORS_DEFAULTS, QSFLConfig, SimConfig, strategy_fields
 from qsfl.errors import (
     ConfigError,
     check_bool,
@@ -31,6 +31,7 @@ from qsfl.errors import (
     check_range,
     reject_unknown,
 )
+from qsfl.segments import ceil_fraction
 
 PARAM_TYPES = ("float", "int")
 CONSTRAINT_MODES = ("repair", "penalty")
@@ -62,9 +63,6 @@ KNOWN_PARAMS: dict[str, ParamInfo] = {
 }
 
 QSFL_ONLY = ("beta", "k", "alpha", "ns")
-
-# the QSFL authors' defaults, used as the baseline of every study
-AUTHORS_DEFAULTS: dict[str, Any] = {"beta": 0.9, "alpha": 0.7, "ns": 6, "p": 0.4}
 
 PARAM_KEYS = ("low", "high", "type", "log", "step", "key")
 
@@ -102,6 +100,8 @@ class Param:
         if self.step:
             value = self.low + round((value - self.low) / self.step) * self.step
             value = round(value, 12)
+        # 12 significant digits: encode/decode round trips exactly (a start point such as p = 0.4 stays 0.4)
+        value = float(f"{value:.12g}")
         return float(min(max(value, self.low), self.high))
 
     def encode(self, value: float) -> float:
@@ -151,9 +151,21 @@ class SearchSpace:
         """A params dict -> genes (inverse of decode up to binning)."""
         return [p.encode(params[p.name]) for p in self.params]
 
-    def suggest(self, trial: Any) -> dict[str, float | int]:
-        """Ask an Optuna trial for every parameter."""
-        return {p.name: p.suggest(trial) for p in self.params}
+    def suggest(self, trial: Any, base: SimConfig | None = None) -> dict[str, float | int]:
+        """Ask an Optuna trial for every parameter. With ``base`` and the NS <= K repair, ``ns`` is asked last,
+        define-by-run in ``[min(low, K), min(high, K)]`` (K from the point's k or alpha): the trial's params are
+        then the values evaluated, never an NS that the repair would change."""
+        out: dict[str, float | int] = {}
+        ns = next((p for p in self.params if p.name == "ns"), None)
+        bounded = ns is not None and base is not None and self.constraint == "repair" and ns_limited(base)
+        for p in self.params:
+            if not (bounded and p is ns):
+                out[p.name] = p.suggest(trial)
+        if bounded:
+            assert ns is not None and base is not None
+            k = effective_k(out, base)
+            out["ns"] = trial.suggest_int("ns", int(min(ns.low, k)), int(min(ns.high, k)), log=ns.log)
+        return {p.name: out[p.name] for p in self.params}
 
     def overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """params -> dotted SimConfig overrides."""
@@ -165,7 +177,7 @@ class SearchSpace:
         """Apply the NS <= K constraint: returns (params, repair note, penalty reason); see module doc."""
         params = dict(params)
         strategy = base.strategy
-        if strategy.name != "qsfl" or not strategy.use_scss:
+        if not isinstance(strategy, QSFLConfig) or not ns_limited(base):
             return params, "", ""
         k = effective_k(params, base)
         ns = int(params.get("ns", strategy.ns))
@@ -180,19 +192,32 @@ class SearchSpace:
         """The authors' default values of the searched parameters (base config values for the others)."""
         out: dict[str, Any] = {}
         for p in self.params:
-            if p.name in AUTHORS_DEFAULTS:
+            if p.key == f"strategy.{p.name}" and p.name in AUTHORS_DEFAULTS:
                 out[p.name] = AUTHORS_DEFAULTS[p.name]
-            elif p.name == "k":
-                out["k"] = math.ceil(AUTHORS_DEFAULTS["alpha"] * base.cohort_size)
+            elif p.name == "k" and p.key == "strategy.k":
+                out["k"] = authors_k(base)
             else:
                 out[p.name] = _get_dotted(base, p.key)
         return out
 
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """Are all of the space's params given and inside their bounds?"""
+        return all(p.name in params and p.low <= params[p.name] <= p.high for p in self.params)
+
+
+def authors_k(base: SimConfig) -> int:
+    """The authors' K on ``base``: ceil(alpha * C) with their alpha."""
+    return ceil_fraction(float(AUTHORS_DEFAULTS["alpha"]), base.cohort_size)
+
 
 def baseline_overrides(base: SimConfig) -> dict[str, Any]:
-    """Dotted overrides that put the authors' QSFL defaults on ``base`` (K from alpha=0.7)."""
-    return {"strategy.beta": AUTHORS_DEFAULTS["beta"], "strategy.alpha": AUTHORS_DEFAULTS["alpha"],
-            "strategy.k": None, "strategy.ns": AUTHORS_DEFAULTS["ns"], "strategy.p": AUTHORS_DEFAULTS["p"]}
+    """Dotted overrides that put the authors' QSFL defaults on ``base`` (K from their alpha)."""
+    return {"strategy.k": None, **{f"strategy.{name}": value for name, value in AUTHORS_DEFAULTS.items()}}
+
+
+def ns_limited(base: SimConfig) -> bool:
+    """Does the NS <= K constraint apply (QSFL with SCSS)?"""
+    return isinstance(base.strategy, QSFLConfig) and base.strategy.use_scss
 
 
 def effective_k(params: Mapping[str, Any], base: SimConfig) -> int:
@@ -202,9 +227,10 @@ def effective_k(params: Mapping[str, Any], base: SimConfig) -> int:
         return min(int(params["k"]), c)
     if "alpha" in params:
         return min(math.ceil(float(params["alpha"]) * c), c)
-    if base.strategy.k is not None:
-        return min(base.strategy.k, c)
-    return min(math.ceil(base.strategy.alpha * c), c)
+    k, alpha = getattr(base.strategy, "k", QSFLConfig.k), getattr(base.strategy, "alpha", QSFLConfig.alpha)
+    if k is not None:
+        return min(k, c)
+    return min(math.ceil(alpha * c), c)
 
 
 def _get_dotted(config: SimConfig, key: str) -> Any:
@@ -219,8 +245,8 @@ def _numeric_fields() -> dict[str, str]:
     import dataclasses
 
     out = {}
-    for cls, prefix in ((SimConfig, ""), (StrategyConfig, "strategy.")):
-        for f in dataclasses.fields(cls):
+    for fields, prefix in ((dataclasses.fields(SimConfig), ""), (strategy_fields().values(), "strategy.")):
+        for f in fields:
             t = str(f.type)
             if t in ("int", "float") or t.startswith("int |"):
                 out[prefix + f.name] = "int" if t.startswith("int") else "float"

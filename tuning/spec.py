@@ -2,17 +2,20 @@
 
 Layout (see ``studies/*.toml`` and docs/tuning.md)::
 
-    [study]      name, engine = "ga" | "optuna", seeds = [0], eval_seeds = [100, 101], search_seed = 0
+    [study]      name, engine = "ga" | "optuna" | "random", seeds, eval_seeds, search_seed, population_batch,
+                 start_defaults, [[study.start]], time_budget_s, ...
     [base]       a SimConfig table (with [base.strategy]); the strategy defaults to qsfl
     [space.<p>]  low, high, type, log, step, key    (+ [space] constraint = "repair" | "penalty")
     [objective]  weights | formula | objectives, direction(s), constraint, penalty
-    [ga]         population, generations, cxpb, mutpb, crossover, mutation, eta, ...
-    [optuna]     n_trials, sampler, pruner, storage, ...
+    [fidelity]   min_rounds, eta, batch (successive halving over rounds; absent = off)
+    [ga] [optuna] [random]   each searcher's own table (tuning/search/<name>.py)
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +31,21 @@ from qsfl.errors import (
     reject_unknown,
 )
 from tuning.objective import Objective, build_objective
+from tuning.search import searchers
+from tuning.search.fidelity import FidelitySettings, parse_fidelity
 from tuning.space import SearchSpace, build_space
 from tuning.workers import check_cluster
 
-ENGINES = ("ga", "optuna")
-SECTIONS = ("study", "base", "space", "objective", "ga", "optuna")
+BASE_SECTIONS = ("study", "base", "space", "objective")
 STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers",
-              "cluster")
-CROSSOVERS = ("sbx", "blend")
-MUTATIONS = ("polynomial", "gaussian")
-SAMPLERS = ("tpe", "cmaes", "nsga2", "random", "ga")
-PRUNERS = ("none", "median", "hyperband")
+              "population_batch", "start_defaults", "start", "time_budget_s", "cluster")
+# keys that may change when a study is resumed (a longer run, another storage URL, more workers, a cluster)
+RESUMABLE_STUDY_KEYS = ("description", "eval_seeds", "save_histories", "workers", "time_budget_s", "cluster")
+
+
+def sections() -> tuple[str, ...]:
+    """Every section a spec may have: the study's own and one per registered searcher."""
+    return BASE_SECTIONS + tuple(cls.section for cls in searchers().values()) + ("fidelity",)
 
 
 @dataclass(frozen=True)
@@ -53,43 +60,11 @@ class StudyInfo:
     description: str = ""
     save_histories: bool = True
     workers: int = 1              # default for --workers
+    population_batch: bool = True  # lockstep simulation of a batch's configs (qsfl.simulate_many)
+    start_defaults: bool = True    # evaluate the authors' defaults first (in the GA's first population)
+    start: tuple[Mapping[str, Any], ...] = ()   # further start points ([[study.start]] tables)
+    time_budget_s: float | None = None           # stop asking new points after this much compute time
     cluster: str | None = None    # default for --cluster: "local:N" or a Dask scheduler address
-
-
-@dataclass(frozen=True)
-class GASettings:
-    """The ``[ga]`` table; genes live in [0, 1], so eta/sigma are in gene units."""
-
-    population: int = 10
-    generations: int = 5
-    cxpb: float = 0.7
-    mutpb: float = 0.3
-    crossover: str = "sbx"
-    mutation: str = "polynomial"
-    eta: float = 15.0             # SBX crowding degree
-    mut_eta: float = 20.0         # polynomial mutation crowding degree
-    indpb: float | None = None    # per-gene mutation probability; None -> 1 / dimension
-    sigma: float = 0.1            # gaussian mutation std (gene units)
-    blend_alpha: float = 0.5
-    tournament_size: int = 3
-    elitism: int = 1
-    nsga2: bool | None = None     # None -> True exactly when there are several objectives
-    hof_size: int = 5
-
-
-@dataclass(frozen=True)
-class OptunaSettings:
-    """The ``[optuna]`` table."""
-
-    n_trials: int = 30
-    sampler: str = "tpe"
-    pruner: str = "none"
-    storage: str | None = None          # None -> sqlite:///OUT/study.db
-    n_startup_trials: int = 5
-    population_size: int = 10           # nsga2 / ga samplers
-    warmup_rounds: int = 2              # median pruner: rounds before pruning may start
-    heartbeat_interval: int = 10        # seconds; 0 disables heartbeats (stale trials then stay RUNNING)
-    grace_period: int | None = None     # seconds; None -> 3 * heartbeat_interval
 
 
 @dataclass(frozen=True)
@@ -100,13 +75,27 @@ class StudySpec:
     base: SimConfig
     space: SearchSpace
     objective: Objective
-    ga: GASettings
-    optuna: OptunaSettings
+    settings: Mapping[str, Any]           # searcher name -> its parsed [section] settings
+    fidelity: FidelitySettings | None
     raw: Mapping[str, Any]
+    fingerprint: str = ""
 
     @property
     def name(self) -> str:
         return self.study.name
+
+    @property
+    def searcher_settings(self) -> Any:
+        """The settings of the study's own searcher (``study.engine``)."""
+        return self.settings[self.study.engine]
+
+    @property
+    def ga(self) -> Any:
+        return self.settings["ga"]
+
+    @property
+    def optuna(self) -> Any:
+        return self.settings["optuna"]
 
 
 def _check_keys(where: str, table: Any, valid: tuple[str, ...]) -> dict[str, Any]:
@@ -131,7 +120,7 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise ConfigError(f"study.name: expected a non-empty name without '/', got {name!r}")
     engine = t.get("engine", "ga")
-    check_choice("study.engine", engine, ENGINES)
+    check_choice("study.engine", engine, tuple(searchers()))
     seeds = _seed_list("study.seeds", t.get("seeds", [0]))
     eval_seeds = _seed_list("study.eval_seeds", t.get("eval_seeds", [100, 101, 102]), allow_empty=True)
     overlap = sorted(set(seeds) & set(eval_seeds))
@@ -147,11 +136,33 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     check_bool("study.save_histories", save)
     workers = t.get("workers", 1)
     check_range("study.workers", workers, 1, None, integer=True)
+    batch = t.get("population_batch", True)
+    check_bool("study.population_batch", batch)
+    start_defaults = t.get("start_defaults", True)
+    check_bool("study.start_defaults", start_defaults)
+    start = t.get("start", [])
+    if not isinstance(start, list) or not all(isinstance(p, Mapping) for p in start):
+        raise ConfigError(f"study.start: expected [[study.start]] tables of searched params, got {start!r}")
+    budget = t.get("time_budget_s")
+    if budget is not None:
+        check_range("study.time_budget_s", budget, 0.0, None, lo_open=True)
     cluster = t.get("cluster")
     if cluster is not None:
         check_cluster("study.cluster", cluster)
     return StudyInfo(name=name, engine=engine, seeds=seeds, eval_seeds=eval_seeds, search_seed=search_seed,
-                     description=description, save_histories=save, workers=workers, cluster=cluster)
+                     description=description, save_histories=save, workers=workers, population_batch=batch,
+                     start_defaults=start_defaults, start=tuple(dict(p) for p in start),
+                     time_budget_s=float(budget) if budget is not None else None, cluster=cluster)
+
+
+def _start_points(study: StudyInfo, space: SearchSpace, base: SimConfig) -> None:
+    """Every [[study.start]] point names searched params with values inside their bounds."""
+    for i, point in enumerate(study.start):
+        where = f"study.start[{i}]"
+        reject_unknown(where, point, space.names, what="param")
+        for p in space.params:
+            if p.name in point:
+                check_range(f"{where}.{p.name}", point[p.name], p.low, p.high, integer=p.is_int)
 
 
 def parse_base(table: Any) -> SimConfig:
@@ -170,75 +181,29 @@ def parse_base(table: Any) -> SimConfig:
         raise ConfigError(f"base: {exc}") from None
 
 
-def _ga(table: Any, dim: int, n_objectives: int) -> GASettings:
-    fields = GASettings.__dataclass_fields__
-    t = _check_keys("ga", table, tuple(fields))
-    s = GASettings(**t)
-    check_range("ga.population", s.population, 2, None, integer=True)
-    check_range("ga.generations", s.generations, 0, None, integer=True)
-    check_range("ga.cxpb", s.cxpb, 0.0, 1.0)
-    check_range("ga.mutpb", s.mutpb, 0.0, 1.0)
-    check_choice("ga.crossover", s.crossover, CROSSOVERS)
-    check_choice("ga.mutation", s.mutation, MUTATIONS)
-    check_range("ga.eta", s.eta, 0.0, None, lo_open=True)
-    check_range("ga.mut_eta", s.mut_eta, 0.0, None, lo_open=True)
-    if s.indpb is not None:
-        check_range("ga.indpb", s.indpb, 0.0, 1.0)
-    check_range("ga.sigma", s.sigma, 0.0, None, lo_open=True)
-    check_range("ga.blend_alpha", s.blend_alpha, 0.0, None)
-    check_range("ga.tournament_size", s.tournament_size, 1, None, integer=True)
-    check_range("ga.elitism", s.elitism, 0, s.population - 1, integer=True)
-    check_range("ga.hof_size", s.hof_size, 1, None, integer=True)
-    if s.nsga2 is not None:
-        check_bool("ga.nsga2", s.nsga2)
-        if not s.nsga2 and n_objectives > 1:
-            raise ConfigError(f"ga.nsga2: false, but the objective has {n_objectives} objectives; allowed: true "
-                              f"(several objectives need NSGA-II), or one objective")
-    nsga2 = (n_objectives > 1) if s.nsga2 is None else s.nsga2
-    return GASettings(**{**s.__dict__, "nsga2": nsga2})
-
-
-def _optuna(table: Any, n_objectives: int) -> OptunaSettings:
-    fields = OptunaSettings.__dataclass_fields__
-    t = _check_keys("optuna", table, tuple(fields))
-    s = OptunaSettings(**t)
-    check_range("optuna.n_trials", s.n_trials, 1, None, integer=True)
-    check_choice("optuna.sampler", s.sampler, SAMPLERS)
-    check_choice("optuna.pruner", s.pruner, PRUNERS)
-    if s.storage is not None and (not isinstance(s.storage, str) or "://" not in s.storage):
-        raise ConfigError(f"optuna.storage: expected a database URL such as sqlite:///study.db or "
-                          f"postgresql://user@host/db, got {s.storage!r}")
-    check_range("optuna.n_startup_trials", s.n_startup_trials, 0, None, integer=True)
-    check_range("optuna.population_size", s.population_size, 2, None, integer=True)
-    check_range("optuna.warmup_rounds", s.warmup_rounds, 0, None, integer=True)
-    check_range("optuna.heartbeat_interval", s.heartbeat_interval, 0, None, integer=True)
-    if s.grace_period is not None:
-        check_range("optuna.grace_period", s.grace_period, 1, None, integer=True)
-    if s.pruner != "none" and n_objectives > 1:
-        raise ConfigError(f"optuna.pruner: {s.pruner!r} needs a single objective (Optuna cannot prune "
-                          f"multi-objective studies); allowed here: none")
-    if s.sampler == "cmaes" and n_objectives > 1:
-        raise ConfigError("optuna.sampler: 'cmaes' is single-objective; allowed for several objectives: "
-                          "nsga2, ga, tpe, random")
-    return s
-
-
 def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec:
     """Validate a spec dict (as read from TOML) into a StudySpec."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"spec: expected a table, got {type(raw).__name__}")
-    reject_unknown("", raw, SECTIONS, what="section")
+    reject_unknown("", raw, sections(), what="section")
     for key in ("base", "space", "objective"):
         if key not in raw:
             raise ConfigError(f"{key}: missing section; a study spec needs [base], [space.<param>] and [objective]")
     study = _study(raw.get("study", {}), default_name)
     base = parse_base(raw["base"])
     space = build_space(raw["space"], base)
+    _start_points(study, space, base)
     objective = build_objective(raw["objective"])
-    ga = _ga(raw.get("ga", {}), space.dim, objective.n)
-    opt = _optuna(raw.get("optuna", {}), objective.n)
-    return StudySpec(study=study, base=base, space=space, objective=objective, ga=ga, optuna=opt,
-                     raw=copy.deepcopy(dict(raw)))
+    settings = {name: cls.parse_settings(raw.get(cls.section, {}), dim=space.dim, n_objectives=objective.n,
+                                         rounds=base.rounds)
+                for name, cls in searchers().items()}
+    fidelity = parse_fidelity(raw["fidelity"], base.rounds, base.eval_every) if "fidelity" in raw else None
+    if fidelity is not None and study.engine == "optuna" and settings["optuna"].pruner != "none":
+        raise ConfigError(f"optuna.pruner: {settings['optuna'].pruner!r} and [fidelity] both stop evaluations "
+                          f"early; allowed with [fidelity]: none")
+    spec = StudySpec(study=study, base=base, space=space, objective=objective, settings=settings,
+                     fidelity=fidelity, raw=copy.deepcopy(dict(raw)))
+    return StudySpec(**{**spec.__dict__, "fingerprint": _fingerprint(spec.raw)})
 
 
 def set_spec_value(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -246,7 +211,7 @@ def set_spec_value(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise ConfigError(f"--set {key!r}: expected section.key=value, e.g. ga.population=4 or base.rounds=3")
-    reject_unknown("", [parts[0]], SECTIONS, what="section", owner=f"in --set {key}")
+    reject_unknown("", [parts[0]], sections(), what="section", owner=f"in --set {key}")
     node = raw
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
@@ -256,32 +221,46 @@ def set_spec_value(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+DATA_PATH_OPTIONS = ("path", "train_path", "test_path")
+
+
+def resolve_data_paths(raw: Mapping[str, Any], spec_dir: Path) -> None:
+    """Make the relative dataset paths of ``[base.dataset_options]`` relative to the spec's directory (in place),
+    so a spec finds its data from any working directory."""
+    base = raw.get("base")
+    options = base.get("dataset_options") if isinstance(base, Mapping) else None
+    if not isinstance(options, dict):
+        return
+    for key in DATA_PATH_OPTIONS:
+        value = options.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            options[key] = str(spec_dir.absolute() / value)
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Read and validate a TOML study spec, applying ``--set key=value`` overrides first."""
     path = Path(path)
     raw = load_toml(path)
     if not raw:
         raise ConfigError(f"{path}: empty study spec; it needs [base], [space.<param>] and [objective]")
+    resolve_data_paths(raw, path.parent)   # before --set: a path typed on the command line is relative to the cwd
     for key, value in parse_assignments(overrides or []).items():
         set_spec_value(raw, key, value)
     return parse_spec(raw, default_name=path.stem)
 
 
-def spec_fingerprint(spec: StudySpec) -> str:
+def _fingerprint(raw: Mapping[str, Any]) -> str:
     """A hash of what determines a study's results (used to refuse resuming a changed spec)."""
-    import hashlib
-    import json
-
-    # a longer run (more generations / trials) or another storage URL may resume the same study
-    skip = {"study": ("description", "eval_seeds", "save_histories", "workers", "cluster"), "ga": ("generations",),
-            "optuna": ("n_trials", "storage")}
+    # a longer run (more generations / trials), another storage URL, more workers may resume the same study
+    skip: dict[str, tuple[str, ...]] = {"study": RESUMABLE_STUDY_KEYS}
+    for cls in searchers().values():
+        skip[cls.section] = cls.resumable_keys
     data = {section: ({k: v for k, v in table.items() if k not in skip[section]}
                       if section in skip and isinstance(table, Mapping) else table)
-            for section, table in spec.raw.items()}
+            for section, table in raw.items()}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def indpb_for(settings: GASettings, dim: int) -> float:
-    """The per-gene mutation probability (1 / dimension unless given)."""
-    return settings.indpb if settings.indpb is not None else 1.0 / max(dim, 1)
-
+def spec_fingerprint(spec: StudySpec) -> str:
+    """The spec's fingerprint (see :func:`_fingerprint`)."""
+    return spec.fingerprint or _fingerprint(spec.raw)

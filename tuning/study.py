@@ -1,11 +1,14 @@
-"""Run a study end to end: output directory, baseline (the authors' defaults), GA or Optuna search, trials
-table, logbook, best.toml, histories of the best and the baseline (docs/study_output.md)."""
+"""Run a study end to end: validation, output directory, baseline (the authors' defaults), the search loop
+(:mod:`tuning.loop`) with any searcher, trials table, best.toml, summary.json, histories of the best and the
+baseline (docs/study_output.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import time
+import platform
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,21 +16,24 @@ from typing import Any
 
 import pandas as pd
 
-from qsfl.config import dump_toml, load_toml
+from qsfl.config import AUTHORS_DEFAULTS, dump_toml, load_toml
 from qsfl.engine.threads import configure_threads
 from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
-from tuning.evaluate import Evaluator, SameParams, run_task
-from tuning.objective import Evaluation, SeedResult, combine
-from tuning.space import baseline_overrides
-from tuning.spec import StudySpec, spec_fingerprint
-from tuning.trials import TrialsTable, fitness_columns, read_trials
-from tuning.workers import SerialWorkers, Workers, make_workers
+from tuning.evaluate import Evaluator, Point
+from tuning.loop import StudyLoop
+from tuning.objective import SUMMARY_METRICS, Evaluation
+from tuning.progress import LogSetup, Progress
+from tuning.search import SearchContext, Searcher, searchers
+from tuning.space import authors_k, baseline_overrides
+from tuning.spec import StudySpec, parse_spec
+from tuning.trials import TrialsTable, fitness_columns
+from tuning.validate import check_resume, validate_study
+from tuning.workers import Workers, make_workers
 
 log = logging.getLogger(__name__)
 
 MARKERS = ("trials.parquet", "trials.csv", "trials.journal.jsonl", "checkpoint.pkl", "study.db")
-SUMMARY_METRICS = ("final_accuracy", "best_accuracy", "uplink_mb", "compression_ratio", "rounds_to_target")
 
 
 @dataclass
@@ -41,26 +47,35 @@ class StudyResult:
     evaluations: int
     wall_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    simulated_rounds: int = 0
+    completed: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when the study has evaluations and none of them completed."""
+        return 1 if self.evaluations and not self.completed else 0
 
 
 # ----- output directory -----------------------------------------------------------------------------------
-def prepare_out(spec: StudySpec, out_dir: Path, resume: bool, external_storage: bool = False) -> None:
+def prepare_out(spec: StudySpec, out_dir: Path, resume: bool) -> None:
     """Refuse to overwrite an earlier study unless resuming; write spec.toml (the spec as run)."""
     existing = [m for m in MARKERS if (out_dir / m).exists()]
     if existing and not resume:
         raise ConfigError(f"--out {out_dir}: already holds a study ({', '.join(existing)}); pass --resume to "
                           f"continue it or choose another --out")
     if resume and (out_dir / "spec.toml").is_file():
-        from tuning.spec import parse_spec
-
         try:
             old = parse_spec(load_toml(out_dir / "spec.toml"), default_name=spec.name)
         except ConfigError:
             old = None
-        if old is not None and spec_fingerprint(old) != spec_fingerprint(spec):
-            raise ConfigError(f"--resume: the spec differs from {out_dir / 'spec.toml'} in more than "
-                              f"ga.generations / optuna.n_trials; use the same spec or another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if old is not None and old.fingerprint != spec.fingerprint:
+            raise ConfigError(f"--resume: the spec differs from {out_dir / 'spec.toml'} in more than the budget "
+                              f"(ga.generations, optuna.n_trials, random.n_trials, study.time_budget_s); use the "
+                              f"same spec or another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create directory {str(out_dir)!r}: {exc.strerror or exc}") from None
     raw = dict(spec.raw)
     raw.setdefault("study", {})
     raw["study"] = {**raw["study"], "name": spec.name}
@@ -69,21 +84,25 @@ def prepare_out(spec: StudySpec, out_dir: Path, resume: bool, external_storage: 
 
 # ----- the authors' defaults on the same budget --------------------------------------------------------------
 def baseline_params(spec: StudySpec) -> dict[str, Any]:
-    """The authors' defaults (beta 0.9, alpha 0.7 -> K, NS 6, p 0.4) plus base values of other searched params."""
+    """The authors' defaults (qsfl.config.AUTHORS_DEFAULTS, K = ceil(alpha * C)) plus the base values of other
+    searched params."""
     defaults = spec.space.defaults(spec.base)
-    k = math.ceil(0.7 * spec.base.cohort_size)
-    return {"beta": 0.9, "alpha": 0.7, "k": k, "ns": 6, "p": 0.4,
-            **{n: v for n, v in defaults.items() if n not in ("beta", "alpha", "k", "ns", "p")}}
+    return {**dict(AUTHORS_DEFAULTS), "k": authors_k(spec.base),
+            **{n: v for n, v in defaults.items() if n not in (*AUTHORS_DEFAULTS, "k")}}
 
 
-def evaluate_baseline(spec: StudySpec, mapper: Workers | None = None) -> dict[str, Any]:
-    """Simulate the authors' defaults on the study's seeds and rounds; the baseline.toml content."""
+def baseline_point(spec: StudySpec) -> Point:
+    """The baseline as a point: the authors' strategy defaults on the base config (searched params that are
+    not theirs keep the base values)."""
     params = baseline_params(spec)
-    others = {p.key: params[p.name] for p in spec.space.params if p.name not in ("beta", "alpha", "k", "ns", "p")}
-    base = spec.base.with_overrides({**baseline_overrides(spec.base), **others})
-    tasks = [(base.replace(seed=s).to_dict(),) for s in spec.study.seeds]
-    results = [SeedResult.from_dict(r) for r in (mapper or SerialWorkers()).map(run_task, tasks)]
-    ev = combine(params, spec.study.seeds, results, spec.objective, spec.base.rounds)
+    others = {p.key: params[p.name] for p in spec.space.params if not p.key.startswith("strategy.")}
+    return Point(params, overrides={**baseline_overrides(spec.base), **others})
+
+
+def evaluate_baseline(spec: StudySpec, evaluator: Evaluator | None = None) -> dict[str, Any]:
+    """Simulate the authors' defaults on the study's seeds and rounds; the baseline.toml content."""
+    evaluator = evaluator or Evaluator(spec)
+    (ev,) = evaluator.evaluate([baseline_point(spec)], spec.base.rounds)
     return baseline_dict(spec, ev)
 
 
@@ -93,7 +112,8 @@ def baseline_dict(spec: StudySpec, ev: Evaluation) -> dict[str, Any]:
             "params": ev.params, "seeds": list(ev.seeds), "state": ev.state, "reason": ev.reason,
             "metrics": ev.metrics, "metrics_std": ev.metrics_std,
             "fitness": [float(f) if ev.ok else math.nan for f in ev.fitness],
-            "objectives": spec.objective.describe(), "directions": list(spec.objective.directions)}
+            "objectives": spec.objective.describe(), "directions": list(spec.objective.directions),
+            "simulated_rounds": ev.simulated_rounds}
 
 
 # ----- best configs ---------------------------------------------------------------------------------
@@ -107,23 +127,29 @@ def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -
     return better
 
 
+def _full_rounds(row: Mapping[str, Any], rounds: int) -> bool:
+    value = row.get("rounds")
+    return value is None or value == 0 or (isinstance(value, float) and math.isnan(value)) or int(value) == rounds
+
+
 def best_entries(rows: Sequence[Mapping[str, Any]], spec: StudySpec, limit: int = 5) -> list[dict[str, Any]]:
-    """The best complete evaluations, best first: top ``limit`` for one objective, the Pareto front for several."""
+    """The best complete evaluations at the study's full rounds, best first: top ``limit`` for one objective,
+    the Pareto front for several. Points that simulate identically (same ``simulation`` key) count once."""
     cols = fitness_columns(spec.objective.n)
     signs = spec.objective.weights
     seen: dict[str, Mapping[str, Any]] = {}
     for r in rows:
-        if r.get("state") == "complete" and r["individual"] not in seen and \
+        ident = str(r.get("simulation") or "") or r["individual"]
+        if r.get("state") == "complete" and ident not in seen and _full_rounds(r, spec.base.rounds) and \
                 all(isinstance(r[c], (int, float)) and math.isfinite(r[c]) for c in cols):
-            seen[r["individual"]] = r
+            seen[ident] = r
     cand = list(seen.values())
     key = lambda r: tuple(-s * r[c] for c, s in zip(cols, signs)) + (r["trial"],)
     if spec.objective.n == 1:
         chosen = sorted(cand, key=key)[:limit]
     else:
-        fits = {r["individual"]: [r[c] for c in cols] for r in cand}
-        chosen = sorted([r for r in cand if not any(_dominates(fits[o["individual"]], fits[r["individual"]], signs)
-                                                       for o in cand)], key=key)
+        fits = [[r[c] for c in cols] for r in cand]
+        chosen = sorted([r for r, f in zip(cand, fits) if not any(_dominates(o, f, signs) for o in fits)], key=key)
     out = []
     for r in chosen:
         out.append({"individual": r["individual"], "trial": int(r["trial"]), "generation": int(r["generation"]),
@@ -154,9 +180,7 @@ def write_histories(spec: StudySpec, out_dir: Path, best: list[dict[str, Any]]) 
     runs = {}
     if best:
         runs["best"] = spec.base.with_overrides({**spec.space.overrides(best[0]["params"]), "seed": seed})
-    params = baseline_params(spec)
-    others = {p.key: params[p.name] for p in spec.space.params if p.name not in ("beta", "alpha", "k", "ns", "p")}
-    runs["baseline"] = spec.base.with_overrides({**baseline_overrides(spec.base), **others, "seed": seed})
+    runs["baseline"] = spec.base.with_overrides({**(baseline_point(spec).overrides or {}), "seed": seed})
     for name, cfg in runs.items():
         try:
             simulate(cfg).save(out_dir / "histories" / name)
@@ -164,170 +188,160 @@ def write_histories(spec: StudySpec, out_dir: Path, best: list[dict[str, Any]]) 
             log.warning("could not save the %s history: %s", name, exc)
 
 
-# ----- progress ------------------------------------------------------------------------------------
-class Progress:
-    """A tqdm bar (generations or trials) whose postfix shows the best fitness so far."""
-
-    def __init__(self, enabled: bool, total: int, unit: str, desc: str, signs: Sequence[float],
-                 baseline: Sequence[float] | None = None) -> None:
-        self.signs = signs
-        self.best: list[float] | None = None
-        self.evals = 0
-        self.baseline = baseline
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)
-
-    def evaluation(self, ev: Evaluation) -> None:
-        self.evals += 1
-        if ev.ok:
-            if self.best is None:
-                self.best = list(ev.fitness)
-            else:
-                self.best = [max(b, f) if s > 0 else min(b, f) for b, f, s in zip(self.best, ev.fitness, self.signs)]
-        self._postfix()
-
-    def _postfix(self) -> None:
-        if self.bar is None:
-            return
-        fmt = lambda xs: "/".join(f"{x:.4g}" for x in xs)
-        post = {"evals": self.evals, "best": fmt(self.best) if self.best else "-"}
-        if self.baseline:
-            post["defaults"] = fmt(self.baseline)
-        self.bar.set_postfix(post, refresh=True)
-
-    def set(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.n = n
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# ----- the whole study ---------------------------------------------------------------------------------
+def make_searcher(spec: StudySpec, out_dir: Path, *, workers: int = 1, storage: str | None = None) -> Searcher:
+    """The study's searcher (``study.engine``) with its context."""
+    cls = searchers()[spec.study.engine]
+    ctx = SearchContext(name=spec.name, space=spec.space, objective=spec.objective, base=spec.base,
+                        seed=spec.study.search_seed, fingerprint=spec.fingerprint, out_dir=out_dir,
+                        storage=storage, workers=workers, fidelity=spec.fidelity is not None)
+    return cls(spec.searcher_settings, ctx)
 
 
-# ----- GA -------------------------------------------------------------------------------------------
-def write_logbook(out_dir: Path, logbook: Any, n_objectives: int) -> None:
-    """logbook.csv: gen, nevals, nfailed, min_j, mean_j, max_j, std_j (atomic)."""
-    from tuning.ga import logbook_rows
+def write_logbook(out_dir: Path, searcher: Searcher, n_objectives: int) -> None:
+    """logbook.csv (GA only): gen, nevals, nfailed, min_j, mean_j, max_j, std_j (atomic)."""
+    from tuning.search.ga import GASearcher, logbook_rows
 
-    df = pd.DataFrame(logbook_rows(logbook, n_objectives))
+    if not isinstance(searcher, GASearcher) or searcher.core.state is None:
+        return
+    df = pd.DataFrame(logbook_rows(searcher.core.state.logbook, n_objectives))
     atomic_write(out_dir / "logbook.csv", lambda p: df.to_csv(p, index=False))
 
 
-def run_ga_search(spec: StudySpec, out_dir: Path, *, resume: bool, mapper: Workers, progress: Progress,
-                  stop_after: int | None = None) -> tuple[TrialsTable, Any]:
-    """The GA over the spec's space; returns the trials table and the final GA state."""
-    from tuning.ga import GeneticAlgorithm
-
-    table = TrialsTable(out_dir, spec.space.names, spec.objective.n, {p.name: p.type for p in spec.space.params})
-    evaluator = Evaluator(spec, table, mapper, "ga", on_evaluation=lambda ev, row: progress.evaluation(ev))
-    rows = table.load() if resume else []
-    evaluator.load_rows(rows, counter=0)  # no checkpoint yet: every row is replayed in order
-
-    def evaluate(genomes: list[list[float]], generation: int) -> tuple[list[tuple[tuple[float, ...], bool]], int]:
-        points = [evaluator.point(spec.space.decode(g)) for g in genomes]
-        evals, nevals = evaluator.evaluate_points(points, generation)
-        return [(ev.fitness, ev.ok) for ev in evals], nevals
-
-    def on_generation(state: Any) -> None:
-        write_logbook(out_dir, state.logbook, spec.objective.n)
-        progress.set(state.generation + 1)
-        rec = state.logbook[-1]
-        log.info("generation %d/%d: %d new evaluations, %d failed; best so far %s", state.generation,
-                 spec.ga.generations, rec["nevals"], rec["nfailed"],
-                 [round(v, 6) for v in state.hof[0].fitness.values] if len(state.hof) else None)
-
-    ga = GeneticAlgorithm(spec.space.dim, spec.objective.weights, spec.ga, evaluate, seed=spec.study.search_seed,
-                          checkpoint=out_dir / "checkpoint.pkl", fingerprint=spec_fingerprint(spec),
-                          similar=SameParams(spec), hooks=[on_generation],
-                          get_extra=lambda: {"counter": evaluator.counter},
-                          set_extra=lambda extra: evaluator.load_rows(rows, int(extra["counter"])))
-    try:
-        state = ga.run(resume=resume, stop_after=stop_after)
-    finally:
-        table.close()   # the journal's last rows into trials.parquet / trials.csv
-    write_logbook(out_dir, state.logbook, spec.objective.n)
-    return table, state
-
-
-# ----- the whole study ---------------------------------------------------------------------------------
 def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, workers: int = 1,
-              cluster: str | None = None, storage: str | None = None, progress: bool = False,
-              stop_after: int | None = None, verbose: bool = False,
-              echo: Callable[[str], None] = lambda s: None) -> StudyResult:
-    """Run (or resume) a study and write every output of docs/study_output.md; returns the result."""
-    start = time.perf_counter()
+              storage: str | None = None, progress: bool = False, stop_after: int | None = None,
+              verbose: bool = False, echo: Callable[[str], None] = lambda s: None, quiet: bool = False,
+              mapper: Workers | None = None, cluster: str | None = None) -> StudyResult:
+    """Run (or resume) a study and write every output of docs/study_output.md; returns the result.
+
+    ``progress``: a tqdm bar (a terminal); log lines go to ``OUT/study.log`` and, unless ``quiet`` or a bar is
+    shown, to stderr. ``stop_after``: end after that many batches (0-based: 2 = after GA generation 2).
+    ``mapper``: evaluate through this pool instead of one made for ``workers`` / ``cluster`` (a Dask cluster:
+    ``local:N`` or a scheduler address; default ``study.cluster``).
+    """
     out = Path(out_dir)
-    storage = storage or spec.optuna.storage
-    cluster = cluster or spec.study.cluster
-    if cluster is not None and spec.study.engine != "ga":
-        raise ConfigError(f"--cluster {cluster}: only for study.engine = \"ga\"; Optuna studies scale out through a "
-                          f"shared --storage (docs/scaling.md)")
-    prepare_out(spec, out, resume)
+    if resume:
+        check_resume(out)
+    if workers < 1:
+        raise ConfigError(f"--workers: {workers} is out of range; allowed [1, inf)")
+    if storage is not None and spec.study.engine != "optuna":
+        raise ConfigError("--storage: only for study.engine = \"optuna\"; other searchers keep checkpoint.pkl "
+                          "in --out")
     import torch
 
     threads = torch.get_num_threads()
     configure_threads(1)
-    mapper = make_workers(workers, cluster, spec.base) if spec.study.engine == "ga" else SerialWorkers()
+    try:
+        validate_study(spec)                      # before anything is written: --out stays reusable
+        prepare_out(spec, out, resume)
+    except BaseException:
+        torch.set_num_threads(threads)
+        raise
+    logs = LogSetup(out, stderr=not progress and not quiet)
+    own_mapper = mapper is None
+    try:
+        mapper = mapper if mapper is not None else make_workers(workers, cluster or spec.study.cluster, spec.base)
+    except BaseException:
+        torch.set_num_threads(threads)
+        logs.close()
+        raise
+    evaluator = Evaluator(spec, mapper)
+    searcher = make_searcher(spec, out, workers=mapper.n, storage=storage)
+    bar: Progress | None = None
     ok = False
     try:
         baseline_path = out / "baseline.toml"
         baseline = load_toml(baseline_path) if resume and baseline_path.is_file() else None
         if baseline is None:
             echo("evaluating the authors' defaults (baseline) ...")
-            baseline = evaluate_baseline(spec, mapper)
+            baseline = evaluate_baseline(spec, evaluator)
             atomic_write_text(baseline_path, dump_toml(baseline))
         base_fit = baseline["fitness"] if baseline.get("state") == "complete" else None
-        if spec.study.engine == "ga":
-            bar = Progress(progress, spec.ga.generations + 1, "gen", f"GA {spec.name}", spec.objective.weights,
-                           base_fit)
-            try:
-                table, _ = run_ga_search(spec, out, resume=resume, mapper=mapper, progress=bar, stop_after=stop_after)
-            finally:
-                bar.close()
-            rows = table.rows
-            limit = spec.ga.hof_size
-        else:
-            from tuning.optuna_search import budget_used, run_optuna
-
-            bar = Progress(progress, spec.optuna.n_trials, "trial", f"Optuna {spec.name}", spec.objective.weights,
-                           base_fit)
-
-            def on_trial(study: Any) -> None:
-                done, _ = budget_used(study)
-                bar.evals = done
-                try:
-                    vals = [study.best_value] if spec.objective.n == 1 else None
-                except ValueError:
-                    vals = None
-                if vals is not None:
-                    bar.best = vals
-                bar.set(done)
-                bar._postfix()
-
-            try:
-                run_optuna(spec, out, storage, workers=workers, owns_storage=storage is None,
-                           on_trial=on_trial, verbose=verbose)
-            finally:
-                bar.close()
-            df = read_trials(out)
-            rows = [] if df is None else df.to_dict("records")
-            limit = 5
+        table = TrialsTable(out, spec.space.names, spec.objective.n, {p.name: p.type for p in spec.space.params})
+        bar = Progress(bar=progress, total=_expected_rows(spec, searcher), desc=f"{searcher.name} {spec.name}",
+                       signs=spec.objective.weights, full_rounds=spec.base.rounds, baseline=base_fit)
+        loop = StudyLoop(spec, out, searcher, evaluator, table, bar,
+                         on_batch=lambda: write_logbook(out, searcher, spec.objective.n))
+        try:
+            state = loop.run(resume=resume, stop_after=stop_after)
+        finally:
+            table.close()   # the journal's last rows into trials.parquet / trials.csv
+        write_logbook(out, searcher, spec.objective.n)
+        rows = table.rows
+        limit = spec.ga.hof_size if spec.study.engine == "ga" else 5
         best = best_entries(rows, spec, limit=limit)
         write_best(out, spec, best)
+        simulated = int(sum(int(r.get("simulated_rounds") or 0) for r in rows))
+        completed = sum(1 for r in rows if r.get("state") == "complete")
+        result = StudyResult(spec, out, best, baseline, len(rows), state.elapsed_s,
+                             simulated_rounds=simulated, completed=completed)
+        write_summary(result)
         if spec.study.save_histories and stop_after is None:
             write_histories(spec, out, best)
         ok = True
     finally:
-        if not ok:
-            mapper.terminate()
-        else:
-            mapper.close()
+        if bar is not None:
+            bar.close()
+        searcher.close()
+        if own_mapper:
+            if ok:
+                mapper.close()
+            else:
+                mapper.terminate()
         torch.set_num_threads(threads)  # a library caller gets its thread setting back
-    return StudyResult(spec, out, best, baseline, len(rows), time.perf_counter() - start)
+        logs.close()
+    return result
+
+
+def _expected_rows(spec: StudySpec, searcher: Searcher) -> int | None:
+    """Rows the whole budget writes, roughly (progress bar total and ETA)."""
+    points = searcher.expected_evaluations()
+    if points is None:
+        return None
+    if spec.fidelity is None:
+        return points
+    eta = spec.fidelity.eta
+    return int(math.ceil(points * sum(eta ** -i for i in range(len(spec.fidelity.rungs(spec.base.rounds))))))
+
+
+def write_summary(result: StudyResult) -> None:
+    """summary.json: evaluations, compute (simulated rounds, wall time), the best and the defaults, versions."""
+    spec = result.spec
+    doc = {"study": spec.name, "engine": spec.study.engine, "evaluations": result.evaluations,
+           "completed": result.completed, "simulated_rounds": result.simulated_rounds,
+           "wall_time_s": result.wall_time_s, "rounds": spec.base.rounds, "seeds": list(spec.study.seeds),
+           "objectives": spec.objective.describe(), "directions": list(spec.objective.directions),
+           "fidelity": None if spec.fidelity is None else {"min_rounds": spec.fidelity.min_rounds,
+                                                            "eta": spec.fidelity.eta,
+                                                            "rungs": spec.fidelity.rungs(spec.base.rounds)},
+           "best": result.best[0] if result.best else None,
+           "baseline_fitness": (result.baseline or {}).get("fitness"),
+           "versions": versions()}
+    atomic_write_text(result.out_dir / "summary.json", json.dumps(doc, indent=2, default=_jsonable))
+
+
+def versions() -> dict[str, str]:
+    """qsfl-tune, torch, Python and the git commit (when the package runs from a git checkout)."""
+    import torch
+
+    import qsfl
+
+    commit = ""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"qsfl_tune": qsfl.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "commit": commit, "machine": platform.machine()}
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return str(v)
 
 
 # ----- the printed summary ----------------------------------------------------------------------------
@@ -340,8 +354,9 @@ def _fmt(v: Any) -> str:
 def format_summary(result: StudyResult) -> str:
     """Best params, their metrics and fitness, and the authors' defaults' on the same budget."""
     spec = result.spec
-    lines = [f"study {spec.name} ({spec.study.engine}): {result.evaluations} evaluations in "
-             f"{result.wall_time_s:.1f} s, seeds {list(spec.study.seeds)}, {spec.base.rounds} rounds",
+    lines = [f"study {spec.name} ({spec.study.engine}): {result.evaluations} evaluations, "
+             f"{result.simulated_rounds} simulated rounds, {result.wall_time_s:.1f} s of compute; seeds "
+             f"{list(spec.study.seeds)}, {spec.base.rounds} rounds",
              "objective: " + "; ".join(spec.objective.describe())]
     header = f"{'':22}" + "".join(f"{m:>19}" for m in SUMMARY_METRICS) + f"{'fitness':>22}"
     lines.append(header)
@@ -361,5 +376,18 @@ def format_summary(result: StudyResult) -> str:
         lines.append("no evaluation completed: see the reason column of trials.csv")
     if result.baseline:
         lines.append("defaults:    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.baseline["params"].items()))
-    lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, spec.toml)")
+    if worse_than_defaults(result):
+        lines.append("note: the best config found is worse than the authors' defaults on this budget")
+    lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, summary.json, "
+                 f"spec.toml)")
     return "\n".join(lines)
+
+
+def worse_than_defaults(result: StudyResult) -> bool:
+    """One objective: is the best fitness worse than the defaults' (both complete)?"""
+    spec = result.spec
+    base = (result.baseline or {}).get("fitness") or []
+    if spec.objective.n != 1 or not result.best or not base or not math.isfinite(float(base[0])):
+        return False
+    sign = spec.objective.weights[0]
+    return bool(sign * result.best[0]["fitness"][0] < sign * float(base[0]))

@@ -58,11 +58,11 @@ def columns(param_names: Sequence[str], n_objectives: int) -> list[str]:
     """The table's columns in order (the documented ones plus ``repair`` and ``per_seed``)."""
     cols = ["study", "engine", "generation", "trial", "individual"]
     cols += [f"param_{p}" for p in param_names]
-    cols += ["repair", "seeds"]
+    cols += ["repair", "seeds", "rounds", "rung"]
     for m in METRICS:
         cols += [f"metric_{m}", f"metric_{m}_std"]
     cols += fitness_columns(n_objectives)
-    cols += ["state", "reason", "duration_s", "finished_at", "per_seed"]
+    cols += ["state", "reason", "duration_s", "simulated_rounds", "simulation", "finished_at", "per_seed"]
     return cols
 
 
@@ -80,6 +80,8 @@ def make_row(study: str, engine: str, generation: int, trial: int, ev: Evaluatio
         row[f"param_{p}"] = ev.params.get(p, math.nan)
     row["repair"] = ev.repair
     row["seeds"] = ",".join(str(s) for s in ev.seeds)
+    row["rounds"] = int(ev.rounds)
+    row["rung"] = int(ev.rung)
     for m in METRICS:
         row[f"metric_{m}"] = ev.metrics.get(m, math.nan)
         row[f"metric_{m}_std"] = ev.metrics_std.get(m, math.nan)
@@ -88,6 +90,8 @@ def make_row(study: str, engine: str, generation: int, trial: int, ev: Evaluatio
     row["state"] = ev.state
     row["reason"] = ev.reason
     row["duration_s"] = float(ev.duration_s)
+    row["simulated_rounds"] = int(ev.simulated_rounds)
+    row["simulation"] = ev.simulation
     row["finished_at"] = finished_at or now_iso()
     row["per_seed"] = json.dumps([r.to_dict() for r in ev.per_seed])
     return row
@@ -95,17 +99,30 @@ def make_row(study: str, engine: str, generation: int, trial: int, ev: Evaluatio
 
 def evaluation_from_row(row: Mapping[str, Any], param_names: Sequence[str], objective: Objective,
                         rounds: int) -> Evaluation:
-    """Rebuild an Evaluation (same fitness as when it ran) from its table row."""
+    """Rebuild an Evaluation (same fitness as when it ran) from its table row (``rounds``: the study's)."""
     params = {p: _py(row[f"param_{p}"]) for p in param_names}
     seeds = [int(s) for s in str(row["seeds"]).split(",") if s != ""]
     repair = _text(row.get("repair", ""))
     per_seed = [SeedResult.from_dict(d) for d in json.loads(_text(row.get("per_seed", "")) or "[]")]
+    at = _int(row.get("rounds"), rounds) or rounds
     if row["state"] == "complete" and per_seed:
-        return combine(params, seeds, per_seed, objective, rounds, repair)
-    ev = failed_evaluation(params, seeds, _text(row.get("reason", "")), objective, repair, state=str(row["state"]))
-    ev.per_seed = per_seed
+        ev = combine(params, seeds, per_seed, objective, at, repair, rounds)
+    else:
+        ev = failed_evaluation(params, seeds, _text(row.get("reason", "")), objective, repair, state=str(row["state"]))
+        ev.per_seed = per_seed
+        ev.rounds = at
     ev.duration_s = float(row.get("duration_s", 0.0) or 0.0)
+    ev.rung = _int(row.get("rung"), 0)
+    ev.simulation = _text(row.get("simulation", ""))
+    ev.simulated_rounds = _int(row.get("simulated_rounds"), 0)
     return ev
+
+
+def _int(v: Any, default: int) -> int:
+    """An int cell, ``default`` for a missing/NaN one (tables written before the column existed)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return default
+    return int(v)
 
 
 def _text(v: Any) -> str:
@@ -221,7 +238,9 @@ class TrialsTable:
     def frame(self) -> pd.DataFrame:
         """The rows as a DataFrame with the documented columns and dtypes, sorted by trial."""
         df = pd.DataFrame(self._rows, columns=self.columns)
-        for col in ("generation", "trial"):
+        for col, default in (("rounds", 0), ("rung", 0), ("simulated_rounds", 0)):
+            df[col] = df[col].fillna(default)
+        for col in ("generation", "trial", "rounds", "rung", "simulated_rounds"):
             df[col] = df[col].astype("int64")
         for p in self.param_names:
             col = f"param_{p}"
@@ -232,7 +251,8 @@ class TrialsTable:
         for col in self.columns:
             if col.startswith(("metric_", "fitness")) or col == "duration_s":
                 df[col] = df[col].astype("float64")
-        for col in ("study", "engine", "individual", "repair", "seeds", "state", "reason", "finished_at", "per_seed"):
+        for col in ("study", "engine", "individual", "repair", "seeds", "state", "reason", "simulation",
+                    "finished_at", "per_seed"):
             df[col] = df[col].astype("object").where(df[col].notna(), "").astype(str)
         # completion order depends on the workers' timing: the files do not
         return df.sort_values("trial", kind="stable").reset_index(drop=True)

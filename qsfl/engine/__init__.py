@@ -17,6 +17,7 @@ from qsfl.engine.common import (
     flat_weights,
     load_flat,
 )
+from qsfl.engine.local import LocalTraining
 from qsfl.engine.sequential import SequentialEngine
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CohortResult",
     "Engine",
+    "LocalTraining",
     "SequentialEngine",
     "epoch_orders",
     "evaluate",
@@ -34,19 +36,22 @@ __all__ = [
 
 
 def make_engine(kind: str, model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float, seed: int,
-                max_chunk_mb: float = 1024.0) -> Engine:
-    """Build the engine named by ``kind`` (auto -> batched when the model can be vectorised)."""
-    kwargs: dict[str, Any] = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                  weight_decay=weight_decay, seed=seed)
+                seed: int, local: LocalTraining | None = None, max_chunk_mb: float = 1024.0,
+                **fields: Any) -> Engine:
+    """Build the engine named by ``kind`` (auto -> batched when the model can be vectorised).
+
+    Local training is ``local`` (a :class:`LocalTraining`) or its fields as keywords (epochs, batch_size,
+    lr, momentum, weight_decay, optimizer, adam_beta1, adam_beta2, adam_eps, prox_mu, loss_report).
+    """
+    spec = LocalTraining.build(local, fields)
     if kind in ("auto", "batched"):
         from qsfl.engine.batched import BatchedEngine, unsupported_reason
 
         reason = unsupported_reason(model)
         if reason is None:
-            return BatchedEngine(model, client_data, max_chunk_mb=max_chunk_mb, **kwargs)
+            return BatchedEngine(model, client_data, local=spec, seed=seed, max_chunk_mb=max_chunk_mb)
         if kind == "batched":
             from qsfl.errors import ConfigError
             raise ConfigError(f"engine: 'batched' cannot run this model: {reason}; use 'sequential' or 'auto'")
         log.info("engine auto -> sequential: %s", reason)
-    return SequentialEngine(model, client_data, **kwargs)
+    return SequentialEngine(model, client_data, local=spec, seed=seed)

@@ -2,15 +2,17 @@
 
 The cohort's weights live in one flat buffer, parameter-major (parameter i of all C clients is one
 contiguous ``(C, *shape_i)`` block), returned as the ``(C, n)`` matrix of the contract. Each of the
-cohort's minibatch steps is one vectorised computation for all clients together; the SGD update
-(momentum, weight decay: exactly torch.optim.SGD's formulas, d = g + wd*w; buf = d on the first step,
-then buf = m*buf + d; w -= lr*buf) is then a handful of element-wise ops on the whole buffer.
+cohort's minibatch steps is one vectorised computation of all clients' data-loss gradients; the rest of
+the local-training spec (:mod:`qsfl.engine.local`: FedProx's proximal gradient, weight decay and the
+SGD/momentum or Adam update, exactly torch.optim's formulas) is then a handful of element-wise ops on the
+whole buffer.
 
 Clients of different sizes: the cohort runs ``max_i steps_i`` steps; a sample slot of a partial last
 batch has weight 0 (its loss is the mean over the batch's real samples), and a client that has run all
-its own steps keeps its weights and momentum unchanged (``torch.where``). The minibatch indices of every
-step are gathered up front from :func:`~qsfl.engine.common.epoch_orders`, so the step loop does no
-per-step Python work beyond the vectorised call, and the losses stay on the device until the end.
+its own steps keeps its weights and optimizer state unchanged (the step restores its entries). The
+minibatch indices of every step are gathered up front from :func:`~qsfl.engine.common.epoch_orders`, so
+the step loop does no per-step Python work beyond the vectorised calls, and the losses stay on the
+device until the end.
 
 Three ways to compute one step's per-client gradients (``method``; ``auto`` picks the first that applies):
 
@@ -20,7 +22,8 @@ Three ways to compute one step's per-client gradients (``method``; ``auto`` pick
             femnist_cnn): a ``torch.fx`` copy of the model in which the clients are folded into the batch
             dimension, every parameter layer is replaced by its batched form (``baddbmm``; a grouped
             convolution with one group per client), and plain autograd computes all clients' gradients
-            in one backward pass. Checked against ``vmap`` on random inputs when the engine is built.
+            in one backward pass. Checked against plain per-client autograd on random inputs when the engine
+            is built (verdict cached per architecture, in memory and on disk: :mod:`qsfl.engine.cache`).
 ``vmap``    anything else that is buffer-free: ``vmap(grad_and_value(functional_call))``.
 
 The cohort is split into chunks whose estimated memory (parameters, momentum, gradients, gathered
@@ -47,15 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsfl.engine import cache as disk_cache
+from qsfl.engine import local as lt
 from qsfl.engine.common import CohortResult, epoch_orders, start_rows
 
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "linear", "fold", "vmap")
 # What one client's step holds besides activations, in units of its parameter vector: the local weights,
-# the momentum buffer, the flat gradient, the per-parameter gradients before they are flattened and the
-# temporaries of the update.
-_PARAM_COPIES = 6
+# the flat gradient, the per-parameter gradients before they are flattened and the temporaries of the
+# update; the optimizer's own buffers (LocalTraining.state_copies) and FedProx's start weights come on top.
+_PARAM_COPIES = 5
 # Safety factor on the dry run's activation bytes: the batched forms add transposed copies of conv inputs.
 _ACTIVATION_FACTOR = 2.0
 # On CPU a step whose tensors outgrow the caches makes the memory-bound ops (ReLU backward, max-pool,
@@ -372,6 +377,13 @@ _fast_orders_ok: bool | None = None
 _METHOD_CACHE: dict[tuple, tuple[str, list[int]]] = {}
 
 
+def _remember(key: tuple, chosen: str, order: list[int]) -> None:
+    """Keep a method verdict in this process (at most 64 architectures)."""
+    if key not in _METHOD_CACHE and len(_METHOD_CACHE) >= 64:
+        _METHOD_CACHE.pop(next(iter(_METHOD_CACHE)))
+    _METHOD_CACHE[key] = (chosen, order)
+
+
 def _uint32_words(value: int) -> list[int]:
     """numpy's SeedSequence coercion of a non-negative int: little-endian 32-bit words ([0] for 0)."""
     words = [value & _M32] if value == 0 else []
@@ -466,16 +478,17 @@ class BatchedEngine:
     name = "batched"
 
     def __init__(self, model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                 epochs: int, batch_size: int, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 seed: int = 0, max_chunk_mb: float = 1024.0, method: str = "auto") -> None:
+                 local: lt.LocalTraining | None = None, seed: int = 0, max_chunk_mb: float = 1024.0,
+                 method: str = "auto", **fields: Any) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"batched engine cannot vectorise {type(model).__name__}: {reason}")
         if method not in METHODS:
             raise ValueError(f"method: unknown value {method!r}; valid: {', '.join(METHODS)}")
         self.model = model
-        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
-        self.momentum, self.weight_decay, self.seed = float(momentum), float(weight_decay), int(seed)
+        self.spec = lt.LocalTraining.build(local, fields)
+        self.epochs, self.batch_size, self.lr = self.spec.epochs, self.spec.batch_size, self.spec.lr
+        self.momentum, self.weight_decay, self.seed = self.spec.momentum, self.spec.weight_decay, int(seed)
         self.max_chunk_mb = float(max_chunk_mb)
         self.device = next(model.parameters()).device
         self.names = [name for name, _ in model.named_parameters()]
@@ -499,24 +512,52 @@ class BatchedEngine:
 
     # ----- method selection -------------------------------------------------------------------------
     def _pick_method(self, method: str) -> tuple[str, _StepFn, list[int]]:
-        # The check against vmap costs ~0.1-0.3 s (first calls JIT new kernel shapes); a tuning worker
-        # builds many engines for the same architecture, so the verdict is remembered per architecture.
+        # The check costs ~0.05-0.3 s (first calls JIT new kernel shapes); a tuning worker builds many engines
+        # for the same architecture, so the verdict is remembered per architecture in memory and on disk
+        # (qsfl.engine.cache: a CLI run of one round should not pay it again).
         key = (type(self.model), repr(self.model), tuple(self.shapes), tuple(self.x_all.shape[1:]),
                self.x_all.dtype, self.device.type, method)
-        known = _METHOD_CACHE.get(key)
-        if known is not None:
-            chosen, order = known
-            if chosen == "vmap":
-                return chosen, _VmapStep(self.model, self.names), order
-            if chosen == "linear":
-                return chosen, _LinearStep(len(order) // 2), order
-            gm, _ = build_folded(self.model)   # type: ignore[misc]
-            return chosen, _FoldStep(gm), order
+        known: Any = _METHOD_CACHE.get(key)
+        if known is None:
+            known = disk_cache.load("method", self._disk_key(method))
+        if isinstance(known, (list, tuple)) and len(known) == 2:
+            built = self._from_verdict(*known)
+            if built is not None:
+                _remember(key, built[0], built[2])
+                return built
         chosen, step, order = self._select(method)
-        if len(_METHOD_CACHE) >= 64:
-            _METHOD_CACHE.pop(next(iter(_METHOD_CACHE)))
-        _METHOD_CACHE[key] = (chosen, order)
+        _remember(key, chosen, order)
+        disk_cache.store("method", self._disk_key(method), [chosen, order])
         return chosen, step, order
+
+    def _arch_key(self) -> dict[str, Any]:
+        """What the engine's per-architecture facts depend on, as JSON-able key material for the disk cache."""
+        cls = type(self.model)
+        return {"torch": torch.__version__, "code": disk_cache.source_hash(__file__, lt.__file__),
+                "model": f"{cls.__module__}.{cls.__qualname__}", "repr": repr(self.model),
+                "attrs": [list(kv) for kv in _architecture_key(self.model)[2]],
+                "shapes": [list(s) for s in self.shapes],
+                "input": list(self.x_all.shape[1:]), "dtype": str(self.x_all.dtype), "device": self.device.type}
+
+    def _disk_key(self, method: str) -> dict[str, Any]:
+        # The traced graph's code is part of the key: a verdict holds for exactly the computation it checked.
+        folded = build_folded(self.model) if method in ("auto", "linear", "fold") else None
+        return {**self._arch_key(), "method": method, "graph": folded[0].code if folded is not None else None}
+
+    def _from_verdict(self, chosen: Any, order: Any) -> tuple[str, _StepFn, list[int]] | None:
+        """The step function of a remembered verdict, or None if the verdict does not fit this model."""
+        if not isinstance(order, list) or sorted(order) != list(range(len(self.names))):
+            return None
+        if chosen == "vmap":
+            return chosen, _VmapStep(self.model, self.names), order
+        folded = build_folded(self.model)
+        if folded is None:
+            return None
+        if chosen == "linear" and len(order) % 2 == 0:
+            return chosen, _LinearStep(len(order) // 2), order
+        if chosen == "fold":
+            return chosen, _FoldStep(folded[0]), order
+        return None
 
     def _select(self, method: str) -> tuple[str, _StepFn, list[int]]:
         folded = build_folded(self.model) if method in ("auto", "linear", "fold") else None
@@ -540,7 +581,7 @@ class BatchedEngine:
         return "vmap", _VmapStep(self.model, self.names), list(range(len(self.names)))
 
     def _check(self, step: _StepFn, order: list[int]) -> bool:
-        """Does ``step`` give vmap's gradients on random stacked weights (clients=3, batch=4)?"""
+        """Does ``step`` give plain autograd's per-client gradients on random stacked weights (clients=3, batch=4)?"""
         gen = torch.Generator(device="cpu").manual_seed(1234)
         clients, batch = 3, 4
         idx = torch.randint(0, len(self.y_all), (clients * batch,), generator=gen).to(self.device)
@@ -554,21 +595,48 @@ class BatchedEngine:
         except Exception as exc:   # noqa: BLE001 - a failing fast path means "use vmap"
             log.debug("%s fails on %s: %s", type(step).__name__, type(self.model).__name__, exc)
             return False
-        want_g, want_l = _VmapStep(self.model, self.names)(params, x, y, sw)
+        want_g, want_l = self._reference_step(params, x, y, sw)
         want_g = [want_g[i] for i in order]
         ok = torch.allclose(got_l, want_l, rtol=1e-4, atol=1e-5) and all(
             g.shape == w.shape and torch.allclose(g, w, rtol=1e-3, atol=1e-5) for g, w in zip(got_g, want_g))
         if not ok:
-            log.warning("batched %s path disagrees with vmap on %s; using vmap",
+            log.warning("batched %s path disagrees with autograd on %s; using vmap",
                         type(step).__name__, type(self.model).__name__)
         return ok
+
+    def _reference_step(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                        sw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-client gradients and losses by plain autograd, one client at a time (no functorch: its first
+        call imports torch._dynamo, seconds of start-up)."""
+        from torch.func import functional_call
+
+        clients, batch = sw.shape
+        xs, ys = x.reshape(clients, batch, *x.shape[1:]), y.reshape(clients, batch)
+        grads: list[list[torch.Tensor]] = [[] for _ in params]
+        losses = []
+        for c in range(clients):
+            own = [p[c].detach().clone().requires_grad_() for p in params]
+            with torch.enable_grad():
+                logits = functional_call(self.model, dict(zip(self.names, own)), (xs[c],))
+                loss = (F.cross_entropy(logits, ys[c], reduction="none") * sw[c]).sum()
+                for i, g in enumerate(torch.autograd.grad(loss, own)):
+                    grads[i].append(g)
+            losses.append(loss.detach())
+        return [torch.stack(g) for g in grads], torch.stack(losses)
 
     # ----- memory -----------------------------------------------------------------------------------
     def _activation_bytes(self) -> float:
         """Bytes of the tensors one client's forward+backward creates in one step (dry run, cached)."""
         if self._per_client_bytes is None:
+            key = {**self._arch_key(), "batch": self.batch_size, "samples": min(self.batch_size, len(self.y_all))}
+            stored = disk_cache.load("dry_run", key)
+            if isinstance(stored, (int, float)) and not isinstance(stored, bool) and math.isfinite(stored) \
+                    and stored > 0:
+                self._per_client_bytes = float(stored)
+                return self._per_client_bytes
             try:
                 self._per_client_bytes = _dry_run_bytes(self.model, self.x_all, self.y_all, self.batch_size)
+                disk_cache.store("dry_run", key, self._per_client_bytes)
             except Exception as exc:   # noqa: BLE001 - private torch API; fall back to a generous guess
                 log.debug("dry run failed (%s); guessing 64 input copies per sample", exc)
                 self._per_client_bytes = 64.0 * self.batch_size * self.x_all[:1].numel() * 4
@@ -577,7 +645,8 @@ class BatchedEngine:
     def per_client_bytes(self, steps: int) -> float:
         """Estimated bytes one client adds to a chunk that runs ``steps`` minibatch steps."""
         sample_bytes = self.x_all[:1].numel() * self.x_all.element_size() + 8 + 8 + 4
-        return (_PARAM_COPIES * 4 * self.n_params + _ACTIVATION_FACTOR * self._activation_bytes()
+        copies = _PARAM_COPIES + self.spec.state_copies() + (2 if self.spec.prox_mu else 0)
+        return (copies * 4 * self.n_params + _ACTIVATION_FACTOR * self._activation_bytes()
                 + steps * self.batch_size * sample_bytes)
 
     def memory_chunk_size(self, steps: int) -> int:
@@ -611,7 +680,8 @@ class BatchedEngine:
         return CohortResult(out, np.concatenate(losses), sizes)
 
     def _plan(self, ids: np.ndarray, round_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts and last-epoch flags."""
+        """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts (0 once a client is done)
+        and (C,) minibatches per epoch."""
         batch, epochs = self.batch_size, self.epochs
         sizes = self.sizes[ids]
         per_epoch = -(-sizes // batch)
@@ -630,8 +700,7 @@ class BatchedEngine:
         partial = (step % per_epoch == per_epoch - 1) & own
         counts = np.where(own, batch, 0)
         counts = np.where(partial, sizes - (per_epoch - 1) * batch, counts)
-        last = own & (step >= (epochs - 1) * per_epoch)
-        return idx, counts, last
+        return idx, counts, per_epoch
 
     def _scratch(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A reusable 1-D buffer of ``numel`` elements (kept across rounds: no re-allocation, no page faults)."""
@@ -647,69 +716,56 @@ class BatchedEngine:
                 for i in range(len(self.shapes))]
 
     def _train_chunk(self, w0: torch.Tensor, ids: np.ndarray, round_index: int) -> tuple[torch.Tensor, np.ndarray]:
-        dev, batch, clients, n = self.device, self.batch_size, len(ids), self.n_params
-        idx_np, counts_np, last_np = self._plan(ids, round_index)
+        dev, batch, clients, n, spec = self.device, self.batch_size, len(ids), self.n_params, self.spec
+        idx_np, counts_np, per_epoch = self._plan(ids, round_index)
         total = idx_np.shape[0]
-        full: list[bool] = np.all(counts_np > 0, axis=1).astype(bool).tolist()    # steps where every client trains
+        n_active: list[int] = (counts_np > 0).sum(1).tolist()   # clients still training at each step
         idx = torch.from_numpy(idx_np.reshape(-1)).to(dev, non_blocking=True)
         counts = torch.from_numpy(counts_np).to(dev, non_blocking=True)
         mask = torch.arange(batch, device=dev) < counts.unsqueeze(2)
         sw = mask / counts.clamp(min=1).unsqueeze(2).to(torch.float32)          # (S, C, B) sample weights
-        active = counts > 0                                                      # (S, C)
         feat = tuple(self.x_all.shape[1:])
         xs = torch.index_select(self.x_all, 0, idx, out=self._scratch("x", idx.numel() * math.prod(feat),
                                                                      self.x_all.dtype).view(-1, *feat))
         ys = torch.index_select(self.y_all, 0, idx, out=self._scratch("y", idx.numel(), self.y_all.dtype))
         xs, ys = xs.view(total, clients * batch, *feat), ys.view(total, clients * batch)
 
-        # Parameter-major flat storage: element-wise SGD updates are single ops on the whole chunk, and
-        # every parameter block is contiguous for bmm/conv and for gradients written in place.
+        # Parameter-major flat storage: the optimizer's element-wise updates are single ops on the whole
+        # chunk, and every parameter block is contiguous for bmm/conv and for gradients written in place.
         w = self._scratch("w", clients * n)
         g = self._scratch("g", clients * n)
-        buf: torch.Tensor | None = self._scratch("buf", clients * n) if self.momentum else None
         w_blocks, g_blocks = self._blocks(w, clients), self._blocks(g, clients)
-        buf_blocks = self._blocks(buf, clients) if buf is not None else None
         for i, block in enumerate(w_blocks):   # w0: (clients, n) start rows (an expanded view when shared)
             block.copy_(w0[:, int(self.offsets[i]):int(self.offsets[i + 1])].reshape(clients, *self.shapes[i]))
+        w_start = self._scratch("w_start", clients * n).copy_(w) if spec.prox_mu else None
+        state = lt.init_state(spec, w, new=lambda name: self._scratch(name, clients * n))
         params = [w_blocks[i] for i in self.order]
         if self.method == "fold":   # autograd leaves sharing storage with w (updated in place, no_grad)
             params = [p.detach().requires_grad_() for p in params]
         grads_out = [g_blocks[i] for i in self.order]
-        lr, mom, wd = self.lr, self.momentum, self.weight_decay
         step_losses = self._scratch("loss", total * clients).view(total, clients)
+        keep: torch.Tensor | None = None
         for s in range(total):
             _, loss = self.step_fn(params, xs[s], ys[s], sw[s], grads_out)
             step_losses[s].copy_(loss)
-            if wd:
-                g.add_(w, alpha=wd)
-            if full[s]:
-                if buf is not None:
-                    if s == 0:
-                        buf.copy_(g)
-                    else:
-                        buf.mul_(mom).add_(g)
-                w.sub_(buf if buf is not None else g, alpha=lr)
-            else:   # some clients are done: their weights and momentum stay as they are
-                self._masked_update(active[s], w_blocks, g_blocks, buf_blocks)
-        last = torch.from_numpy(last_np).to(dev)
-        loss_w = torch.where(last, counts, 0).to(torch.float64)
-        loss_sum = torch.where(last, step_losses.to(torch.float64), 0.0).mul(loss_w).sum(0)
-        losses = (loss_sum / torch.as_tensor(self.sizes[ids], device=dev, dtype=torch.float64)).cpu().numpy()
+            lt.regularise_grad_(spec, g, w, w_start)
+            if n_active[s] == clients:
+                keep = None
+            elif keep is None or n_active[s] != n_active[s - 1]:
+                keep = self._done_entries(counts_np[s] == 0)
+            # clients that are done keep their weights and optimizer state (``keep``)
+            lt.step_(spec, w, g, state, keep)
+        losses = lt.reported_losses(step_losses.cpu().numpy(), counts_np, per_epoch, self.epochs, spec.loss_report)
         out = torch.cat([block.reshape(clients, -1) for block in w_blocks], dim=1)   # a copy: w is reused
         return out, losses
 
-    def _masked_update(self, act: torch.Tensor, w_blocks: list[torch.Tensor], g_blocks: list[torch.Tensor],
-                       buf_blocks: list[torch.Tensor] | None) -> None:
-        """SGD step for the clients where ``act`` (C,) is True; the others keep weights and momentum."""
-        lr, mom = self.lr, self.momentum
-        for i, (wb, gb) in enumerate(zip(w_blocks, g_blocks)):
-            a = act.view(-1, *[1] * (wb.dim() - 1))
-            upd = gb
-            if buf_blocks is not None:
-                bb = buf_blocks[i]
-                bb.copy_(torch.where(a, bb * mom + gb, bb))
-                upd = bb
-            wb.copy_(torch.where(a, wb - lr * upd, wb))
+    def _done_entries(self, done: np.ndarray) -> torch.Tensor:
+        """Flat indices, in the parameter-major layout, of every entry of the clients where ``done`` (C,)."""
+        clients = len(done)
+        rows = np.flatnonzero(done)
+        parts = [int(self.offsets[i]) * clients + rows[:, None] * numel + np.arange(numel)[None, :]
+                 for i, numel in enumerate(self.numels)]
+        return torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts])).to(self.device)
 
 
 def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int) -> float:

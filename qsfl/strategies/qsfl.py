@@ -2,24 +2,48 @@
 
 ``use_qj`` and ``use_scss`` switch the two levels independently, giving the QJ-only and SCSS-only
 ablations. Without SCSS a qualified client uploads its dense update (p is then unused).
+``variant="authors_code"`` and the options of :mod:`qsfl.authors_code` that this vectorised path does not
+implement (``Options.round_function_switches``) run each round through :func:`qsfl.authors_code.aggregate_round`.
+
+SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_slots`) for the qualified clients of every
+job with the same NS together, and each job's per-segment means as a few tensor ops, with no Python loop
+over clients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
 import numpy as np
 import torch
 
+from qsfl import authors_code
 from qsfl import qualification as qj
-from qsfl.comm import Ledger, dense_message, meta_message, sparse_message
+from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
-from qsfl.segments import segment_bounds, segment_id, top_p_indices
-from qsfl.strategies.base import RoundInfo, Strategy, weighted_mean
-from qsfl.strategies.residuals import Residuals
+from qsfl.segments import SegmentLayout, ceil_fraction, top_k_slots
+from qsfl.strategies.base import AggregateJob, RoundInfo, RoundPlan, VectorisedStrategy, weighted_mean
+from qsfl.strategies.residuals import ClientRows, Residuals
+from qsfl.strategies.topk import bill_sparse
+from qsfl.strategy_config import QSFLConfig
 
 
-class QSFL(Strategy):
+@dataclass
+class _Pending:
+    """One job's SCSS inputs between its QJ and the shared top-p call."""
+
+    job: int                 # index in the jobs
+    rows: np.ndarray         # their rows in the cohort
+    u: torch.Tensor          # (C, n) updates plus residuals
+    segments: np.ndarray     # (K,) segment each qualified client sends
+
+
+class QSFL(VectorisedStrategy):
     name = "qsfl"
+    config_class = QSFLConfig
 
     def __init__(self, config, n_params: int) -> None:
         super().__init__(config, n_params)
@@ -27,68 +51,194 @@ class QSFL(Strategy):
             raise ConfigError(f"strategy.ns: {self.scfg.ns} is out of range; allowed [1, {n_params}] "
                               f"(at most the model's parameter count)")
         self.ns = self.scfg.ns if self.scfg.use_scss else 1
-        self.bounds = segment_bounds(n_params, self.ns)
+        self.layout = SegmentLayout(n_params, self.ns)
+        self.bounds, self.sizes = self.layout.bounds, self.layout.sizes
+        # entries sent of each segment: ceil(p * size), computed once (segment sizes differ by at most one)
+        self.keep = np.array([ceil_fraction(self.scfg.p, int(s)) for s in self.sizes], dtype=np.int64)
         self.residuals = Residuals(enabled=self.scfg.error_feedback)
+        self.options = self.scfg.options
+        self.hyper = authors_code.Hyperparameters(
+            beta=self.scfg.beta, alpha=self.scfg.alpha, k=self.scfg.k, ns=self.ns,
+            p=self.scfg.p if self.scfg.use_scss else 1.0, use_qj=self.scfg.use_qj,
+            index_encoding=self.scfg.index_encoding)
+        self.pretrained: torch.Tensor | None = None   # base="pretrained": the authors' fixed model
+        # symmetric downlink compression (downlink_p < 1): each client's own copy of the global model
+        self.compress_downlink = self.scfg.downlink_p < 1.0
+        self.down_keep = np.array([ceil_fraction(self.scfg.downlink_p, int(s)) for s in self.sizes], dtype=np.int64)
+        self.copies = ClientRows()
+        self.initial: torch.Tensor | None = None         # w_0: every client's copy before its first round
+        self._round_start: torch.Tensor | None = None    # this round's (C, n) start rows, for aggregate
+
+    def configure_round(self, round_index: int, global_weights: torch.Tensor, client_ids: np.ndarray,
+                        ledger: Ledger) -> RoundPlan:
+        """The dense downlink, or with ``downlink_p < 1`` the symmetric downlink compression.
+
+        Each sampled client receives the ceil(downlink_p * size) largest-magnitude entries of its cyclic
+        segment (round + id) mod NS of ``w_t - copy_i``, the change of the global model since its copy
+        was last synchronised, and sets those entries of its copy to the global values; it trains from its
+        copy. What is not sent stays in the difference (error feedback is built in). Every client starts
+        from w_0, which it builds from the shared seed (no bytes). Bytes: one sparse message per client.
+        """
+        self._round_start = None
+        if not self.compress_downlink:
+            return super().configure_round(round_index, global_weights, client_ids, ledger)
+        ids = np.asarray(client_ids)
+        if self.initial is None:
+            self.initial = global_weights.detach().clone()
+        copies = self.copies.get_rows(ids, global_weights, self.initial)
+        layout = self.layout_on(global_weights.device)
+        segments = torch.as_tensor((int(round_index) + ids.astype(np.int64)) % self.ns, device=global_weights.device)
+        cols = layout.cols[segments]
+        change = global_weights[cols] - copies.gather(1, cols)
+        inside = layout.inside[segments] if layout.padded else None
+        keep = top_k_slots(change.abs(), self.down_keep[segments.cpu().numpy()], inside)
+        rows = torch.arange(len(ids), device=global_weights.device).unsqueeze(1).expand_as(cols)[keep]
+        copies[rows, cols[keep]] = global_weights[cols[keep]]
+        self.copies.set_rows(ids, copies)
+        bill_sparse(ledger, keep.sum(dim=1).cpu().numpy(), self.sizes[segments.cpu().numpy()],
+                    self.scfg.index_encoding, downlink=True, clients=ids)
+        self._round_start = copies
+        return RoundPlan(ids, copies)
 
     def qualify(self, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
-                client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger) -> np.ndarray:
-        """Level 1: ids of the qualified clients (every sampled client when QJ is off)."""
+                client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger,
+                updates: torch.Tensor | None = None) -> np.ndarray:
+        """Level 1: ids of the qualified clients (every sampled client when QJ is off); ``updates`` are the
+        cohort's ``weights - global_weights`` when the caller has them already."""
         if not self.scfg.use_qj:
             return np.asarray(client_ids)
-        ledger.uplink(meta_message(), count=len(client_ids))
+        ledger.uplink(meta_message(), clients=client_ids)
         contrib = qj.contribution(cohort.losses, cohort.num_samples)
-        if self.scfg.relevance == "weights":
+        if self.options.relevance == "weights":
             relev = qj.relevance_weights(cohort.weights, global_weights)
+        elif last_global_update is None:
+            relev = qj.relevance(cohort.weights, None)   # round 0: r_i = 1, no update needed
         else:
-            relev = qj.relevance(cohort.weights - global_weights, last_global_update)
+            relev = qj.relevance(cohort.weights - global_weights if updates is None else updates, last_global_update)
         scores = qj.score(contrib, relev, self.scfg.beta)
-        if self.scfg.selection == "percentile":
+        if self.options.selection == "percentile":
             return qj.select_percentile(scores, client_ids, self.scfg.alpha)
         k = qj.qualified_count(len(client_ids), self.scfg.k, self.scfg.alpha)
         return qj.select_top(scores, client_ids, k)
 
-    def aggregate(self, round_index, global_weights, last_global_update, client_ids: np.ndarray,
-                  cohort: CohortResult, ledger: Ledger) -> tuple[torch.Tensor, RoundInfo]:
-        client_ids = np.asarray(client_ids)
-        qualified = self.qualify(global_weights, last_global_update, client_ids, cohort, ledger)
-        rows = np.flatnonzero(np.isin(client_ids, qualified))
-        updates = cohort.weights - global_weights
-        if not self.scfg.use_scss:
-            ledger.uplink(dense_message(self.n_params), count=len(rows))
-            new = global_weights + weighted_mean(updates[rows], cohort.num_samples[rows])
-            return new, RoundInfo(qualified=[int(c) for c in qualified])
-        return self._scss(round_index, global_weights, client_ids, rows, cohort, updates, ledger, qualified)
-
-    def _scss(self, round_index, global_weights, client_ids, rows, cohort, updates, ledger, qualified):
-        """Level 2: each qualified client sends the top-p of its cyclic segment; average per segment."""
-        acc = torch.zeros_like(global_weights)
-        seg_weight = np.zeros(self.ns)
-        coverage = np.zeros(self.ns, dtype=np.int64)
-        sent_segments: dict[int, int] = {}
-        official = self.scfg.aggregate == "official"
-        qualified_rows = set(rows.tolist())
-        for row in range(len(client_ids)):
-            cid = int(client_ids[row])
-            u = self.residuals.add(cid, updates[row])
-            if row not in qualified_rows:   # unqualified: sends nothing, keeps everything as residual
-                self.residuals.keep_unsent(cid, u, None)
+    @classmethod
+    def aggregate_many(cls, jobs: Sequence[AggregateJob]) -> list[tuple[torch.Tensor, RoundInfo]]:
+        """QJ per job, then one vectorised top-p over the qualified clients of every SCSS job with the same NS."""
+        out: list[Any] = [None] * len(jobs)
+        strategies = [cast(QSFL, job.strategy) for job in jobs]
+        pending: dict[int, list[_Pending]] = {}   # NS -> SCSS jobs with that segment layout
+        for i, (job, s) in enumerate(zip(jobs, strategies)):
+            if s.options.round_function_switches():
+                out[i] = s._round_function(job)
                 continue
-            seg = segment_id(round_index, cid, self.ns)
-            lo, hi = int(self.bounds[seg]), int(self.bounds[seg + 1])
-            idx = top_p_indices(u[lo:hi], self.scfg.p) + lo
-            self.residuals.keep_unsent(cid, u, idx)
-            ledger.uplink(sparse_message(len(idx), hi - lo, self.scfg.index_encoding))
-            n_i = float(cohort.num_samples[row])
-            # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
-            payload = cohort.weights[row, idx] if official else u[idx]
-            acc[idx] += n_i * payload
-            seg_weight[seg] += n_i
-            coverage[seg] += 1
-            sent_segments[cid] = seg
-        new = global_weights.clone()
-        for seg_index in np.flatnonzero(seg_weight > 0):
-            lo, hi = int(self.bounds[seg_index]), int(self.bounds[seg_index + 1])
-            mean = acc[lo:hi] / seg_weight[seg_index]
-            new[lo:hi] = mean if official else global_weights[lo:hi] + mean
-        return new, RoundInfo(qualified=[int(c) for c in qualified], segment_coverage=coverage.tolist(),
-                              segment_ids=sent_segments)
+            ids = np.asarray(job.client_ids)
+            # d_i = w_i - the client's start: its own copy under downlink compression, else the global weights
+            start = job.global_weights if s._round_start is None else s._round_start
+            s._round_start = None
+            updates = job.cohort.weights - start
+            qualified = s.qualify(job.global_weights, job.last_global_update, ids, job.cohort, job.ledger, updates)
+            rows = np.flatnonzero(np.isin(ids, qualified))
+            if not s.scfg.use_scss:
+                job.ledger.uplink(dense_message(s.n_params), clients=ids[rows])
+                new = job.global_weights + weighted_mean(updates[rows], job.cohort.num_samples[rows])
+                out[i] = (new, RoundInfo(qualified=[int(c) for c in qualified]))
+                continue
+            u = s.residuals.add(ids, updates)
+            segments = (int(job.round_index) + ids[rows].astype(np.int64)) % s.ns
+            pending.setdefault(s.ns, []).append(_Pending(i, rows, u, segments))
+        # jobs of one layout share the slot grid: their segments are gathered and chosen in one call
+        for group in pending.values():
+            device = group[0].u.device
+            layout = strategies[group[0].job].layout_on(device)
+            gathered = []
+            for p in group:
+                rows_t = torch.as_tensor(p.rows, dtype=torch.long, device=device)
+                cols = layout.cols[torch.as_tensor(p.segments, dtype=torch.long, device=device)]
+                gathered.append(p.u[rows_t.unsqueeze(1), cols])   # (K, width): each sender's segment
+            values = torch.cat(gathered) if len(gathered) > 1 else gathered[0]
+            segments = np.concatenate([p.segments for p in group])
+            inside = layout.inside[torch.as_tensor(segments, device=device)] if layout.padded else None
+            k = np.concatenate([strategies[p.job].keep[p.segments] for p in group])
+            keep = top_k_slots(values.abs(), k, inside)
+            offset = 0
+            for p, vals in zip(group, gathered):
+                sent = keep[offset:offset + len(p.rows)]
+                offset += len(p.rows)
+                out[p.job] = strategies[p.job]._scss(jobs[p.job], p, layout, vals, sent)
+        return out
+
+    def layout_on(self, device: torch.device) -> SegmentLayout:
+        """The segment layout with its index tensors on ``device`` (moved once)."""
+        self.layout = self.layout.to(device)
+        return self.layout
+
+    def _scss(self, job: AggregateJob, p: _Pending, layout: SegmentLayout, values: torch.Tensor,
+              sent: torch.Tensor) -> tuple[torch.Tensor, RoundInfo]:
+        """Level 2 of one job: residuals, bytes and the per-segment sample-weighted means of what was sent
+        (``values``/``sent``: the senders' segments as ``(K, width)`` slots and the chosen ones)."""
+        g, u, rows, segments = job.global_weights, p.u, p.rows, p.segments
+        ids = np.asarray(job.client_ids)
+        device = g.device
+        rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
+        seg_t = torch.as_tensor(segments, dtype=torch.long, device=device)
+        cols = layout.cols[seg_t]
+        if self.residuals.enabled:   # unqualified clients keep everything, qualified ones what they did not send
+            u[rows_t.unsqueeze(1).expand_as(cols)[sent], cols[sent]] = 0.0   # u is the strategy's own sum here
+            self.residuals.keep_unsent(ids, u, None)
+        bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding,
+                    clients=ids[rows])
+        n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
+        official = self.options.aggregate == "official"
+        # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
+        payload = (job.cohort.weights[rows_t.unsqueeze(1), cols] if official else values) * sent.to(g.dtype)
+        senders = torch.zeros(self.ns, len(rows), dtype=g.dtype, device=device)   # segment x sender: n_i
+        senders[seg_t, torch.arange(len(rows), device=device)] = torch.as_tensor(n_i, dtype=g.dtype, device=device)
+        sums = senders @ payload                                                   # (NS, width)
+        seg_weight = np.bincount(segments, weights=n_i, minlength=self.ns)
+        coverage = np.bincount(segments, minlength=self.ns)
+        covered = torch.as_tensor(seg_weight > 0, device=device).unsqueeze(1)
+        divisor = torch.as_tensor(np.where(seg_weight > 0, seg_weight, 1.0), dtype=g.dtype, device=device)
+        mean = sums / divisor.unsqueeze(1)
+        g_slots = g[layout.cols]
+        new_slots = torch.where(covered, mean if official else g_slots + mean, g_slots)   # unsent segment: unchanged
+        new = new_slots.reshape(-1)[layout.flat]
+        # qualified clients are exactly the senders, in the same (ascending id) order
+        return new, RoundInfo(qualified=[int(c) for c in ids[rows]],
+                              metrics={"segment_coverage": coverage.tolist(),
+                                       "segment_ids": [int(s) for s in segments]})
+
+    def _round_function(self, job: AggregateJob) -> tuple[torch.Tensor, RoundInfo]:
+        """One round through :func:`qsfl.authors_code.aggregate_round`; with base="pretrained" the first round
+        also runs the authors' pretraining (their round 0 with NS=1, p=1), billed, to get the fixed base."""
+        data = (np.asarray(job.client_ids), job.cohort.weights, job.cohort.losses, job.cohort.num_samples)
+        if self.options.base == "pretrained" and self.pretrained is None:
+            pre = authors_code.pretraining_round(*data, job.global_weights, self.hyper, self.options,
+                                                 job.last_global_update)
+            self.pretrained = pre.weights
+            for msg, count in pre.uplink:
+                job.ledger.uplink(msg, count=count)
+        out = authors_code.aggregate_round(job.round_index, self.pretrained, job.global_weights, *data, self.hyper,
+                                           self.options, job.last_global_update)
+        for msg, count in out.uplink:
+            job.ledger.uplink(msg, count=count)
+        qualified = [int(c) for c in out.qualified]
+        senders = sorted(int(c) for c in out.segment_ids)
+        metrics: dict[str, Any] = {"segment_coverage": list(out.coverage)}
+        if out.segment_ids:
+            metrics["segment_ids"] = [int(out.segment_ids[c]) for c in senders]
+            if self.options.upload == "all":   # unqualified clients send too: name the senders
+                metrics["segment_senders"] = senders
+        return out.weights, RoundInfo(qualified=qualified, metrics=metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        pretrained = None if self.pretrained is None else self.pretrained.detach().cpu().clone()
+        return {"residuals": self.residuals.state_dict(), "pretrained": pretrained, "copies": self.copies.state_dict(),
+                "initial": None if self.initial is None else self.initial.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.residuals.load_state_dict(state["residuals"], device=device)
+        pretrained = state.get("pretrained")
+        self.pretrained = None if pretrained is None else pretrained.detach().clone().to(device)
+        self.copies.load_state_dict(state["copies"], device=device)
+        initial = state["initial"]
+        self.initial = None if initial is None else initial.detach().clone().to(device)

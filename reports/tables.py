@@ -1,0 +1,172 @@
+"""The report's tables: summary facts, best configurations (distinct simulations), top evaluations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qsfl.environment import describe
+from reports.format import fmt_num, fmt_ratio, format_duration, params_text
+from reports.study import Study, study_timing
+from tuning.results import defaults_verdict, simulation_keys
+
+# (metric name in tuning's METRICS, column title, scale): the metrics the report's tables show
+METRIC_DISPLAY: tuple[tuple[str, str, float], ...] = (
+    ("final_accuracy", "final acc.", 1.0), ("uplink_mb", "uplink MB", 1.0),
+    ("compression_ratio", "compression", 1.0), ("rounds_to_target", "rounds to target", 1.0),
+    ("uplink_bytes_to_target", "MB to target", 1e-6))
+
+
+def _metric_cells(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, title, scale in METRIC_DISPLAY:
+        v = metrics.get(name)
+        v = None if v is None else float(v) * scale
+        out[title] = fmt_ratio(v) if name == "compression_ratio" and v is not None else v
+    return out
+
+
+def match_trial(trials: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series | None:
+    """The first complete trials row whose ``param_*`` values equal ``params`` (floats within 1e-9), or None."""
+    df = trials[trials["state"] == "complete"] if "state" in trials.columns else trials
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in params.items():
+        col = f"param_{k}"
+        if col not in df.columns:
+            return None
+        mask &= np.isclose(pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float), float(v),
+                           rtol=1e-9, atol=1e-12)
+    return df[mask].iloc[0] if mask.any() else None
+
+
+def _entries(study: Study, limit: int) -> list[dict[str, Any]]:
+    """best.toml's entries, else the top complete trials (one per distinct simulation)."""
+    r = study.results
+    if r.best:
+        return [dict(e) for e in r.best]
+    fcols = r.fitness_columns
+    if not fcols:
+        return []
+    done = r.complete()
+    top = done.sort_values(fcols[0], ascending=not r.maximize[0], kind="stable").head(limit * 4)
+    return [{"params": {c[len("param_"):]: v for c, v in row.items() if c.startswith("param_")},
+             "fitness": [row[f] for f in fcols],
+             "metrics": {c[len("metric_"):]: row[c] for c in row.index if c.startswith("metric_")}}
+            for _, row in top.iterrows()]
+
+
+def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
+    """Best configurations, one row per distinct simulation (params that simulate identically share a row),
+    with fitness and metrics; then the authors' defaults from baseline.toml."""
+    r = study.results
+    keys = simulation_keys(r.trials) if len(r.trials) else pd.Series(dtype=object)
+    rows: list[dict[str, Any]] = []
+    by_key: dict[str, dict[str, Any]] = {}
+    for entry in _entries(study, limit):
+        params = dict(entry.get("params", {}))
+        match = match_trial(r.trials, params) if params else None
+        key = str(keys.loc[match.name]) if match is not None else f"entry-{len(rows)}"
+        if key in by_key:  # another point of the same simulation: list its params, no new row
+            by_key[key]["params"] += f"; same simulation: {params_text(params)}"
+            continue
+        if len(rows) == limit:
+            continue
+        fitness = entry.get("fitness", [])
+        fitness = fitness if isinstance(fitness, list) else [fitness]
+        metrics = {c[len("metric_"):]: match[c] for c in match.index if c.startswith("metric_")} \
+            if match is not None else dict(entry.get("metrics", {}))
+        row = {"rank": len(rows) + 1, "params": params_text(params), "fitness": ", ".join(fmt_num(f) for f in fitness),
+               **_metric_cells(metrics)}
+        rows.append(row)
+        by_key[key] = row
+    if r.baseline:
+        fitness = r.baseline.get("fitness", [])
+        fitness = fitness if isinstance(fitness, list) else [fitness]
+        rows.append({"rank": "authors' defaults", "params": params_text(r.baseline.get("params", {})),
+                     "fitness": ", ".join(fmt_num(f) for f in fitness),
+                     **_metric_cells(r.baseline.get("metrics", {}))})
+    return pd.DataFrame(rows)
+
+
+def seeds_note(study: Study) -> str:
+    """What the best table's metrics are: one search seed, or the mean over several."""
+    seeds, _ = study.results.spec_seeds()
+    if len(seeds) > 1:
+        return f"Metrics are the search's own (mean over its {len(seeds)} seeds {', '.join(map(str, seeds))})"
+    return f"Metrics are the search's own (seed {seeds[0] if seeds else 0})"
+
+
+def top_trials(study: Study, n: int = 10) -> pd.DataFrame:
+    """The ``n`` best complete rows of the trials table by the first objective."""
+    r = study.results
+    fcols = r.fitness_columns
+    if not fcols:
+        return pd.DataFrame()
+    done = r.complete()
+    top = done.sort_values(fcols[0], ascending=not r.maximize[0], kind="stable").head(n)
+    cols = [c for c in ("trial", "generation") if c in top.columns and (c != "generation" or r.engine == "ga")]
+    out = pd.DataFrame({("gen" if c == "generation" else c): top[c] for c in cols})
+    for c in r.param_columns:
+        out[c.removeprefix("param_")] = top[c]
+    for j, f in enumerate(fcols):
+        out[f if len(fcols) == 1 else f"{f}: {r.objective_label(j)}"] = top[f]
+    for name, title, scale in METRIC_DISPLAY:
+        if f"metric_{name}" in top.columns:
+            vals = pd.to_numeric(top[f"metric_{name}"], errors="coerce") * scale
+            out[title] = [fmt_ratio(v) for v in vals] if name == "compression_ratio" else vals
+    if "duration_s" in top.columns:
+        out["time (s)"] = top["duration_s"]
+    return out.reset_index(drop=True)
+
+
+def _versions(env: Mapping[str, Any]) -> str:
+    keys = (("qsfl_tune", "qsfl-tune"), ("git_commit", "commit"), ("python", "Python"), ("torch", "torch"),
+            ("numpy", "numpy"), ("optuna", "optuna"), ("deap", "deap"))
+    return ", ".join(f"{label} {env[k]}" for k, label in keys if env.get(k))
+
+
+def _hardware(env: Mapping[str, Any]) -> str:
+    parts = [str(env.get("cpu", "")), f"{env['cpu_count']} CPUs" if env.get("cpu_count") else "",
+             f"{env['memory_gb']} GB RAM" if env.get("memory_gb") else "",
+             f"GPU {env['gpu']}" if env.get("gpu") else "", str(env.get("platform", ""))]
+    return ", ".join(p for p in parts if p)
+
+
+def facts(study: Study, now: dt.datetime | None = None) -> list[tuple[str, str]]:
+    """The summary section: what ran, for how long, on what, with which versions."""
+    r = study.results
+    t = study_timing(r.trials)
+    states = ", ".join(f"{t[k]} {k[2:]}" for k in ("n_complete", "n_pruned", "n_failed") if t.get(k))
+    base = r.spec.get("base", {}) if isinstance(r.spec.get("base"), dict) else {}
+    sessions = f"in {t['sessions']} sessions" if t["sessions"] > 1 else "in one session"
+    out = [("study", r.name), ("engine", r.engine),
+           ("evaluations", f"{t['evaluations']}" + (f" ({states})" if states else "")),
+           ("took", f"{format_duration(t['wall_s'])} wall clock computing {sessions} (pauses between sessions "
+                    f"left out), {format_duration(t['compute_s'])} of simulation summed over evaluations")]
+    if t["started"] is not None:
+        out.append(("ran", f"{t['started']:%Y-%m-%d %H:%M:%S} \u2013 {t['finished']:%Y-%m-%d %H:%M:%S} UTC"))
+    if r.objectives:
+        out.append(("objective", "; ".join(r.describe_objectives())))
+    verdict = defaults_verdict(r.best, r.baseline, r.directions)
+    if verdict:
+        out.append(("note", verdict[0].upper() + verdict[1:] + "."))
+    if base:
+        keys = ("dataset", "model", "partition", "clients", "client_fraction", "rounds", "local_epochs", "lr",
+                "target_accuracy")
+        out.append(("problem", ", ".join(f"{k}={base[k]}" for k in keys if k in base)))
+        out.append(("search seeds", ", ".join(map(str, r.spec_seeds()[0]))))
+    if r.logbook is not None:
+        out.append(("generations", str(len(r.logbook))))
+    for i, session in enumerate(r.sessions, 1):
+        env = session.get("environment", {})
+        label = "tuned with" if len(r.sessions) == 1 else f"session {i}"
+        out.append((label, f"{session.get('started', '?')}: {_versions(env)}; {_hardware(env)}"))
+    env = describe()
+    out.append(("report written", f"{(now or dt.datetime.now(dt.UTC)):%Y-%m-%d %H:%M:%S} UTC with "
+                                  f"{_versions(env)}; {_hardware(env)}"))
+    out.append(("directory", str(r.out_dir.resolve())))
+    return out

@@ -1,0 +1,194 @@
+"""Every command in the README's code blocks runs as written (with a small round/trial budget added), so the
+README cannot drift from the code. Commands run in a scratch directory that holds the repository's
+``studies/`` and ``examples/``; ``qsfl`` commands run in this process (fast), in README order, so later commands
+see what earlier ones wrote (``--resume``, ``compare``, ``report``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsfl.environment import package_version
+from qsfl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+POSTGRES_ENV = "QSFL_TEST_POSTGRES_URL"
+
+# small budget: appended to each command (later --set wins); the GA needs a population divisible by 4 for NSGA-II
+BUDGET = {"simulate": ["--set", "rounds=2"],
+          "tune": ["--set", "base.rounds=2", "--set", "ga.population=4", "--set", "ga.generations=1",
+                   "--set", "optuna.n_trials=2"],
+          "compare": ["--rounds", "2", "--seeds", "100"]}
+FAST = ("simulate", "data")        # qsfl subcommands cheap enough for the default suite
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block, in order."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^ *```(\w*)\n(.*?)^ *```", text, re.S | re.M)]
+
+
+def shell_commands(body: str) -> list[str]:
+    """One string per command of a shell block: continuation lines joined, comments dropped, && split."""
+    joined = re.sub(r"\\\n\s*", " ", body)
+    out = []
+    for line in joined.splitlines():
+        line = re.sub(r"\s+#\s.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            out += [part.strip() for part in line.split("&&")]
+    return out
+
+
+def readme_commands() -> list[str]:
+    """Every shell command of the README, in order."""
+    return [c for lang, body in code_blocks(README.read_text()) if lang in ("bash", "sh", "console", "")
+            for c in shell_commands(body)]
+
+
+def python_blocks() -> list[str]:
+    return [body for lang, body in code_blocks(README.read_text()) if lang == "python"]
+
+
+def kind(command: str) -> str:
+    """pip | pytest | qsfl <subcommand> | unknown."""
+    words = shlex.split(command)
+    if words[:2] == ["pip", "install"]:
+        return "pip"
+    if words[:3] == ["python", "-m", "pytest"]:
+        return "pytest"
+    if words[0] == "qsfl":
+        return f"qsfl {words[1]}"
+    return "unknown"
+
+
+def check_pip(command: str) -> None:
+    """A README install command: what it installs is installed here (the suite cannot reinstall offline)."""
+    for arg in shlex.split(command)[2:]:
+        if arg.startswith("torch=="):
+            assert torch.__version__.split("+")[0] == arg.split("==")[1], f"README pins {arg}, torch is {torch.__version__}"
+        elif arg in ("-e", "-q"):
+            continue
+        elif arg.startswith("."):
+            assert package_version("qsfl-tune"), "qsfl-tune is not installed"
+            extras = re.findall(r"\[(.*)\]", arg)
+            for extra in (extras[0].split(",") if extras else []):
+                needs = {"dev": ["pytest", "hypothesis", "ruff", "mypy"], "postgres": ["psycopg2-binary"]}[extra]
+                missing = [n for n in needs if not package_version(n)]
+                assert not missing, f"{command}: {missing} not installed"
+        else:
+            raise AssertionError(f"unknown pip argument {arg!r} in {command!r}")
+
+
+def argv_of(command: str) -> list[str]:
+    """The qsfl argv of a README command, shell expansions done ($VAR, $(hostname)) and the budget added."""
+    text = command.replace("$(hostname)", socket.gethostname())
+    words = [os.path.expandvars(w) for w in shlex.split(text)][1:]
+    return words + BUDGET.get(words[0], [])
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A working directory with the repository's studies/ and examples/, one torch thread."""
+    for name in ("studies", "examples"):   # copies: a spec's relative data path must resolve inside tmp_path
+        shutil.copytree(REPO / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def run_commands(commands: list[str], capsys) -> None:
+    from qsfl_cli import main
+
+    for command in commands:
+        k = kind(command)
+        if k == "pip":
+            check_pip(command)
+        elif k == "pytest":
+            assert command == "python -m pytest -q", command   # the suite this test is part of
+        else:
+            try:
+                rc = main(argv_of(command))
+            except ConfigError as exc:
+                pytest.fail(f"{command}: {exc}")
+            err = capsys.readouterr().err
+            assert rc == 0, f"{command!r} exited {rc}: {err[-2000:]}"
+
+
+# ----- the README's structure -----------------------------------------------------------------------------
+def test_first_two_lines_are_the_install_and_quickstart_and_the_test_commands():
+    commands = readme_commands()
+    block = code_blocks(README.read_text())[0][1].splitlines()
+    assert block == ["pip install torch==2.13.0 && pip install -e . && qsfl tune studies/quickstart.toml --out "
+                     "out/quickstart",
+                     'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q']
+    assert commands[2] == "qsfl tune studies/quickstart.toml --out out/quickstart"
+
+
+def test_every_readme_command_is_one_this_test_runs():
+    kinds = [kind(c) for c in readme_commands()]
+    assert "unknown" not in kinds, [c for c in readme_commands() if kind(c) == "unknown"]
+    assert {"pip", "pytest", "qsfl simulate", "qsfl tune", "qsfl compare", "qsfl report", "qsfl data"} <= set(kinds)
+    assert python_blocks()
+
+
+def test_install_commands_match_this_environment():
+    for command in readme_commands():
+        if kind(command) == "pip":
+            check_pip(command)
+
+
+def test_a_wrong_readme_command_fails_this_test(scratch, capsys):
+    """The runner catches an example that exits 2 (the old first simulate example did)."""
+    with pytest.raises(AssertionError, match="exited 2"):
+        run_commands(["qsfl simulate --clients 4 --set partition_options.alpha=0.5 --out out/bad"], capsys)
+
+
+# ----- running the commands -------------------------------------------------------------------------------
+def test_readme_simulate_and_data_commands_run(scratch, capsys, tmp_path):
+    from fixtures_data import write_leaf
+
+    write_leaf(scratch / "data" / "leaf" / "femnist" / "data", {"w0": (6, 2), "w1": (5, 2)})
+    fast = [c for c in readme_commands() if kind(c) in {f"qsfl {k}" for k in FAST}]
+    assert len(fast) >= 3
+    run_commands(fast, capsys)
+    assert (scratch / "out" / "run1" / "history.csv").is_file() and (scratch / "out" / "run2" / "config.toml").is_file()
+
+
+def test_readme_python_blocks_run(scratch):
+    for body in python_blocks():
+        code = body.replace("rounds=30", "rounds=2")   # the small budget
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+@pytest.mark.slow
+def test_readme_study_commands_run_in_order(scratch, capsys):
+    """tune (GA, resume, Optuna, Pareto with workers, the paper's FEMNIST study on a 50-writer fixture), compare,
+    report: the commands as written, small budget."""
+    from fixtures_data import write_leaf
+
+    write_leaf(scratch / "data" / "leaf" / "femnist" / "data", {f"w{i}": (3, 1) for i in range(50)})
+    commands = [c for c in readme_commands() if kind(c) in ("pip", "pytest", "qsfl tune", "qsfl compare",
+                                                              "qsfl report") and "$URL" not in c]
+    run_commands(commands, capsys)
+    assert (scratch / "out" / "quickstart" / "report.html").is_file()
+    assert (scratch / "out" / "quickstart" / "compare.csv").is_file()
+
+
+@pytest.mark.postgres
+def test_readme_postgres_command_runs(scratch, capsys, monkeypatch):
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_ENV} not set (scripts/postgres.sh url)")
+    monkeypatch.setenv("URL", url)
+    commands = [c for c in readme_commands() if "$URL" in c]
+    assert commands
+    run_commands(commands, capsys)

@@ -1,0 +1,380 @@
+"""The public read API of a study output directory (docs/study_output.md).
+
+Everything outside ``tuning`` that reads a study (``reports``, notebooks) goes through this module: the spec as
+run, the trials table, the GA logbook, ``best.toml``, ``baseline.toml``, the comparison written by
+``qsfl compare`` and the sessions that ran the study. Objective texts and directions come from the files
+(the spec's ``[objective]``, else ``best.toml`` / ``baseline.toml``), never from guesses on column names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qsfl.config import SimConfig, load_toml
+from qsfl.errors import ConfigError
+from qsfl.history import History
+from tuning.objective import METRICS, Metric, build_objective
+from tuning.spec import parse_base
+from tuning.trials import read_trials as _read_trials
+
+__all__ = ["COMPARE_DIR", "METRICS", "CompareResults", "Metric", "StudyResults", "best_digest", "check_study_dir",
+           "defaults_verdict", "load_histories", "load_study", "metric_direction", "missing_files", "read_compare",
+           "read_trials", "simulation_keys"]
+
+TRIALS_FILES = ("trials.parquet", "trials.csv")
+REQUIRED = ("spec.toml",)
+COMPARE_DIR = "compare"
+ENVIRONMENT_FILE = "environment.json"
+
+
+def metric_direction(name: str) -> str:
+    """``maximize`` or ``minimize`` for a metric name of the trials table (``metric_`` prefix optional)."""
+    key = name.removeprefix("metric_")
+    if key not in METRICS:
+        raise ConfigError(f"metric: unknown value {key!r}; valid: {', '.join(METRICS)}")
+    return METRICS[key].direction
+
+
+# ----- the directory -------------------------------------------------------------------------------
+def missing_files(out_dir: str | Path) -> list[str]:
+    """Names of the files a study output must have that ``out_dir`` lacks."""
+    d = Path(out_dir)
+    missing = [f for f in REQUIRED if not (d / f).is_file()]
+    if not any((d / f).is_file() for f in TRIALS_FILES):
+        missing.append(" or ".join(TRIALS_FILES))
+    return missing
+
+
+def check_study_dir(out_dir: str | Path) -> Path:
+    """Raise ConfigError naming the missing files unless ``out_dir`` is a study output directory."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        raise ConfigError(f"{d}: no such directory (expected the --out directory of `qsfl tune`)")
+    missing = missing_files(d)
+    if missing:
+        raise ConfigError(f"{d}: not a study output directory; missing {', '.join(missing)}")
+    return d
+
+
+def read_trials(out_dir: str | Path) -> pd.DataFrame:
+    """The trials table (parquet preferred, CSV otherwise); ConfigError if there is none."""
+    df = _read_trials(out_dir)
+    if df is None:
+        raise ConfigError(f"{out_dir}: missing {' or '.join(TRIALS_FILES)}")
+    return df
+
+
+def _fitness_columns(trials: pd.DataFrame, n: int | None) -> list[str]:
+    if n is not None:
+        return ["fitness"] if n == 1 else [f"fitness_{i}" for i in range(n)]
+    if "fitness" in trials.columns:
+        return ["fitness"]
+    cols = [c for c in trials.columns if c.startswith("fitness_") and c[len("fitness_"):].isdigit()]
+    return sorted(cols, key=lambda c: int(c.split("_")[1]))
+
+
+def _objectives(spec: Mapping[str, Any], best: Mapping[str, Any], baseline: Mapping[str, Any] | None
+                ) -> tuple[list[str], list[str]]:
+    """(formula texts, directions) from the spec's [objective], else from best.toml / baseline.toml."""
+    table = spec.get("objective")
+    if table is not None:
+        try:
+            objective = build_objective(table)
+            return [f.text for f in objective.formulas], list(objective.directions)
+        except ConfigError:
+            pass  # a spec of an older format: the written files still say what was optimised
+    for doc in (best, baseline or {}):
+        described, directions = doc.get("objectives"), doc.get("directions")
+        if isinstance(described, list) and isinstance(directions, list) and len(described) == len(directions):
+            texts = [str(t).split(" ", 1)[1] if str(t).split(" ", 1)[0] in ("maximize", "minimize") else str(t)
+                     for t in described]
+            return texts, [str(d) for d in directions]
+    return [], []
+
+
+def simulation_keys(trials: pd.DataFrame) -> pd.Series:
+    """One key per row; rows with the same key are the same simulation.
+
+    Uses the table's ``simulation`` column when tuning wrote one; otherwise two complete rows are the same
+    simulation when they ran the same seeds and got exactly the same value of every metric (bytes and
+    accuracies to the last bit: distinct simulations practically never agree on all of them, while points that
+    simulate identically, e.g. p values giving the same entries per segment, always do).
+    """
+    if "simulation" in trials.columns:
+        return trials["simulation"].astype(str)
+    metric_cols = sorted(c for c in trials.columns if c.startswith("metric_") and not c.endswith("_std"))
+    done = trials["state"] == "complete" if "state" in trials.columns else pd.Series(True, index=trials.index)
+    keys = []
+    for (i, row), ok in zip(trials.iterrows(), done):
+        if not ok:
+            keys.append(f"row-{i}")  # failed/pruned rows are never merged
+            continue
+        values = [str(row.get("seeds", ""))] + [repr(float(row[c])) for c in metric_cols]
+        keys.append(hashlib.sha1("|".join(values).encode()).hexdigest()[:12])
+    return pd.Series(keys, index=trials.index, dtype=object)
+
+
+def best_digest(best: Sequence[Mapping[str, Any]]) -> str:
+    """A short hash of the params of best.toml's entries, in order (tells whether the best set changed)."""
+    canon = json.dumps([{k: _canon(v) for k, v in sorted(dict(e.get("params", {})).items())} for e in best],
+                       sort_keys=True)
+    return hashlib.sha1(canon.encode()).hexdigest()[:12]
+
+
+def _canon(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    return v
+
+
+# ----- the study -----------------------------------------------------------------------------------
+@dataclass
+class StudyResults:
+    """Everything a study wrote under its output directory (missing optional parts are empty)."""
+
+    out_dir: Path
+    spec: dict[str, Any]
+    trials: pd.DataFrame
+    objectives: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    fitness_columns: list[str] = field(default_factory=list)
+    logbook: pd.DataFrame | None = None
+    best: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The study name from the spec, else the directory name."""
+        study = self.spec.get("study")
+        name = study.get("name") if isinstance(study, dict) else None
+        return str(name or self.out_dir.name)
+
+    @property
+    def engine(self) -> str:
+        """``ga`` or ``optuna`` (from the trials table, else the spec)."""
+        if "engine" in self.trials.columns and len(self.trials):
+            return str(self.trials["engine"].iloc[0])
+        study = self.spec.get("study")
+        return str(study.get("engine", "ga")) if isinstance(study, dict) else "ga"
+
+    @property
+    def maximize(self) -> list[bool]:
+        """Per fitness column: True when larger is better."""
+        return [d == "maximize" for d in self.directions]
+
+    @property
+    def param_columns(self) -> list[str]:
+        """The ``param_*`` columns of the trials table."""
+        return [c for c in self.trials.columns if c.startswith("param_")]
+
+    @property
+    def metric_columns(self) -> list[str]:
+        """The ``metric_<name>`` columns (not the ``_std`` ones) of the trials table, in METRICS order."""
+        return [f"metric_{m}" for m in METRICS if f"metric_{m}" in self.trials.columns]
+
+    def objective_label(self, j: int) -> str:
+        """What fitness column ``j`` is: its formula (a metric name for plain objectives)."""
+        if j < len(self.objectives):
+            return self.objectives[j]
+        return self.fitness_columns[j] if j < len(self.fitness_columns) else f"fitness_{j}"
+
+    def describe_objectives(self) -> list[str]:
+        """['maximize final_accuracy - 0.05 * uplink_fraction', ...]."""
+        return [f"{d} {t}" for t, d in zip(self.objectives, self.directions)]
+
+    def base_config(self) -> SimConfig:
+        """The study's base SimConfig (spec.toml's [base], parsed as tuning does)."""
+        if not isinstance(self.spec.get("base"), dict):
+            raise ConfigError(f"{self.out_dir / 'spec.toml'}: no [base] table")
+        try:
+            return parse_base(self.spec["base"])
+        except ConfigError as exc:
+            raise ConfigError(f"{self.out_dir / 'spec.toml'}: {exc}") from None
+
+    def search_seeds(self) -> list[int]:
+        """Seeds the search simulated: the spec's study.seeds and every seed in the trials table."""
+        study = self.spec.get("study", {}) if isinstance(self.spec.get("study"), dict) else {}
+        used = {int(s) for s in study.get("seeds", [0])}
+        if "seeds" in self.trials.columns:
+            for cell in self.trials["seeds"].dropna().astype(str):
+                used.update(int(s) for s in re.split(r"[,;]", cell) if s.strip().lstrip("-").isdigit())
+        return sorted(used)
+
+    def spec_seeds(self) -> tuple[list[int], list[int]]:
+        """(study.seeds, study.eval_seeds) as declared (tuning's defaults [0] and [100, 101, 102])."""
+        study = self.spec.get("study", {}) if isinstance(self.spec.get("study"), dict) else {}
+        return [int(s) for s in study.get("seeds", [0])], [int(s) for s in study.get("eval_seeds", [100, 101, 102])]
+
+    def complete(self) -> pd.DataFrame:
+        """Rows with state ``complete`` (all rows when the table has no state column)."""
+        t = self.trials
+        return t[t["state"] == "complete"] if "state" in t.columns else t
+
+
+def _read_best(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "best.toml"
+    if not path.is_file():
+        return {}
+    doc = load_toml(path)
+    if not isinstance(doc.get("best", []), list):
+        raise ConfigError(f"{path}: expected [[best]] tables")
+    return doc
+
+
+def _read_sessions(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / ENVIRONMENT_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc})") from None
+    return list(data.get("sessions", [])) if isinstance(data, dict) else []
+
+
+def load_study(out_dir: str | Path) -> StudyResults:
+    """Read a study output directory; ConfigError naming the missing files if it is not one."""
+    d = check_study_dir(out_dir)
+    spec = load_toml(d / "spec.toml")
+    trials = read_trials(d)
+    best_doc = _read_best(d)
+    baseline = load_toml(d / "baseline.toml") if (d / "baseline.toml").is_file() else None
+    objectives, directions = _objectives(spec, best_doc, baseline)
+    fcols = _fitness_columns(trials, len(directions) or None)
+    if not directions and fcols:
+        raise ConfigError(f"{d}: cannot tell the objective's direction: spec.toml's [objective] is unreadable "
+                          "and there is no best.toml or baseline.toml with `directions`")
+    logbook = pd.read_csv(d / "logbook.csv") if (d / "logbook.csv").is_file() else None
+    return StudyResults(out_dir=d, spec=spec, trials=trials, objectives=objectives, directions=directions,
+                        fitness_columns=fcols, logbook=logbook, best=list(best_doc.get("best", [])),
+                        baseline=baseline, sessions=_read_sessions(d))
+
+
+# ----- histories -----------------------------------------------------------------------------------
+def load_histories(root: str | Path) -> dict[str, History]:
+    """Every History directory directly under ``root`` by directory name (unreadable ones skipped)."""
+    out: dict[str, History] = {}
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            out[d.name] = History.load(d)
+        except (ConfigError, OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def _seed_key(name: str) -> tuple[int, str]:
+    m = re.fullmatch(r"seed(\d+)", name)
+    return (int(m.group(1)) if m else 1 << 62, name)
+
+
+# ----- the comparison (qsfl compare) -------------------------------------------------------------------
+@dataclass
+class CompareResults:
+    """What ``qsfl compare`` ran: one row per (label, seed) in ``runs``, and the plan it followed."""
+
+    out_dir: Path
+    runs: pd.DataFrame
+    plan: dict[str, Any]
+    stale: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels in the order they were compared (tuned first, then the baselines)."""
+        return [str(c["label"]) for c in self.plan.get("config", [])] or list(dict.fromkeys(self.runs["label"]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.plan.get("seeds", [])]
+
+    def kind(self, label: str) -> str:
+        """``tuned`` or ``baseline``."""
+        return next((str(c.get("kind", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
+
+    def description(self, label: str) -> str:
+        """The label's setting in words (its params for tuned configs)."""
+        return next((str(c.get("setting", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
+
+    def histories(self) -> dict[str, list[History]]:
+        """label -> the Histories of the plan's seeds, in label order (missing or unreadable runs left out)."""
+        root = self.out_dir / COMPARE_DIR
+        seeds = set(self.seeds)
+        out: dict[str, list[History]] = {}
+        for label in self.labels:
+            found = load_histories(root / label)
+            runs = [found[k] for k in sorted(found, key=_seed_key)
+                    if not seeds or int(found[k].config.get("seed", -1)) in seeds]
+            if runs:
+                out[label] = runs
+        return out
+
+
+def read_compare(out_dir: str | Path) -> CompareResults | None:
+    """The comparison of ``qsfl compare`` in ``out_dir`` (None when it has not run); ``stale`` is True when
+    best.toml changed since (a resumed or extended study found other best configs)."""
+    d = Path(out_dir)
+    runs_path, plan_path = d / COMPARE_DIR / "runs.csv", d / COMPARE_DIR / "plan.toml"
+    if not runs_path.is_file() or not plan_path.is_file():
+        return None
+    runs = pd.read_csv(runs_path, keep_default_na=False, na_values=[""])
+    plan = load_toml(plan_path)
+    stale = False
+    if plan.get("source") == "best.toml":
+        stale = plan.get("best_digest") != best_digest(_read_best(d).get("best", []))
+    return CompareResults(out_dir=d, runs=runs, plan=plan, stale=stale)
+
+
+def nan_to_none(v: Any) -> Any:
+    """NaN -> None (for TOML/JSON, which have no NaN-safe null)."""
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+# ----- tuned vs the authors' defaults ------------------------------------------------------------------
+def _dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
+    signs = [1.0 if m else -1.0 for m in maximize]
+    pairs = [(s * x, s * y) for s, x, y in zip(signs, a, b)]
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+
+def defaults_verdict(best: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None,
+                     directions: Sequence[str]) -> str | None:
+    """A warning when the search found nothing better than the authors' defaults, else None.
+
+    One objective: the best fitness is worse than (or equal to) the defaults'. Several: no point of the front
+    dominates the defaults (the defaults would sit on the front themselves).
+    """
+    if not baseline or baseline.get("state", "complete") != "complete" or not directions:
+        return None
+    base = [float(f) for f in baseline.get("fitness", [])]
+    if len(base) != len(directions) or not all(math.isfinite(f) for f in base):
+        return None
+    maximize = [d == "maximize" for d in directions]
+    fronts = [[float(f) for f in b.get("fitness", [])] for b in best]
+    fronts = [f for f in fronts if len(f) == len(base)]
+    if not fronts:
+        return "no tuned configuration completed; the authors' defaults are the only result"
+    if len(base) == 1:
+        top = max(f[0] for f in fronts) if maximize[0] else min(f[0] for f in fronts)
+        if (top > base[0]) if maximize[0] else (top < base[0]):
+            return None
+        return (f"the best tuned fitness {top:.4g} is not better than the authors' defaults' {base[0]:.4g} "
+                f"({directions[0]}); the search did not beat the defaults on this budget")
+    if any(_dominates(f, base, maximize) for f in fronts):
+        return None
+    return "no tuned configuration dominates the authors' defaults: they lie on (or beyond) the Pareto front"
