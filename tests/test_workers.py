@@ -99,7 +99,6 @@ def ga_spec(tmp_path) -> Path:
     (["--cluster", "localhost:8786"], "--cluster: 'localhost:8786' is not a cluster"),
     (["--cluster", "local:2", "--workers", "2"], "--workers 2 with --cluster local:2: choose one"),
     (["--set", 'study.cluster="local:0"'], "study.cluster: 'local:0' is not a cluster"),
-    (["--set", 'study.engine="optuna"', "--cluster", "local:2"], 'only for study.engine = "ga"'),
 ])
 def test_tune_rejects_a_bad_cluster_before_any_output(ga_spec, tmp_path, capsys, args, message):
     from qsfl_cli import main

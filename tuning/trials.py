@@ -16,7 +16,6 @@ The rows are written in completion order; the files hold them sorted by ``trial`
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -362,12 +361,15 @@ def read_trials(out_dir: str | Path) -> pd.DataFrame | None:
     tail, _, _ = _parse_journal(journal, d / JOURNAL, seq, tmp_rows, warn=False)
     if not tail:
         return df
-    extra = pd.DataFrame([row for _, row in tail])
-    if df is None:
-        return extra.sort_values("trial", kind="stable").reset_index(drop=True)
-    extra = extra.reindex(columns=df.columns)
-    for col in df.columns:
-        with contextlib.suppress(TypeError, ValueError):   # e.g. a NaN in an int column: keep the journal's type
-            extra[col] = extra[col].astype(df[col].dtype)
-    both = pd.concat([df, extra], ignore_index=True)
-    return both.sort_values("trial", kind="stable").reset_index(drop=True)
+    rows = [] if df is None else [{c: _py(v) for c, v in r.items()} for r in df.to_dict("records")]
+    rows += [row for _, row in tail]
+    # the table as TrialsTable.frame() writes it: columns, dtypes and order
+    names = [c[len("param_"):] for c in rows[0] if c.startswith("param_")]
+    if df is not None:
+        types = {n: "int" if pd.api.types.is_integer_dtype(df[f"param_{n}"]) else "float" for n in names}
+    else:
+        types = {n: "int" if all(isinstance(r.get(f"param_{n}"), int) for r in rows) else "float" for n in names}
+    n_objectives = max(1, sum(1 for c in rows[0] if c.startswith("fitness_")))
+    table = TrialsTable(d, names, n_objectives, types)
+    table._rows = rows
+    return table.frame()
