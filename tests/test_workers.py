@@ -472,16 +472,17 @@ def test_ga_on_a_local_cluster_killed_and_resumed_equals_the_serial_run(serial_s
 def test_compare_on_a_local_cluster_equals_serial(serial_study, tmp_path):
     import shutil
 
-    from reports.compare import compare_study
+    from tuning.compare import plan_comparison, run_comparison
 
     pytest.importorskip("distributed")
     _, study = serial_study
-    tables = {}
+    runs = {}
     for how, kw in (("serial", {"workers": 1}), ("cluster", {"cluster": "local:2"})):
         out = Path(shutil.copytree(study, tmp_path / how))
-        tables[how] = compare_study(out, top=1, seeds=[5, 6], rounds=2, **kw)
-    cols = ["label", "final_accuracy_mean", "uplink_mb_mean", "compression_ratio_mean"]
-    pd.testing.assert_frame_equal(tables["cluster"][cols], tables["serial"][cols])
+        plan = plan_comparison(out, top=1, seeds=[5, 6], rounds=2)
+        runs[how] = run_comparison(plan, **kw).drop(columns=["path", "wall_time_s"])
+    assert len(runs["serial"]) >= 6 and set(runs["serial"]["status"]) == {"complete"}
+    pd.testing.assert_frame_equal(runs["cluster"], runs["serial"])
 
 
 @pytest.mark.slow
