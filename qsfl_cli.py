@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,7 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_now(code: int) -> None:
+    """Leave at once: flush what was printed and logged, skip the interpreter's teardown.
+
+    After Ctrl-C every ``finally`` has run (workers terminated, files written atomically), and tearing down
+    torch alone takes seconds on a busy machine; a user who pressed Ctrl-C wants the prompt back now.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: this program's arguments) and return the exit code."""
+    program = argv is None       # the `qsfl` program itself, not a caller in Python
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -239,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if program:
+            _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
 

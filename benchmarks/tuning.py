@@ -2,17 +2,18 @@
 quickstart problem, each re-evaluated on seeds the search never used (the spec's ``study.eval_seeds``).
 
 Prints the fitness of each on the fresh seeds, their metrics, and the ratio of uplink bytes at equal
-accuracy (uplink bytes spent until the target accuracy is first reached, defaults / tuned).
+accuracy (uplink bytes spent until the target accuracy is first reached, defaults / tuned). For a comparison of
+every searcher at equal wall time see benchmarks/search.py.
 
     python benchmarks/tuning.py                                   # runs the GA study, then random search
     python benchmarks/tuning.py --study-dir out/quickstart        # reuse a finished GA study
+    python benchmarks/tuning.py --quick                           # a tiny smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -20,37 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qsfl.config import load_toml
-from tuning.evaluate import Evaluator, Point, make_map, run_task
-from tuning.objective import Evaluation, SeedResult, combine
-from tuning.space import baseline_overrides
-from tuning.spec import StudySpec, load_spec
-from tuning.study import baseline_params, best_entries, run_study
-from tuning.trials import TrialsTable, read_trials
-
-
-def random_search(spec: StudySpec, n: int, out: Path, mapper, seed: int) -> dict:
-    """``n`` uniform random points of the space (same seeds and budget as the GA); returns the best entry."""
-    rng = random.Random(seed)
-    table = TrialsTable(out, spec.space.names, spec.objective.n, {p.name: p.type for p in spec.space.params})
-    evaluator = Evaluator(spec, table, mapper, engine="random")
-    points: list[Point] = []
-    seen: set[str] = set()
-    while len(points) < n:
-        pt = evaluator.point(spec.space.decode([rng.random() for _ in range(spec.space.dim)]))
-        if pt.id not in seen:
-            seen.add(pt.id)
-            points.append(pt)
-    evaluator.evaluate_points(points, generation=0)
-    best = best_entries(table.rows, spec, limit=1)
-    return best[0] if best else {}
-
-
-def reevaluate(spec: StudySpec, overrides: dict, params: dict, mapper) -> Evaluation:
-    """Simulate one config on the spec's eval_seeds; mean/std metrics and fitness on those seeds."""
-    seeds = list(spec.study.eval_seeds)
-    tasks = [(spec.base.with_overrides({**overrides, "seed": s}).to_dict(),) for s in seeds]
-    results = [SeedResult.from_dict(r) for r in mapper.imap(run_task, tasks)]
-    return combine(params, seeds, results, spec.objective, spec.base.rounds)
+from tuning.evaluate import Point
+from tuning.spec import load_spec
+from tuning.study import baseline_point, evaluate_on_seeds, run_study
+from tuning.trials import read_trials
+from tuning.workers import make_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/benchmark_tuning"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--random-seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="6 rounds, 2 generations of 4: a smoke run")
     args = ap.parse_args(argv)
 
-    spec = load_spec(args.spec)
+    sets = ["base.rounds=6", "ga.population=4", "ga.generations=2", "study.seeds=[0]",
+            "study.eval_seeds=[100]"] if args.quick else []
+    spec = load_spec(args.spec, sets)
     if not spec.study.eval_seeds:
         print("error: the spec has no study.eval_seeds to re-evaluate on", file=sys.stderr)
         return 2
@@ -73,30 +51,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reusing the GA study in {args.study_dir}")
         else:
             print(f"running the GA study {spec.name} -> {args.study_dir} ...")
-            run_study(spec, args.study_dir, workers=args.workers)
+            run_study(spec, args.study_dir, workers=args.workers, quiet=True)
     ga_time = time.perf_counter() - t0
     ga_rows = read_trials(args.study_dir)
-    n = len(ga_rows)
+    n = 0 if ga_rows is None else len(ga_rows)
     ga_best = load_toml(args.study_dir / "best.toml")["best"][0]
 
-    mapper = make_map(args.workers, spec.base)
-    try:
-        t1 = time.perf_counter()
-        print(f"random search with the same budget ({n} evaluations) ...")
-        rnd_best = random_search(spec, n, args.out / "random", mapper, args.random_seed)
-        rnd_time = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    print(f"random search with the same budget ({n} evaluations) ...")
+    rnd_spec = load_spec(args.spec, sets + ["study.engine=\"random\"", f"random.n_trials={n}",
+                                            f"study.search_seed={args.random_seed}"])
+    rnd = run_study(rnd_spec, args.out / "random", workers=args.workers, quiet=True)
+    rnd_best = rnd.best[0] if rnd.best else {}
+    rnd_time = time.perf_counter() - t1
 
-        print(f"re-evaluating on fresh seeds {list(spec.study.eval_seeds)} ...")
-        configs = {
-            "GA best": (spec.space.overrides(ga_best["params"]), ga_best["params"]),
-            "random-search best": (spec.space.overrides(rnd_best["params"]), rnd_best["params"]),
-        }
-        bp = baseline_params(spec)
-        others = {p.key: bp[p.name] for p in spec.space.params if p.name not in ("beta", "alpha", "k", "ns", "p")}
-        configs["authors' defaults"] = ({**baseline_overrides(spec.base), **others}, bp)
-        fresh = {label: reevaluate(spec, ov, params, mapper) for label, (ov, params) in configs.items()}
-    finally:
-        mapper.close()
+    print(f"re-evaluating on fresh seeds {list(spec.study.eval_seeds)} ...")
+    points = {"GA best": Point(dict(ga_best["params"])), "random-search best": Point(dict(rnd_best.get("params", {}))),
+              "authors' defaults": baseline_point(spec)}
+    with make_workers(args.workers, base=spec.base) as pool:
+        fresh = {label: evaluate_on_seeds(spec, pt, spec.study.eval_seeds, pool) for label, pt in points.items()
+                 if pt.params}
 
     print()
     print(f"problem: {spec.name}; objective: {'; '.join(spec.objective.describe())}")
@@ -111,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     base_btt = fresh["authors' defaults"].metrics["uplink_bytes_to_target"]
     target = spec.base.target_accuracy
     for label in ("GA best", "random-search best"):
+        if label not in fresh:
+            continue
         btt = fresh[label].metrics["uplink_bytes_to_target"]
         ratio = base_btt / btt if btt and math.isfinite(btt) and math.isfinite(base_btt) else math.nan
         print(f"uplink bytes to reach {target:.0%} accuracy, defaults / {label}: {ratio:.2f}x"

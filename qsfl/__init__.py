@@ -30,6 +30,22 @@ def simulate_many(configs: Sequence[SimConfig], **kwargs: Any) -> list[History] 
     return _simulate_many(configs, **kwargs)
 
 
+def register_model(name: str, factory: Any, *, replace: bool = False) -> None:
+    """Add a model under ``name``: ``factory(input_shape, num_classes, **model_options) -> nn.Module``
+    (see qsfl.models.register_model); a config may also name it by import path, "mypkg.models:MyNet"."""
+    from qsfl.models import register_model as _register
+
+    _register(name, factory, replace=replace)
+
+
+def register_dataset(name: str, loader: Any, *, replace: bool = False) -> None:
+    """Add a dataset under ``name``: ``loader(seed=0, **dataset_options) -> qsfl.data.Dataset`` (see
+    qsfl.data.datasets.register_dataset); a config may also name it by import path, "mypkg.data:load_mine"."""
+    from qsfl.data.datasets import register_dataset as _register
+
+    _register(name, loader, replace=replace)
+
+
 def __getattr__(name: str) -> Any:
     if name == "Simulation":   # lazily: importing qsfl stays light (no torch engine until a run)
         from qsfl.sim import Simulation
@@ -39,4 +55,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ConfigError", "History", "SimConfig", "SimState", "Simulation", "StrategyConfig", "__version__",
-           "load_config", "simulate", "simulate_many"]
+           "load_config", "register_dataset", "register_model", "simulate", "simulate_many"]

@@ -108,10 +108,12 @@ class SimConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
     def __post_init__(self) -> None:
-        from qsfl.data.datasets import DATASETS
+        from qsfl.data.datasets import DATASETS, resolve_dataset
         from qsfl.data.partition import PARTITIONS
-        from qsfl.models import MODELS
+        from qsfl.models import MODELS, resolve_model
 
+        resolve_dataset(self.dataset)   # "mypkg.data:load_mine" / "mypkg.models:MyNet": imported, registered
+        resolve_model(self.model)
         check_choice("dataset", self.dataset, sorted(DATASETS))
         check_choice("model", self.model, sorted(MODELS))
         check_choice("partition", self.partition, sorted(PARTITIONS))

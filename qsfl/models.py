@@ -1,6 +1,7 @@
-"""Model registry: logreg, mlp, cnn1d, femnist_cnn (the QSFL paper's CNN).
+"""Model registry: logreg, mlp, cnn1d, femnist_cnn (the QSFL paper's CNN), cnn2d (small CNN for CIFAR-10-style
+images), and users' own models (:func:`register_model`, or an import path such as ``"mypkg.models:MyNet"``).
 
-Every model is buffer-free (no BatchNorm running stats) so the batched engine can vectorise it, and
+Every built-in model is buffer-free (no BatchNorm running stats) so the batched engine can vectorise it, and
 reshapes its flat input itself, so datasets may store images flat or shaped.
 """
 
@@ -91,12 +92,68 @@ class FemnistCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class CNN2D(nn.Module):
+    """A small 2-D CNN for (C, H, W) images such as CIFAR-10's (3, 32, 32): two 3x3 conv-relu-maxpool blocks
+    (``channels`` and 2 x ``channels`` filters) and a linear classifier. Buffer-free, so the batched engine
+    runs it on its folded-convolution path."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 16) -> None:
+        super().__init__()
+        check_range("model_options.channels", channels, 1, 4096, integer=True)
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) != 3 or shape[1] < 4 or shape[2] < 4:
+            raise ConfigError(f"model: cnn2d needs (channels, height, width) images of at least 4 x 4, got shape "
+                              f"{shape}; for flat or 1-D inputs use mlp or cnn1d")
+        self.shape = shape
+        self.conv1 = nn.Conv2d(shape[0], channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+        self.fc = nn.Linear(2 * channels * (shape[1] // 4) * (shape[2] // 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.shape)
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "logreg": LogReg,
     "mlp": MLP,
     "cnn1d": CNN1D,
     "femnist_cnn": FemnistCNN,
+    "cnn2d": CNN2D,
 }
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Add a model: ``factory(input_shape, num_classes, **model_options)`` returns an ``nn.Module``.
+
+    Its other keyword arguments become the model's ``model_options`` (checked like the built-ins'). A model
+    without buffers (no BatchNorm) runs on the batched engine's fast paths; others fall back to vmap or the
+    sequential engine. Registering an existing name is an error unless ``replace``.
+    """
+    import inspect
+
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model: a registered name must be a non-empty string, got {name!r}")
+    if name in MODELS and MODELS[name] is not factory and not replace:
+        raise ConfigError(f"model: {name!r} is already registered; pass replace=True to replace it")
+    try:
+        params = list(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model: {name!r}: {factory!r} is not a callable with a signature") from None
+    if params[:2] != ["input_shape", "num_classes"]:
+        raise ConfigError(f"model: {name!r}: the factory's first arguments must be (input_shape, num_classes), "
+                          f"got ({', '.join(params)})")
+    MODELS[name] = factory
+
+
+def resolve_model(name: str) -> None:
+    """Register an import-path model name (``"mypkg.models:MyNet"``) on first use; other names are left alone."""
+    from qsfl.plugins import is_import_path, load_object
+
+    if is_import_path(name) and name not in MODELS:
+        register_model(name, load_object(name, "model"))
 
 
 def model_options(name: str) -> list[str]:
@@ -110,6 +167,7 @@ def model_options(name: str) -> list[str]:
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int = 0,
                 **options: Any) -> nn.Module:
     """Instantiate a registered model with weights initialised from ``seed``."""
+    resolve_model(name)
     if name not in MODELS:
         raise ConfigError(f"model: unknown value {name!r}; valid: {', '.join(sorted(MODELS))}")
     generator_state = torch.random.get_rng_state()

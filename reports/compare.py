@@ -30,6 +30,7 @@ METRICS = ("final_accuracy", "best_accuracy", "compression_ratio", "uplink_mb", 
            "uplink_bytes_to_target")
 TESTED = ("final_accuracy", "uplink_mb")      # tested between every tuned config and every baseline
 CLIENTS_FILE = "clients.csv"
+LABELS = {"final_accuracy": "final accuracy", "best_accuracy": "best accuracy", "uplink_mb": "uplink MB"}
 
 
 def _ok(g: pd.DataFrame) -> pd.DataFrame:
@@ -102,8 +103,8 @@ def _cell(r: pd.Series, m: str, fmt: str, suffix: str = "", scale: float = 1.0) 
         return NA
     if not math.isfinite(mean):
         return DASH
-    if int(r["runs"]) < 2 or not math.isfinite(lo):
-        return f"{mean:{fmt}}{suffix}"
+    if int(r["runs"]) < 2 or not math.isfinite(lo) or f"{lo:{fmt}}" == f"{hi:{fmt}}":
+        return f"{mean:{fmt}}{suffix}"    # one seed, or no spread at the shown precision
     return f"{mean:{fmt}}{suffix} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
@@ -132,14 +133,20 @@ def _p(p: float) -> str:
 
 
 def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
-    """compare_tests.csv as readable cells."""
+    """compare_tests.csv as readable cells: one row per (tuned, baseline), per metric the difference, its CI, p."""
     rows = []
-    for _, t in tests.iterrows():
-        fmt = ".4f" if "accuracy" in t["metric"] else ".3f"
-        diff = f"{t['diff']:+{fmt}}" if math.isfinite(t["diff"]) else DASH
-        ci = f"[{t['diff_ci_low']:+{fmt}}, {t['diff_ci_high']:+{fmt}}]" if math.isfinite(t["diff_ci_low"]) else NA
-        rows.append({"tuned": t["tuned"], "vs": t["baseline"], "metric": t["metric"], "difference": diff,
-                     f"{LEVEL:.0%} CI": ci, "p": _p(float(t["p_value"])), "seeds": f"{t['n_tuned']}/{t['n_baseline']}"})
+    for (tuned, base), g in tests.groupby(["tuned", "baseline"], sort=False):
+        row: dict[str, Any] = {"tuned": tuned, "vs": base}
+        for _, t in g.iterrows():
+            fmt = ".4f" if "accuracy" in t["metric"] else ".3f"
+            name = LABELS.get(str(t["metric"]), str(t["metric"]))
+            diff = f"{t['diff']:+{fmt}}" if math.isfinite(t["diff"]) else DASH
+            if math.isfinite(t["diff_ci_low"]) and f"{t['diff_ci_low']:{fmt}}" != f"{t['diff_ci_high']:{fmt}}":
+                diff += f" [{t['diff_ci_low']:+{fmt}}, {t['diff_ci_high']:+{fmt}}]"
+            row[f"\u0394 {name}"] = diff
+            row[f"p ({name})"] = _p(float(t["p_value"]))
+        row["seeds"] = f"{int(g['n_tuned'].iloc[0])}/{int(g['n_baseline'].iloc[0])}"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -177,9 +184,9 @@ def tests_note(tests: pd.DataFrame) -> str:
     """How the p-values were computed."""
     method = str(tests["method"].iloc[0]) if len(tests) else "welch"
     how = "Welch's unequal-variance t-test" if method == "welch" else "a seeded bootstrap of Welch's statistic"
-    return (f"Difference of means (tuned minus baseline) over seeds, its {LEVEL:.0%} interval and the two-sided "
-            f"p-value of {how}; n/a with fewer than two runs per side or no spread at all. Not corrected for multiple "
-            "comparisons.")
+    return (f"\u0394: difference of means (tuned minus baseline) over seeds with its {LEVEL:.0%} interval in "
+            f"brackets; p: the two-sided p-value of {how}; n/a with fewer than two runs per side or no spread at "
+            "all. Not corrected for multiple comparisons.")
 
 
 FAIRNESS_NOTE = ("Per-client accuracy of the final global model on each client's own label distribution "

@@ -54,7 +54,7 @@ def params_text(params: Mapping[str, Any]) -> str:
 
 
 _NUMERIC_TEXT = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?\S*( \u00b1 [\d.,]+\S*)?( \[[^\]]*\])?( \(\d+/\d+\))?$"
-                           r"|^\u2013( \(\d+/\d+\))?$|^n/a$")
+                           r"|^\u2013( \(\d+/\d+\))?$|^n/a$|^< [\d.]+$")
 
 
 def is_num(v: Any) -> bool:
@@ -73,10 +73,19 @@ def html_table(df: pd.DataFrame) -> str:
     wide = ' class="wide"' if len(df.columns) > 9 else ""
     body = []
     for _, row in df.iterrows():
-        cells = "".join(f'<td class="n">{html.escape(fmt_num(v))}</td>' if looks_numeric(v)
+        cells = "".join(f'<td class="n">{_numeric_cell(v)}</td>' if looks_numeric(v)
                         else f"<td>{html.escape(fmt_num(v))}</td>" for v in row)
         body.append(f"<tr>{cells}</tr>")
     return f"<table{wide}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _numeric_cell(v: Any) -> str:
+    """A number; 'mean [low, high]' puts its interval on a second, smaller line so wide tables still fit."""
+    text = fmt_num(v)
+    if isinstance(v, str) and " [" in text:
+        mean, interval = text.split(" [", 1)
+        return f'{html.escape(mean)}<br><span class="ci">[{html.escape(interval)}</span>'
+    return html.escape(text)
 
 
 def md_table(df: pd.DataFrame) -> str:

@@ -46,6 +46,7 @@ figcaption{color:#5a6275;font-size:.88em;margin:.4em auto 0;max-width:780px}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:.4em 0 1em}
 dl.facts dt{color:#5a6275}dl.facts dd{margin:0;overflow-wrap:anywhere}
 .note{color:#5a6275;font-size:.88em}
+.ci{color:#5a6275;font-size:.85em}
 nav ul{padding-left:1.2em;columns:2;margin:.3em 0}
 @media (max-width:760px){main{padding:14px 12px 32px}table{font-size:.76em}th,td{padding:3px 4px}
 td.n{white-space:normal}table.wide{font-size:.68em}nav ul{columns:1}

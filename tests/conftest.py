@@ -10,6 +10,19 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def restore_registries():
+    """Models and datasets a test registers (qsfl.register_model, import paths) do not leak into other tests."""
+    from qsfl.data.datasets import DATASETS
+    from qsfl.models import MODELS
+
+    models, datasets = dict(MODELS), dict(DATASETS)
+    yield
+    for registry, saved in ((MODELS, models), (DATASETS, datasets)):
+        registry.clear()
+        registry.update(saved)
+
+
 @pytest.fixture
 def small_config():
     """A fast digits configuration (8 clients, 3 rounds)."""

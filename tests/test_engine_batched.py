@@ -216,7 +216,7 @@ def test_auto_falls_back_for_batchnorm(caplog):
 
 
 def test_registry_models_are_vectorisable():
-    shapes = {"logreg": (64,), "mlp": (64,), "cnn1d": (40,), "femnist_cnn": (28, 28)}
+    shapes = {"logreg": (64,), "mlp": (64,), "cnn1d": (40,), "femnist_cnn": (28, 28), "cnn2d": (3, 8, 8)}
     for name in MODELS:
         assert unsupported_reason(build_model(name, shapes[name], 10)) is None
     engine = make_engine("auto", build_model("mlp", (64,), 10), client_data((64,), 10, [5]), epochs=1,

@@ -56,9 +56,19 @@ def python_blocks() -> list[str]:
     return [body for lang, body in code_blocks(README.read_text()) if lang == "python"]
 
 
+def split_env(command: str) -> tuple[dict[str, str], list[str]]:
+    """Leading NAME=value assignments of a shell command, and the rest of its words."""
+    words = shlex.split(command)
+    env = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    return env, words
+
+
 def kind(command: str) -> str:
     """pip | pytest | qsfl <subcommand> | unknown."""
-    words = shlex.split(command)
+    words = split_env(command)[1]
     if words[:2] == ["pip", "install"]:
         return "pip"
     if words[:3] == ["python", "-m", "pytest"]:
@@ -89,7 +99,7 @@ def check_pip(command: str) -> None:
 def argv_of(command: str) -> list[str]:
     """The qsfl argv of a README command, shell expansions done ($VAR, $(hostname)) and the budget added."""
     text = command.replace("$(hostname)", socket.gethostname())
-    words = [os.path.expandvars(w) for w in shlex.split(text)][1:]
+    words = [os.path.expandvars(w) for w in split_env(text)[1]][1:]
     return words + BUDGET.get(words[0], [])
 
 
@@ -105,7 +115,7 @@ def scratch(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def run_commands(commands: list[str], capsys) -> None:
+def run_commands(commands: list[str], capsys, monkeypatch) -> None:
     from qsfl_cli import main
 
     for command in commands:
@@ -115,6 +125,13 @@ def run_commands(commands: list[str], capsys) -> None:
         elif k == "pytest":
             assert command == "python -m pytest -q", command   # the suite this test is part of
         else:
+            env = split_env(command)[0]
+            if "PYTHONPATH" in env:   # as the shell would: this process and the workers it starts
+                path = os.path.abspath(env.pop("PYTHONPATH"))
+                monkeypatch.syspath_prepend(path)
+                env["PYTHONPATH"] = os.pathsep.join([path, os.environ.get("PYTHONPATH", "")])
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
             try:
                 rc = main(argv_of(command))
             except ConfigError as exc:
@@ -146,41 +163,55 @@ def test_install_commands_match_this_environment():
             check_pip(command)
 
 
-def test_a_wrong_readme_command_fails_this_test(scratch, capsys):
+def test_a_wrong_readme_command_fails_this_test(scratch, capsys, monkeypatch):
     """The runner catches an example that exits 2 (the old first simulate example did)."""
     with pytest.raises(AssertionError, match="exited 2"):
-        run_commands(["qsfl simulate --clients 4 --set partition_options.alpha=0.5 --out out/bad"], capsys)
+        run_commands(["qsfl simulate --clients 4 --set partition_options.alpha=0.5 --out out/bad"], capsys, monkeypatch)
 
 
 # ----- running the commands -------------------------------------------------------------------------------
-def test_readme_simulate_and_data_commands_run(scratch, capsys, tmp_path):
+def test_readme_simulate_and_data_commands_run(scratch, capsys, monkeypatch):
     from fixtures_data import write_leaf
 
     write_leaf(scratch / "data" / "leaf" / "femnist" / "data", {"w0": (6, 2), "w1": (5, 2)})
     fast = [c for c in readme_commands() if kind(c) in {f"qsfl {k}" for k in FAST}]
     assert len(fast) >= 3
-    run_commands(fast, capsys)
+    run_commands(fast, capsys, monkeypatch)
     assert (scratch / "out" / "run1" / "history.csv").is_file() and (scratch / "out" / "run2" / "config.toml").is_file()
 
 
-def test_readme_python_blocks_run(scratch):
+def test_readme_python_blocks_run(scratch, monkeypatch):
+    monkeypatch.syspath_prepend(str(scratch))   # run from the repository root, as the README's reader does
     for body in python_blocks():
         code = body.replace("rounds=30", "rounds=2")   # the small budget
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
 
 
+def study_blocks() -> list[list[str]]:
+    """The shell blocks with a study command (tune, compare, report), each a list of commands; each block runs
+    from a fresh checkout, in order (a later command may continue an earlier one: --resume, compare, report)."""
+    blocks = [shell_commands(body) for lang, body in code_blocks(README.read_text()) if lang in ("bash", "sh", "")]
+    return [b for b in blocks if any(kind(c) in ("qsfl tune", "qsfl compare", "qsfl report") and "$URL" not in c
+                                     for c in b)]
+
+
 @pytest.mark.slow
-def test_readme_study_commands_run_in_order(scratch, capsys):
+@pytest.mark.parametrize("block", range(len(study_blocks())))
+def test_readme_study_blocks_run_in_order(scratch, capsys, monkeypatch, block):
     """tune (GA, resume, Optuna, Pareto with workers, the paper's FEMNIST study on a 50-writer fixture), compare,
-    report: the commands as written, small budget."""
+    report: each block's commands as written, in a fresh directory, with a small budget."""
     from fixtures_data import write_leaf
 
     write_leaf(scratch / "data" / "leaf" / "femnist" / "data", {f"w{i}": (3, 1) for i in range(50)})
-    commands = [c for c in readme_commands() if kind(c) in ("pip", "pytest", "qsfl tune", "qsfl compare",
-                                                              "qsfl report") and "$URL" not in c]
-    run_commands(commands, capsys)
-    assert (scratch / "out" / "quickstart" / "report.html").is_file()
-    assert (scratch / "out" / "quickstart" / "compare.csv").is_file()
+    commands = study_blocks()[block]
+    run_commands(commands, capsys, monkeypatch)
+    outs = [argv_of(c)[argv_of(c).index("--out") + 1] for c in commands if kind(c) == "qsfl tune"]
+    assert all((scratch / out / "trials.parquet").is_file() for out in outs)
+
+
+def test_the_study_blocks_cover_tune_compare_and_report():
+    kinds = {kind(c) for b in study_blocks() for c in b}
+    assert {"qsfl tune", "qsfl compare", "qsfl report"} <= kinds and len(study_blocks()) >= 2
 
 
 @pytest.mark.postgres
@@ -191,4 +222,4 @@ def test_readme_postgres_command_runs(scratch, capsys, monkeypatch):
     monkeypatch.setenv("URL", url)
     commands = [c for c in readme_commands() if "$URL" in c]
     assert commands
-    run_commands(commands, capsys)
+    run_commands(commands, capsys, monkeypatch)

@@ -430,7 +430,8 @@ def test_report_html_is_self_contained_and_complete(compared):
     assert "Comparison with baselines" in text
     for _, row in table.iterrows():
         assert f"<td>{row['label']}</td>" in text
-        cell = f"{row['final_accuracy_mean']:.4f} [{row['final_accuracy_ci_low']:.4f}, {row['final_accuracy_ci_high']:.4f}]"
+        cell = (f"{row['final_accuracy_mean']:.4f}<br><span class=\"ci\">[{row['final_accuracy_ci_low']:.4f}, "
+                f"{row['final_accuracy_ci_high']:.4f}]</span>")
         assert cell in text
     # best configs, timing and the spec
     assert "Best configurations" in text and "authors&#x27; defaults" in text
@@ -763,3 +764,13 @@ def test_report_says_when_the_defaults_were_not_beaten(study_dir):
     baseline["fitness"] = [10.0]                                 # the defaults' fitness beats every trial
     (study_dir / "baseline.toml").write_text(dump_toml(baseline))
     assert "did not beat the defaults" in write_report(study_dir, formats=("png",)).read_text()
+
+
+def test_reports_metric_names_are_tunings():
+    """One list of metric names: every metric the reports show or test is one of tuning's METRICS."""
+    from reports import compare
+    from reports.tables import METRIC_DISPLAY
+    from tuning.results import METRICS
+
+    names = [n for n, _, _ in METRIC_DISPLAY] + list(compare.METRICS) + list(compare.TESTED)
+    assert set(names) <= set(METRICS), set(names) - set(METRICS)

@@ -14,7 +14,6 @@ SPEC = spec_text("e2e-tiny", rounds=2, batch_size=30, target_accuracy=0.3, eval_
 
 @pytest.mark.slow
 def test_tune_compare_report(tmp_path, capsys):
-    pytest.importorskip("tuning.cli")
     import torch
 
     from qsfl.history import History

@@ -20,7 +20,6 @@ from qsfl.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_FILE = "environment.json"
-STUDY_MARKERS = ("trials.parquet", "trials.csv", "trials.journal.jsonl", "checkpoint.pkl", "study.db")
 CLUSTER_HELP = "run on a Dask cluster: tcp://host:8786, or local:N worker processes on this machine (docs/scaling.md)"
 
 
@@ -96,9 +95,6 @@ def tune(args: argparse.Namespace) -> tuple[Path, int]:
         raise ConfigError(f"--storage: expected a database URL such as sqlite:///study.db or "
                           f"postgresql://user@host/db, got {args.storage!r}")
     out: Path = args.out or Path("studies") / "out" / spec.name
-    if args.resume and args.storage is None and not any((out / m).exists() for m in STUDY_MARKERS):
-        raise ConfigError(f"--resume: {out} holds no study to resume (no trials table, checkpoint or study.db); "
-                          "drop --resume to start one")
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     echo = (lambda s: None) if args.quiet else print
     started = dt.datetime.now(dt.UTC)

@@ -1,19 +1,21 @@
-"""Evaluating points of the search space: simulations grouped into lockstep batches, a cache of simulations, on
-any pool of :mod:`tuning.workers` (serial, a process pool, a Dask cluster; one torch thread per worker).
+"""Evaluating points of the search space: simulations grouped into lockstep batches, a cache of simulations, and
+a pluggable map (serial or a process pool with one torch thread per worker).
 
 * **Simulation cache.** A result is cached under (simulation key, seed, rounds): the key is the canonical config
   of :mod:`tuning.simkey`, so points that simulate identically (e.g. two ``p`` that keep the same number of
   entries per segment) are simulated once, and the cache key includes the rounds of the fidelity.
 * **Population batches** (``study.population_batch``, default on): the configs of one batch that share seed,
   dataset, partition, model and local training (all but the strategy table) and the round they start from run
-  in lockstep through :func:`qsfl.simulate_many`, split into as many tasks as there are workers; off, every
-  (config, seed) is its own task.
+  in lockstep through :func:`qsfl.simulate_many` (configs at different rounds catch up first), split into as
+  many tasks as there are workers; off, every (config, seed) is its own task.
 * **Continuation.** An evaluation at more rounds continues the simulation from the state saved at the end of the
   previous fidelity (``Simulation.state()`` / ``simulate_many(states=...)``), so it costs only the extra rounds.
   States live in memory for the batch being evaluated only (a study resumed after a crash re-simulates a
   promoted point from round 0, which gives the same numbers).
 
-Every evaluation runs with one torch thread, serial or parallel, so results never depend on ``--workers``.
+Where the tasks run is :mod:`tuning.workers` (serial, a process pool, a Dask cluster): every evaluation runs with
+one torch thread there, so results never depend on ``--workers`` or ``--cluster``; results are taken as they
+finish, and each point is handed on as soon as it and every point before it are done.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError
+from qsfl.sim import PER_CONFIG_FIELDS
 from tuning.objective import (
     Evaluation,
     SeedResult,
@@ -37,7 +40,7 @@ from tuning.objective import (
     history_result,
     params_id,
 )
-from tuning.simkey import canonical_config, model_size, simulation_key
+from tuning.simkey import model_size, simulation_key
 from tuning.workers import SerialWorkers, Workers
 
 log = logging.getLogger(__name__)
@@ -58,30 +61,15 @@ class GroupTask:
 
 def simulate_group(configs: Sequence[SimConfig], states: Sequence[Any] | None, until: int,
                    return_states: bool) -> list[tuple[Any, Any, int]]:
-    """[(History, state or None, first round simulated)] of ``configs`` run up to round ``until``."""
+    """[(History, state or None, first round simulated)] of ``configs`` run in lockstep up to round ``until``
+    (:func:`qsfl.simulate_many`), each from its state when it has one."""
     import qsfl
 
-    many = getattr(qsfl, "simulate_many", None)
-    if many is not None:
-        out = many(list(configs), states=list(states) if states is not None else None, until=until,
-                   return_states=return_states)
-        start = _state_round(states[0]) if states else 0
-        if return_states:
-            return [(h, s, start) for h, s in out]
-        return [(h, None, start) for h in out]
-    # qsfl.simulate_many is built on branch core (shared contract 2); until it lands every config is simulated
-    # from round 0 up to ``until``, which gives the same numbers at a higher cost
-    from qsfl.sim import simulate
-
-    return [(simulate(c.replace(rounds=until)), None, 0) for c in configs]
-
-
-def _state_round(state: Any) -> int:
-    """The next round of a saved simulation state."""
-    for name in ("next_round", "round"):
-        if hasattr(state, name):
-            return int(getattr(state, name))
-    raise TypeError(f"cannot read the round of a simulation state {type(state).__name__}")
+    out: list[Any] = list(qsfl.simulate_many(list(configs), states=list(states) if states is not None else None,
+                                             until=until, return_states=return_states))
+    firsts = [int(st.next_round) if st is not None else 0 for st in (states or [None] * len(configs))]
+    pairs = out if return_states else [(h, None) for h in out]
+    return [(h, st, first) for (h, st), first in zip(pairs, firsts)]
 
 
 def run_group(task: GroupTask) -> list[dict[str, Any]]:
@@ -146,9 +134,9 @@ class _Slot:
 class Evaluator:
     """Evaluates points on the spec's seeds at a given number of rounds; see the module docstring."""
 
-    def __init__(self, spec: Any, mapper: Workers | None = None, population_batch: bool | None = None) -> None:
+    def __init__(self, spec: Any, workers: Workers | None = None, population_batch: bool | None = None) -> None:
         self.spec = spec
-        self.mapper = mapper or SerialWorkers()
+        self.workers = workers or SerialWorkers()
         self.population_batch = spec.study.population_batch if population_batch is None else population_batch
         self.cache: dict[tuple[str, int, int], SeedResult] = {}
         self.states: dict[tuple[str, int], tuple[int, Any]] = {}
@@ -232,8 +220,8 @@ class Evaluator:
                 emitted += 1
 
         emit()
-        for t, outs in self.mapper.map_unordered(run_group, tasks):   # tasks come back as they finish
-            for job, out in zip(owners[t], outs):
+        for index, outs in self.workers.map_unordered(run_group, tasks):
+            for job, out in zip(owners[index], outs):
                 key, seed = job
                 sr = SeedResult.from_dict(out["result"])
                 if out["state"] is not None:
@@ -267,16 +255,13 @@ class Evaluator:
         """Group the missing simulations into lockstep tasks (see the module docstring)."""
         groups: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
         for job, cfg in configs.items():
-            saved = self.states.get(job)
-            start = saved[0] if saved is not None and saved[0] < rounds else 0
-            if self.population_batch:
-                shared = canonical_config(cfg, self.n_params)
-                shared.pop("strategy")
-                gkey: tuple[Any, ...] = (job[1], start, json.dumps(shared, sort_keys=True, default=repr))
+            if self.population_batch:     # simulate_many's lockstep: everything but the per-config fields shared
+                shared = {k: v for k, v in cfg.to_dict().items() if k not in PER_CONFIG_FIELDS}
+                gkey: tuple[Any, ...] = (job[1], json.dumps(shared, sort_keys=True, default=repr))
             else:
                 gkey = (job,)
             groups.setdefault(gkey, []).append(job)
-        workers = max(self.mapper.n, 1)
+        workers = max(int(self.workers.n), 1)
         chunks: list[tuple[int, int, list[tuple[str, int]]]] = []
         for gkey, members in groups.items():
             n = min(workers, len(members))
@@ -290,6 +275,6 @@ class Evaluator:
             states = [self.states[j][1] if j in self.states and self.states[j][0] < rounds else None
                       for j in members]
             tasks.append(GroupTask([configs[j] for j in members], rounds, self.spec.base.rounds,
-                                   states if all(s is not None for s in states) else None, keep_states, curve))
+                                   states if any(s is not None for s in states) else None, keep_states, curve))
             owners.append(members)
         return tasks, owners

@@ -143,6 +143,7 @@ class StudyLoop:
             self.searcher.start(self.start_points())
         rows = self.searcher.rows() if self.searcher.owns_trials else (self.table.load() if resume else [])
         self.table.rows = [dict(r) for r in rows]
+        self.progress.resumed([self._from_row(row) for row in rows])
         for row in rows:
             ev = self._from_row(row)
             self.evaluator.remember(ev)
@@ -157,18 +158,13 @@ class StudyLoop:
         spec's ``[[study.start]]`` (missing params from the defaults); defaults outside the space are skipped."""
         spec = self.spec
         defaults = spec.space.defaults(spec.base)
-        wanted = []
-        if spec.study.start_defaults:
-            if spec.space.contains(defaults):
-                wanted.append(dict(defaults))
-            else:
-                log.warning("the authors' defaults %s lie outside the search space: not a start point", defaults)
-        wanted += [{**defaults, **dict(extra)} for extra in spec.study.start]
+        wanted = [("the authors' defaults", defaults)] if spec.study.start_defaults else []
+        wanted += [(f"study.start[{i}]", {**defaults, **dict(extra)}) for i, extra in enumerate(spec.study.start)]
         points = []
-        for params in wanted:   # what would be evaluated (NS <= K repaired); a penalised point is no start
+        for label, params in wanted:   # what would be evaluated (NS <= K repaired) must lie in the space
             fixed, _, penalty = spec.space.repair(params, spec.base)
-            if penalty:
-                log.warning("start point %s: %s; skipped", params, penalty)
+            if penalty or not spec.space.contains(fixed):
+                log.warning("%s %s: %s; not a start point", label, params, penalty or "outside the search space")
             else:
                 points.append(fixed)
         return points
@@ -218,10 +214,14 @@ class StudyLoop:
 
     def _after_batch(self, cands: Sequence[Candidate], evaluations: Sequence[Evaluation]) -> None:
         step, steps = self.searcher.progress()
-        label = "generation" if self.searcher.name == "ga" else "batch"
+        of = f"/{steps}" if steps else ""
+        if self.searcher.name == "ga":     # progress() counts generations including generation 0
+            text = f"generation {step - 1}" + (f"/{steps - 1}" if steps else "")
+        else:
+            text = f"batch {self.state.batches}: {step}{of} points"
         new = sum(ev.new_rows for ev in evaluations)
         failed = sum(1 for ev in evaluations if ev.state == "failed")
-        self.progress.batch(label, step - 1 if self.searcher.name == "ga" else step, steps, new, failed)
+        self.progress.batch(text, new, failed)
 
     # ----- one batch ----------------------------------------------------------------------------------------
     def _stages(self) -> list[tuple[int, bool]]:
@@ -264,7 +264,9 @@ class StudyLoop:
                         self.searcher.report_rung(cands[ci], evs[i])
                 keep = promote([evs[i] for i in alive], self.fidelity.eta, self.spec.objective.weights)
                 for i, go in zip(alive, keep):
-                    if go:
+                    # a start point (the known-good config) always goes on: it ends at full rounds, so the study's
+                    # best is never worse than it (unless it fails)
+                    if go or (evs[i].ok and any(cands[ci].start for ci in owners[i])):
                         keep_alive.append(i)
                     else:
                         final[i] = evs[i]

@@ -55,6 +55,7 @@ class Progress:
         self.baseline = list(baseline) if baseline else None
         self.total = total
         self.done = 0
+        self.resumed_at = 0              # evaluations that were in the table when this session started
         self.start = time.perf_counter()
         self.best: list[float] | None = None
         self.front: list[list[float]] = []
@@ -68,6 +69,8 @@ class Progress:
     def evaluation(self, ev: Evaluation, trial: int | None, generation: int) -> None:
         """One finished evaluation (a trials row)."""
         self.done += 1
+        if self.total is not None and self.done > self.total:   # the budget's row count is an estimate
+            self.set_total(self.done)
         if ev.ok and ev.rounds >= self.full_rounds:
             self._improve(list(ev.fitness))
         where = f"gen {generation} " if generation >= 0 else ""
@@ -79,10 +82,20 @@ class Progress:
             self.bar.update(1)
             self._postfix()
 
-    def batch(self, label: str, step: int, steps: int | None, new: int, failed: int) -> None:
-        """A finished batch (a GA generation, an Optuna / random batch)."""
-        of = f"/{steps}" if steps else ""
-        log.info("%s %d%s: %d new evaluations, %d failed | %s", label, step, of, new, failed, self._status())
+    def resumed(self, evaluations: Sequence[Evaluation]) -> None:
+        """The evaluations already in the trials table of a resumed study (counted, and in the best so far)."""
+        for ev in evaluations:
+            self.done += 1
+            if ev.ok and ev.rounds >= self.full_rounds:
+                self._improve(list(ev.fitness))
+        self.resumed_at = self.done
+        if self.bar is not None:
+            self.bar.update(self.done)
+            self._postfix()
+
+    def batch(self, text: str, new: int, failed: int) -> None:
+        """A finished batch (a GA generation, an Optuna / random batch), described by ``text``."""
+        log.info("%s: %d new evaluations, %d failed | %s", text, new, failed, self._status())
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -112,8 +125,9 @@ class Progress:
             best += f" (defaults {_fmt(self.baseline)})"
         elapsed = time.perf_counter() - self.start
         eta = ""
-        if self.total and self.done:
-            eta = f", ETA {_duration(elapsed / self.done * max(self.total - self.done, 0))}"
+        new = self.done - self.resumed_at
+        if self.total and new > 0:
+            eta = f", ETA {_duration(elapsed / new * max(self.total - self.done, 0))}"
         return f"{best}; {_duration(elapsed)} elapsed{eta}"
 
     def _postfix(self) -> None:

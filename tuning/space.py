@@ -37,29 +37,12 @@ PARAM_TYPES = ("float", "int")
 CONSTRAINT_MODES = ("repair", "penalty")
 
 
-@dataclass(frozen=True)
-class ParamInfo:
-    """What a known parameter name maps to in SimConfig and its hard limits."""
-
-    key: str
-    type: str
-    lo: float | None
-    hi: float | None = None
-    lo_open: bool = False
-
-
-# hard limits mirror qsfl.config's validation; ``hi=None`` for k is replaced by the cohort size
-KNOWN_PARAMS: dict[str, ParamInfo] = {
-    "beta": ParamInfo("strategy.beta", "float", 0.0, 1.0),
-    "k": ParamInfo("strategy.k", "int", 1, None),
-    "alpha": ParamInfo("strategy.alpha", "float", 0.0, 1.0, lo_open=True),
-    "ns": ParamInfo("strategy.ns", "int", 1, None),
-    "p": ParamInfo("strategy.p", "float", 0.0, 1.0, lo_open=True),
-    "lr": ParamInfo("lr", "float", 0.0, None, lo_open=True),
-    "local_epochs": ParamInfo("local_epochs", "int", 1, None),
-    "batch_size": ParamInfo("batch_size", "int", 1, None),
-    "momentum": ParamInfo("momentum", "float", 0.0, 1.0),
-    "weight_decay": ParamInfo("weight_decay", "float", 0.0, None),
+# Short names of config fields. A parameter's type comes from the field's annotation and its limits from the
+# config's own validation (SimConfig and the strategy's config dataclass), never from a copy kept here.
+KNOWN_PARAMS: dict[str, str] = {
+    "beta": "strategy.beta", "k": "strategy.k", "alpha": "strategy.alpha", "ns": "strategy.ns", "p": "strategy.p",
+    "lr": "lr", "local_epochs": "local_epochs", "batch_size": "batch_size", "momentum": "momentum",
+    "weight_decay": "weight_decay",
 }
 
 QSFL_ONLY = ("beta", "k", "alpha", "ns")
@@ -158,20 +141,32 @@ class SearchSpace:
         out: dict[str, float | int] = {}
         ns = next((p for p in self.params if p.name == "ns"), None)
         bounded = ns is not None and base is not None and self.constraint == "repair" and ns_limited(base)
-        for p in self.params:
-            if not (bounded and p is ns):
+        k_source = next((p.name for p in self.params if p.name in ("k", "alpha")), None)
+        deferred = False
+        for p in self.params:   # in the space's order (a sampler's stream follows it); ns right after its K
+            if bounded and p is ns:
+                if k_source is not None and k_source not in out:
+                    deferred = True
+                    continue
+                out["ns"] = self._suggest_ns(trial, out, base)
+            else:
                 out[p.name] = p.suggest(trial)
-        if bounded:
-            assert ns is not None and base is not None
-            k = effective_k(out, base)
-            out["ns"] = trial.suggest_int("ns", int(min(ns.low, k)), int(min(ns.high, k)), log=ns.log)
+            if deferred and p.name == k_source:
+                out["ns"] = self._suggest_ns(trial, out, base)
+                deferred = False
         return {p.name: out[p.name] for p in self.params}
+
+    def _suggest_ns(self, trial: Any, chosen: Mapping[str, Any], base: SimConfig | None) -> int:
+        """ns define-by-run in [min(low, K), min(high, K)] for the K of the params chosen so far."""
+        ns = next(p for p in self.params if p.name == "ns")
+        assert base is not None
+        k = effective_k(chosen, base)
+        return int(trial.suggest_int("ns", int(min(ns.low, k)), int(min(ns.high, k)), log=ns.log))
 
     def overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """params -> dotted SimConfig overrides."""
         keys = {p.name: p.key for p in self.params}
-        return {keys.get(name, KNOWN_PARAMS[name].key if name in KNOWN_PARAMS else name): value
-                for name, value in params.items()}
+        return {keys.get(name, KNOWN_PARAMS.get(name, name)): value for name, value in params.items()}
 
     def repair(self, params: Mapping[str, Any], base: SimConfig) -> tuple[dict[str, Any], str, str]:
         """Apply the NS <= K constraint: returns (params, repair note, penalty reason); see module doc."""
@@ -253,37 +248,50 @@ def _numeric_fields() -> dict[str, str]:
     return out
 
 
+def check_bound(where: str, value: Any, key: str, base: SimConfig, integer: bool) -> None:
+    """A bound is valid when ``base`` with ``key = value`` is a valid config: the config's own check decides, and
+    its message is reported for ``where`` (e.g. ``space.p.low: 0.0 is out of range; allowed (0.0, 1.0]``)."""
+    check_range(where, value, integer=integer)            # the type only
+    try:
+        base.with_overrides({key: value})
+    except ConfigError as exc:
+        text = str(exc)
+        for prefix in (f"{key}: ", f"base.{key}: "):
+            if text.startswith(prefix):
+                raise ConfigError(f"{where}: {text[len(prefix):]}") from None
+        raise ConfigError(f"{where}: {value!r} makes an invalid config: {text}") from None
+
+
 def build_param(name: str, table: Any, base: SimConfig) -> Param:
     """Validate one ``[space.<name>]`` table into a Param."""
     where = f"space.{name}"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table with low/high, got {table!r}")
     reject_unknown(where, table, PARAM_KEYS)
-    info = KNOWN_PARAMS.get(name)
+    fields = _numeric_fields()
+    key = KNOWN_PARAMS.get(name)
     if "key" in table:
         key = table["key"]
-        fields = _numeric_fields()
         check_choice(f"{where}.key", key, sorted(fields))
-        info = ParamInfo(key, fields[key], None)
-    if info is None:
+    if key is None:
         raise ConfigError(f"{where}: unknown parameter {name!r}; valid: {', '.join(KNOWN_PARAMS)}, "
                           f"or any name with key = \"<numeric SimConfig field>\"")
     for req in ("low", "high"):
         if req not in table:
             raise ConfigError(f"{where}.{req}: missing; every [space.<param>] needs low and high")
-    ptype = table.get("type", info.type)
+    field_type = fields[key]
+    ptype = table.get("type", field_type)
     check_choice(f"{where}.type", ptype, PARAM_TYPES)
-    if info.type == "int" and ptype != "int":
+    if field_type == "int" and ptype != "int":
         raise ConfigError(f"{where}.type: {name} is an integer parameter; allowed: int")
     log = table.get("log", False)
     check_bool(f"{where}.log", log)
     low, high = table["low"], table["high"]
     integer = ptype == "int"
-    hi_limit = info.hi
-    if name == "k" and info.key == "strategy.k":
-        hi_limit = base.cohort_size
-    check_range(f"{where}.low", low, info.lo, hi_limit, integer=integer, lo_open=info.lo_open)
-    check_range(f"{where}.high", high, info.lo, hi_limit, integer=integer, lo_open=info.lo_open)
+    for bound, value in (("low", low), ("high", high)):
+        check_bound(f"{where}.{bound}", value, key, base, integer)
+        if key == "strategy.k":   # K is capped at the cohort size C: a larger k is the same point
+            check_range(f"{where}.{bound}", value, 1, base.cohort_size, integer=True)
     if low > high:
         raise ConfigError(f"{where}: low {low!r} > high {high!r}; need low <= high")
     if log and low <= 0:
@@ -293,7 +301,7 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
         check_range(f"{where}.step", step, 0.0, None, lo_open=True)
         if integer or log:
             raise ConfigError(f"{where}.step: only for linear float parameters (type = \"float\", log = false)")
-    return Param(name=name, key=info.key, low=low, high=high, type=ptype, log=log,
+    return Param(name=name, key=key, low=low, high=high, type=ptype, log=log,
                  step=float(step) if step is not None else None)
 
 
@@ -305,6 +313,10 @@ def build_space(table: Any, base: SimConfig, constraint: str = "repair") -> Sear
     table = dict(table)
     constraint = table.pop("constraint", constraint)
     check_choice("space.constraint", constraint, CONSTRAINT_MODES)
+    qsfl_only = [n for n, sub in table.items() if n in QSFL_ONLY and not (isinstance(sub, Mapping) and "key" in sub)]
+    if qsfl_only and base.strategy.name != "qsfl":
+        raise ConfigError(f"base.strategy.name: {base.strategy.name!r} has no {'/'.join(QSFL_ONLY)}; "
+                          f"allowed: qsfl (the searched parameters are QSFL's)")
     params = tuple(build_param(name, sub, base) for name, sub in table.items())
     names = [p.name for p in params]
     if "k" in names and "alpha" in names:
@@ -312,7 +324,4 @@ def build_space(table: Any, base: SimConfig, constraint: str = "repair") -> Sear
     keys = [p.key for p in params]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"space: two parameters set the same config key ({', '.join(keys)})")
-    if any(n in QSFL_ONLY for n in names) and base.strategy.name != "qsfl":
-        raise ConfigError(f"base.strategy.name: {base.strategy.name!r} has no {'/'.join(QSFL_ONLY)}; "
-                          f"allowed: qsfl (the searched parameters are QSFL's)")
     return SearchSpace(params=params, constraint=constraint)

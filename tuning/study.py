@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 
 from qsfl.config import AUTHORS_DEFAULTS, dump_toml, load_toml
-from qsfl.engine.threads import configure_threads
 from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
 from tuning.evaluate import Evaluator, Point
@@ -104,6 +103,22 @@ def evaluate_baseline(spec: StudySpec, evaluator: Evaluator | None = None) -> di
     evaluator = evaluator or Evaluator(spec)
     (ev,) = evaluator.evaluate([baseline_point(spec)], spec.base.rounds)
     return baseline_dict(spec, ev)
+
+
+def evaluate_on_seeds(spec: StudySpec, point: Point, seeds: Sequence[int], pool: Workers | None = None) -> Evaluation:
+    """A point (repaired as the study would) at the study's full rounds on other seeds, e.g. the fresh
+    ``study.eval_seeds``: mean/std metrics and fitness over those seeds."""
+    import copy
+
+    raw = copy.deepcopy(dict(spec.raw))
+    raw["study"] = {**raw.get("study", {}), "seeds": list(seeds), "eval_seeds": []}
+    raw.pop("fidelity", None)
+    fresh = parse_spec(raw, default_name=spec.name)
+    if point.overrides is None:
+        fixed, repair, penalty = fresh.space.repair(point.params, fresh.base)
+        point = Point(fixed, repair, penalty)
+    (ev,) = Evaluator(fresh, pool).evaluate([point], fresh.base.rounds)
+    return ev
 
 
 def baseline_dict(spec: StudySpec, ev: Evaluation) -> dict[str, Any]:
@@ -211,13 +226,13 @@ def write_logbook(out_dir: Path, searcher: Searcher, n_objectives: int) -> None:
 def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, workers: int = 1,
               storage: str | None = None, progress: bool = False, stop_after: int | None = None,
               verbose: bool = False, echo: Callable[[str], None] = lambda s: None, quiet: bool = False,
-              mapper: Workers | None = None, cluster: str | None = None) -> StudyResult:
+              cluster: str | None = None, pool: Workers | None = None) -> StudyResult:
     """Run (or resume) a study and write every output of docs/study_output.md; returns the result.
 
     ``progress``: a tqdm bar (a terminal); log lines go to ``OUT/study.log`` and, unless ``quiet`` or a bar is
     shown, to stderr. ``stop_after``: end after that many batches (0-based: 2 = after GA generation 2).
-    ``mapper``: evaluate through this pool instead of one made for ``workers`` / ``cluster`` (a Dask cluster:
-    ``local:N`` or a scheduler address; default ``study.cluster``).
+    ``workers`` / ``cluster`` (default ``study.cluster``): where evaluations run
+    (:func:`tuning.workers.make_workers`); ``pool``: run them on these workers instead (left open).
     """
     out = Path(out_dir)
     if resume:
@@ -229,6 +244,8 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
                           "in --out")
     import torch
 
+    from qsfl.engine.threads import configure_threads
+
     threads = torch.get_num_threads()
     configure_threads(1)
     try:
@@ -238,15 +255,15 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
         torch.set_num_threads(threads)
         raise
     logs = LogSetup(out, stderr=not progress and not quiet)
-    own_mapper = mapper is None
+    own_pool = pool is None
     try:
-        mapper = mapper if mapper is not None else make_workers(workers, cluster or spec.study.cluster, spec.base)
-    except BaseException:
+        pool = pool if pool is not None else make_workers(workers, cluster or spec.study.cluster, spec.base)
+    except BaseException:   # e.g. an unreachable scheduler: exit 2 with the thread setting and log restored
         torch.set_num_threads(threads)
         logs.close()
         raise
-    evaluator = Evaluator(spec, mapper)
-    searcher = make_searcher(spec, out, workers=mapper.n, storage=storage)
+    evaluator = Evaluator(spec, pool)
+    searcher = make_searcher(spec, out, workers=pool.n, storage=storage)
     bar: Progress | None = None
     ok = False
     try:
@@ -283,11 +300,11 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
         if bar is not None:
             bar.close()
         searcher.close()
-        if own_mapper:
+        if own_pool:
             if ok:
-                mapper.close()
+                pool.close()
             else:
-                mapper.terminate()
+                pool.terminate()
         torch.set_num_threads(threads)  # a library caller gets its thread setting back
         logs.close()
     return result
@@ -376,18 +393,7 @@ def format_summary(result: StudyResult) -> str:
         lines.append("no evaluation completed: see the reason column of trials.csv")
     if result.baseline:
         lines.append("defaults:    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.baseline["params"].items()))
-    if worse_than_defaults(result):
-        lines.append("note: the best config found is worse than the authors' defaults on this budget")
     lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, summary.json, "
                  f"spec.toml)")
     return "\n".join(lines)
 
-
-def worse_than_defaults(result: StudyResult) -> bool:
-    """One objective: is the best fitness worse than the defaults' (both complete)?"""
-    spec = result.spec
-    base = (result.baseline or {}).get("fitness") or []
-    if spec.objective.n != 1 or not result.best or not base or not math.isfinite(float(base[0])):
-        return False
-    sign = spec.objective.weights[0]
-    return bool(sign * result.best[0]["fitness"][0] < sign * float(base[0]))

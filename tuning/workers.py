@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import multiprocessing as mp
 import re
@@ -151,8 +152,12 @@ class Workers(ABC):
         try:
             yield from results
         except KeyboardInterrupt:
-            self.terminate()
-            raise
+            pass      # handled below, outside this block: its traceback would keep the pool's objects alive
+        else:
+            return
+        del results
+        self.terminate()
+        raise KeyboardInterrupt
 
 
 def _in_order(results: Iterator[tuple[int, R]]) -> Iterator[R]:
@@ -206,8 +211,16 @@ class PoolWorkers(Workers):
     def __init__(self, workers: int, base: SimConfig | None = None) -> None:
         check_range("--workers", workers, 1, None, integer=True)
         self.n = workers
-        self._pool: Any = pool_context().Pool(workers, initializer=init_pool_worker, initargs=(warm_spec(base),))
-        self._open = True
+        # SIGINT is ignored while the workers (and the forkserver) start: they inherit that, so a Ctrl-C during
+        # their start-up cannot give them a KeyboardInterrupt traceback either; this process handles it
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            self._pool: Any = pool_context().Pool(workers, initializer=init_pool_worker,
+                                                  initargs=(warm_spec(base),))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
         results = self._pool.imap_unordered(functools.partial(_call_indexed, fn), enumerate(tasks), chunksize=1)
@@ -217,16 +230,17 @@ class PoolWorkers(Workers):
         return (r for _, r in self._guard(enumerate(self._pool.imap(fn, tasks, chunksize=1))))
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
+        if self._pool is not None:
             self._pool.close()
             self._pool.join()
+            self._pool = None
 
     def terminate(self) -> None:
-        if self._open:
-            self._open = False
+        if self._pool is not None:
             self._pool.terminate()
             self._pool.join()
+            self._pool = None
+            gc.collect()   # release the pool's semaphores now, not in an exit handler a CLI skips after Ctrl-C
 
 
 class DaskWorkers(Workers):

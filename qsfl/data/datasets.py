@@ -415,10 +415,43 @@ def dataset_options(name: str) -> list[str]:
     return list(inspect.signature(DATASETS[name]).parameters)
 
 
+def register_dataset(name: str, loader: Callable[..., Dataset], *, replace: bool = False) -> None:
+    """Add a dataset: ``loader(seed=0, **dataset_options)`` returns a :class:`Dataset` (float32 inputs, int64
+    labels in ``[0, num_classes)``, optional natural ``client_ids`` for ``partition = "natural"``).
+
+    Its keyword arguments other than ``seed`` become the dataset's ``dataset_options``. Registering an existing
+    name is an error unless ``replace``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"dataset: a registered name must be a non-empty string, got {name!r}")
+    if name in DATASETS and DATASETS[name] is not loader and not replace:
+        raise ConfigError(f"dataset: {name!r} is already registered; pass replace=True to replace it")
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        raise ConfigError(f"dataset: {name!r}: {loader!r} is not a callable with a signature") from None
+    if "seed" not in params:
+        raise ConfigError(f"dataset: {name!r}: the loader must take a `seed` keyword argument, got "
+                          f"({', '.join(params)})")
+    DATASETS[name] = loader
+
+
+def resolve_dataset(name: str) -> None:
+    """Register an import-path dataset name (``"mypkg.data:load_mine"``) on first use; others are left alone."""
+    from qsfl.plugins import is_import_path, load_object
+
+    if is_import_path(name) and name not in DATASETS:
+        register_dataset(name, load_object(name, "dataset"))
+
+
 def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
     """Load a registered dataset; ``options`` are the loader's keyword arguments (e.g. path)."""
+    resolve_dataset(name)
     if name not in DATASETS:
         raise ConfigError(f"dataset: unknown value {name!r}; valid: {', '.join(sorted(DATASETS))}")
     check_options("dataset_options", "dataset", name, options, dataset_options(name))
     check_range("seed", seed, 0, 2**63 - 1, integer=True)
-    return DATASETS[name](seed=seed, **options)
+    ds = DATASETS[name](seed=seed, **options)
+    if not isinstance(ds, Dataset):
+        raise ConfigError(f"dataset: the loader of {name!r} returned {type(ds).__name__}, not a qsfl.data.Dataset")
+    return ds

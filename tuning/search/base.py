@@ -26,13 +26,15 @@ class Candidate:
 
     ``trial`` is the searcher's own trial number (Optuna) or None (the loop numbers the evaluations);
     ``generation`` is the GA generation (-1 for searchers without generations); ``token`` is the searcher's
-    private handle (picklable: it may be saved in the checkpoint with a batch that is being evaluated).
+    private handle (picklable: it may be saved in the checkpoint with a batch that is being evaluated);
+    ``start``: a start point (with ``[fidelity]`` it is always promoted, so it is evaluated at full rounds).
     """
 
     params: dict[str, Any]
     generation: int = -1
     trial: int | None = None
     token: Any = None
+    start: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ rounds, up to the study's ``base.rounds`` (the last rung). Rungs: ``min_rounds *
 then ``base.rounds``. A promoted point continues its simulation from the state saved at the end of its rung, so it
 costs only the extra rounds.
 
-Points are compared only at equal rounds: inside a rung by their fitness at that rung (the low-rung ranking of
-:mod:`tuning.objective` for metrics that exist only at the target accuracy), failed points never go on; several
+Start points (the authors' defaults, ``[[study.start]]``) always go on, so they end at full rounds and a study's
+best is never worse than them. Points are compared only at equal rounds: inside a rung by their fitness at that
+rung (the low-rung ranking of :mod:`tuning.objective` for metrics that exist only at the target accuracy), failed
+points never go on; several
 objectives are ranked by NSGA-II's order (non-dominated front, then crowding distance). The searcher is told
 each point's evaluation at the rung where it stopped (``Evaluation.rounds``, ``Evaluation.rung``); how each
 searcher uses that is documented with it (GA: rounds first, then fitness; Optuna: stopped points are PRUNED
@@ -18,7 +20,7 @@ with their rung fitness as the intermediate value).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +95,3 @@ def promote(evaluations: Sequence[Evaluation], eta: int, weights: Sequence[float
     keep = set(chosen)
     return [i in keep for i in range(n)]
 
-
-def settings_from(spec_fidelity: Mapping[str, Any] | FidelitySettings | None) -> FidelitySettings | None:
-    """Accept parsed settings or None."""
-    if spec_fidelity is None or isinstance(spec_fidelity, FidelitySettings):
-        return spec_fidelity
-    raise TypeError("expected FidelitySettings or None")

@@ -70,6 +70,7 @@ class GASettings:
     elitism: int = 1
     nsga2: bool | None = None     # None -> True exactly when there are several objectives
     hof_size: int = 5
+    dedupe: int = 10              # re-mutate an offspring that repeats a point already seen, up to this often
 
 
 def parse_ga(table: Mapping[str, Any], dim: int, n_objectives: int) -> GASettings:
@@ -92,6 +93,7 @@ def parse_ga(table: Mapping[str, Any], dim: int, n_objectives: int) -> GASetting
     check_range("ga.tournament_size", s.tournament_size, 1, None, integer=True)
     check_range("ga.elitism", s.elitism, 0, s.population - 1, integer=True)
     check_range("ga.hof_size", s.hof_size, 1, None, integer=True)
+    check_range("ga.dedupe", s.dedupe, 0, None, integer=True)
     if s.nsga2 is not None:
         check_bool("ga.nsga2", s.nsga2)
         if not s.nsga2 and n_objectives > 1:
@@ -271,6 +273,7 @@ class GAState:
     pending: list[Individual] | None = None
     pending_generation: int = 0
     offspring: list[Individual] | None = None
+    seen: set[Any] = field(default_factory=set)     # keys of every individual asked so far (dedupe)
 
 
 # tell() results: (fitness values, ok, rounds) per pending individual
@@ -282,7 +285,7 @@ class GACore:
 
     def __init__(self, dim: int, weights: Sequence[float], settings: GASettings, *, seed: int = 0,
                  similar: Callable[[Any, Any], bool] = operator.eq, full_rounds: int | None = None,
-                 starts: Sequence[Sequence[float]] = ()) -> None:
+                 starts: Sequence[Sequence[float]] = (), key: Callable[[Sequence[float]], Any] = tuple) -> None:
         self.dim = dim
         self.weights = tuple(weights)
         self.settings = settings
@@ -290,6 +293,7 @@ class GACore:
         self.similar = similar
         self.full_rounds = full_rounds            # None: no fidelity (rounds are not compared)
         self.starts = [list(g) for g in starts]
+        self.key = key                            # what makes two genomes the same point (dedupe)
         self.fitness_cls = fitness_class(self.weights)
         self.nsga2 = bool(settings.nsga2) or len(self.weights) > 1
         self.toolbox = make_toolbox(settings, dim)
@@ -321,6 +325,7 @@ class GACore:
             s = GAState(-1, pop, self._new_hof(), tools.Logbook())
             s.logbook.header = ["gen", "nevals", "nfailed"]
             s.pending, s.pending_generation, s.offspring = list(pop), 0, None
+            s.seen = {self.key(ind) for ind in pop}
             self.state = s
         else:
             if s.generation >= self.settings.generations:
@@ -328,6 +333,7 @@ class GACore:
             random.setstate(s.random_state)
             np.random.set_state(s.numpy_state)
             s.offspring = self._vary(self._parents(s))
+            self._dedupe(s, s.offspring)
             s.pending = [ind for ind in s.offspring if not ind.fitness.valid]
             s.pending_generation = s.generation + 1
         s.random_state = random.getstate()
@@ -348,6 +354,21 @@ class GACore:
 
     def _vary(self, parents: list[Individual]) -> list[Individual]:
         return algorithms.varAnd(parents, self.toolbox, self.settings.cxpb, self.settings.mutpb)
+
+    def _dedupe(self, s: GAState, offspring: list[Individual]) -> None:
+        """An offspring that repeats a point already seen (an unchanged clone of its parent, or a variation
+        that lands on an evaluated point) is mutated again, up to ``settings.dedupe`` times: with few genes,
+        integer bins and a small budget, a generation of repeats would evaluate nothing new."""
+        for ind in offspring:
+            key = self.key(ind)
+            tries = 0
+            while key in s.seen and tries < self.settings.dedupe:
+                (ind,) = self.toolbox.mutate(ind)
+                if ind.fitness.valid:
+                    del ind.fitness.values
+                key = self.key(ind)
+                tries += 1
+            s.seen.add(key)
 
     # ----- tell -----------------------------------------------------------------------------------------
     def tell(self, results: Sequence[Told], nevals: int | None = None) -> GAState:
@@ -425,10 +446,12 @@ class SameParams:
         self.space = ctx.space
         self.base = ctx.base
 
+    def key(self, genome: Sequence[float]) -> str:
+        """The id of the params a genome is evaluated with."""
+        return params_id(self.space.repair(self.space.decode(list(genome)), self.base)[0])
+
     def __call__(self, a: Sequence[float], b: Sequence[float]) -> bool:
-        pa = self.space.repair(self.space.decode(list(a)), self.base)[0]
-        pb = self.space.repair(self.space.decode(list(b)), self.base)[0]
-        return params_id(pa) == params_id(pb)
+        return self.key(a) == self.key(b)
 
 
 @register
@@ -442,8 +465,9 @@ class GASearcher(Searcher):
 
     def __init__(self, settings: GASettings, ctx: SearchContext) -> None:
         super().__init__(settings, ctx)
-        self.core = GACore(ctx.space.dim, ctx.objective.weights, settings, seed=ctx.seed, similar=SameParams(ctx),
-                           full_rounds=ctx.base.rounds if ctx.fidelity else None)
+        same = SameParams(ctx)
+        self.core = GACore(ctx.space.dim, ctx.objective.weights, settings, seed=ctx.seed, similar=same,
+                           full_rounds=ctx.base.rounds if ctx.fidelity else None, key=same.key)
 
     @classmethod
     def parse_settings(cls, table: Mapping[str, Any], *, dim: int, n_objectives: int, rounds: int) -> GASettings:
@@ -456,7 +480,9 @@ class GASearcher(Searcher):
         inds = self.core.ask()
         s = self.core.state
         gen = s.pending_generation if s is not None else 0
-        return [Candidate(self.ctx.space.decode(list(ind)), generation=gen, token=i) for i, ind in enumerate(inds)]
+        starts = len(self.core.starts) if gen == 0 else 0      # the first population begins with the starts
+        return [Candidate(self.ctx.space.decode(list(ind)), generation=gen, token=i, start=i < starts)
+                for i, ind in enumerate(inds)]
 
     def tell(self, candidates: Sequence[Candidate], evaluations: Sequence[Evaluation]) -> None:
         results = [(ev.fitness, ev.ok, ev.rounds) for ev in evaluations]

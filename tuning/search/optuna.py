@@ -201,10 +201,8 @@ def open_study(spec: Any, storage_url: str, worker: int = 0, workers: int = 1, s
     ``shared``: other ``qsfl tune`` processes may use this storage (any --storage URL): each process then gets
     its own sampler entropy. Only the run's own default SQLite file is not shared (deterministic).
     """
-    from tuning.spec import spec_fingerprint
-
     settings: OptunaSettings = spec.optuna
-    fingerprint = spec_fingerprint(spec)
+    fingerprint = spec.fingerprint
     return _open(spec.name, settings, storage_url, spec.objective.directions, spec.objective.describe(),
                  spec.space.names, fingerprint, spec.base.rounds, spec.study.search_seed, worker=worker,
                  liar=workers > 1 or shared, shared=shared, start_points=start_points)[0]
@@ -420,7 +418,8 @@ class OptunaSearcher(Searcher):
             self.trials[trial.number] = trial
             if self.heartbeat is not None:
                 self.heartbeat.add(trial.number)
-            out.append(Candidate(params, trial=trial.number, token=trial.number))
+            out.append(Candidate(params, trial=trial.number, token=trial.number,
+                                 start=bool(trial.user_attrs.get("start_point"))))
         return out
 
     def _surplus(self, study: optuna.Study, number: int) -> bool:

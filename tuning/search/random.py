@@ -53,11 +53,12 @@ class RandomSearcher(Searcher):
         n = min(max(n, 1), self.settings.n_trials - self.asked)
         out = []
         for _ in range(max(n, 0)):
-            if self.queue:
+            start = bool(self.queue)
+            if start:
                 params = self.queue.pop(0)
             else:
                 params = self.ctx.space.decode([self.rng.random() for _ in range(self.ctx.space.dim)])
-            out.append(Candidate(params))
+            out.append(Candidate(params, start=start))
             self.asked += 1
         return out
 
