@@ -7,10 +7,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it over ``path``.
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that a rename or a new file in it survives a power loss (POSIX; a no-op where
+    directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # some file systems refuse fsync on a directory; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
 
-    A reader (or a crash) never sees a half-written file: it sees the old file or the new one.
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, rename it over ``path``, fsync the directory.
+
+    A reader (or a crash) never sees a half-written file: it sees the old file or the new one; once this
+    returns, the new file survives a power loss.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -19,6 +35,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -20,6 +20,7 @@ from qsfl.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_FILE = "environment.json"
+CLUSTER_HELP = "run on a Dask cluster: tcp://host:8786, or local:N worker processes on this machine (docs/scaling.md)"
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--out", type=Path, help="output directory (default: studies/out/<study name>)")
     p.add_argument("--resume", action="store_true", help="continue the study already in --out")
     p.add_argument("--workers", type=int, help="processes evaluating in parallel (default: study.workers, else 1)")
+    p.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; default: study.cluster")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://...")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. ga.population=4 or base.rounds=3 (repeatable)")
@@ -51,6 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     c.add_argument("--seeds", metavar="LIST", help="seeds the search did not use, e.g. 100,101,102 or 100-104 "
                                                    "(default: the spec's study.eval_seeds)")
     c.add_argument("--workers", type=int, default=1, help="parallel processes, 1 torch thread each (default 1)")
+    c.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP)
     c.add_argument("--rounds", type=int, help="override the number of rounds of every run")
     c.add_argument("--base", type=Path, metavar="FILE.toml",
                    help="base SimConfig when OUT_DIR has no spec.toml with a [base] table")
@@ -85,6 +88,7 @@ def tune(args: argparse.Namespace) -> tuple[Path, int]:
         raise ConfigError(f"--workers: {args.workers} is out of range; allowed [1, inf)")
     spec = load_spec(args.spec, args.overrides)
     workers = args.workers if args.workers is not None else spec.study.workers
+    _check_cluster(args)
     if args.storage is not None and spec.study.engine != "optuna":
         raise ConfigError("--storage: only for study.engine = \"optuna\"; the GA keeps checkpoint.pkl in --out")
     if args.storage is not None and "://" not in args.storage:
@@ -97,7 +101,8 @@ def tune(args: argparse.Namespace) -> tuple[Path, int]:
     status = "interrupted"
     try:
         result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
-                           progress=args.progress, verbose=verbose, echo=echo, quiet=args.quiet)
+                           progress=args.progress, verbose=verbose, echo=echo, quiet=args.quiet,
+                           cluster=args.cluster)
         status = "complete"
     finally:
         if (out / "spec.toml").is_file():  # the study started: say what ran it, even when it stopped early
@@ -113,13 +118,26 @@ def tune(args: argparse.Namespace) -> tuple[Path, int]:
     return out, result.exit_code
 
 
+def _check_cluster(args: argparse.Namespace) -> None:
+    """--cluster is ``local:N`` or a scheduler address, and not combined with an explicit --workers N > 1."""
+    if args.cluster is None:
+        return
+    from tuning.workers import check_cluster
+
+    check_cluster("--cluster", args.cluster)
+    if args.workers is not None and args.workers != 1:
+        raise ConfigError(f"--workers {args.workers} with --cluster {args.cluster}: choose one (the cluster's "
+                          f"workers evaluate in parallel)")
+
+
 # ----- compare -------------------------------------------------------------------------------------
 def compare(args: argparse.Namespace) -> Any:
     """Plan and run the simulations of ``qsfl compare`` (tables and figures are the reports' part)."""
     from tuning.compare import parse_seeds, plan_comparison, run_comparison
 
+    _check_cluster(args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     plan = plan_comparison(args.out_dir, top=args.top, configs_file=args.configs, seeds=seeds, rounds=args.rounds,
                            base_file=args.base, topk_p=args.topk_p)
-    run_comparison(plan, workers=args.workers, progress=args.progress)
+    run_comparison(plan, workers=args.workers, progress=args.progress, cluster=args.cluster)
     return plan.out_dir

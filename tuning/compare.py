@@ -10,13 +10,9 @@ the requested one is reused), one row per run goes to ``OUT/compare/runs.csv`` a
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import math
-import multiprocessing as mp
-import signal
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,13 +264,6 @@ class Job:
     path: str
 
 
-def _init_worker() -> None:
-    """Pool initializer: Ctrl-C is the parent's to handle (one message, no worker tracebacks); one torch thread."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-    torch.set_num_threads(1)  # N workers x 1 thread: no oversubscription of the cores
-
-
 def run_job(job: Job) -> dict[str, Any]:
     """Simulate one job (or reuse its saved History if the config matches) and return its runs.csv row.
 
@@ -322,49 +311,19 @@ def run_row(label: str, kind: str, history: History) -> dict[str, Any]:
             "rounds_run": s["rounds_run"], "wall_time_s": s["wall_time_s"]}
 
 
-def _pool_results(jobs: Sequence[Job], workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, row) in completion order from a spawn pool; Ctrl-C terminates the workers at once."""
-    # spawn, not fork: a forked child of a process that already ran torch can deadlock. SIGINT is ignored while
-    # the workers start: they inherit that across exec, so a Ctrl-C during their (slow) imports cannot give
-    # them a KeyboardInterrupt traceback either; this process handles it and terminates them.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-    try:
-        yield from pool.imap_unordered(_indexed, list(enumerate(jobs)), chunksize=1)
-    except KeyboardInterrupt:
-        pass               # handled below, outside this block: its traceback would keep the pool alive
-    except BaseException:
-        pool.terminate()   # a failed job or a consumer that stops early: stop the running simulations
-        pool.join()
-        raise
-    else:
-        pool.close()
-        pool.join()
-        return
-    pool.terminate()       # Ctrl-C: stop now, not after the running simulations
-    pool.join()
-    del pool
-    gc.collect()           # release the pool's semaphores now, not in an exit handler the CLI skips after Ctrl-C
-    raise KeyboardInterrupt
-
-
-def _indexed(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:
-    return item[0], run_job(item[1])
-
-
-def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = False) -> list[dict[str, Any]]:
-    """Run all jobs (a spawn process pool for workers > 1) and return their rows in job order."""
+def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = False,
+             cluster: str | None = None) -> list[dict[str, Any]]:
+    """Run all jobs on a pool of tuning.workers (serial, processes or a Dask cluster; Ctrl-C stops the workers
+    at once) and return their rows in job order."""
     from tqdm.auto import tqdm
 
+    from tuning.workers import make_workers
+
     rows: list[dict[str, Any] | None] = [None] * len(jobs)
-    with tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress) as bar:
-        results = ((i, run_job(j)) for i, j in enumerate(jobs)) if workers <= 1 else _pool_results(jobs, workers)
-        for i, row in results:
+    base = SimConfig.from_dict(jobs[0].config) if jobs else None   # its dataset is preloaded in every worker
+    with tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress) as bar, \
+            make_workers(workers, cluster, base) as pool:
+        for i, row in pool.map_unordered(run_job, jobs):
             rows[i] = row
             bar.update()
     return [r for r in rows if r is not None]
@@ -434,12 +393,14 @@ def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Pa
                        best_digest=best_digest(study.best) if study is not None and configs_file is None else "")
 
 
-def run_comparison(plan: ComparePlan, *, workers: int = 1, progress: bool = False) -> pd.DataFrame:
-    """Run the plan and write compare/<label>/seed<k>/, compare/runs.csv and compare/plan.toml; return the runs."""
+def run_comparison(plan: ComparePlan, *, workers: int = 1, progress: bool = False,
+                   cluster: str | None = None) -> pd.DataFrame:
+    """Run the plan and write compare/<label>/seed<k>/, compare/runs.csv and compare/plan.toml; return the runs.
+    ``cluster``: run on a Dask cluster (``local:N`` or a scheduler address) instead of ``workers`` processes."""
     check_range("--workers", workers, 1, None, integer=True)
     root = plan.out_dir / COMPARE_DIR
     root.mkdir(parents=True, exist_ok=True)
-    runs = pd.DataFrame(run_jobs(plan.jobs(), workers=workers, progress=progress))
+    runs = pd.DataFrame(run_jobs(plan.jobs(), workers=workers, progress=progress, cluster=cluster))
     atomic_write_text(root / "runs.csv", runs.to_csv(index=False))
     atomic_write_text(root / "plan.toml", dump_toml(plan.to_toml()))
     return runs

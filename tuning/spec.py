@@ -34,12 +34,13 @@ from tuning.objective import Objective, build_objective
 from tuning.search import searchers
 from tuning.search.fidelity import FidelitySettings, parse_fidelity
 from tuning.space import SearchSpace, build_space
+from tuning.workers import check_cluster
 
 BASE_SECTIONS = ("study", "base", "space", "objective")
 STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers",
-              "population_batch", "start_defaults", "start", "time_budget_s")
-# keys that may change when a study is resumed (a longer run, another storage URL, more workers)
-RESUMABLE_STUDY_KEYS = ("description", "eval_seeds", "save_histories", "workers", "time_budget_s")
+              "population_batch", "start_defaults", "start", "time_budget_s", "cluster")
+# keys that may change when a study is resumed (a longer run, another storage URL, more workers, a cluster)
+RESUMABLE_STUDY_KEYS = ("description", "eval_seeds", "save_histories", "workers", "time_budget_s", "cluster")
 
 
 def sections() -> tuple[str, ...]:
@@ -63,6 +64,7 @@ class StudyInfo:
     start_defaults: bool = True    # evaluate the authors' defaults first (in the GA's first population)
     start: tuple[Mapping[str, Any], ...] = ()   # further start points ([[study.start]] tables)
     time_budget_s: float | None = None           # stop asking new points after this much compute time
+    cluster: str | None = None    # default for --cluster: "local:N" or a Dask scheduler address
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,13 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     budget = t.get("time_budget_s")
     if budget is not None:
         check_range("study.time_budget_s", budget, 0.0, None, lo_open=True)
+    cluster = t.get("cluster")
+    if cluster is not None:
+        check_cluster("study.cluster", cluster)
     return StudyInfo(name=name, engine=engine, seeds=seeds, eval_seeds=eval_seeds, search_seed=search_seed,
                      description=description, save_histories=save, workers=workers, population_batch=batch,
                      start_defaults=start_defaults, start=tuple(dict(p) for p in start),
-                     time_budget_s=float(budget) if budget is not None else None)
+                     time_budget_s=float(budget) if budget is not None else None, cluster=cluster)
 
 
 def _start_points(study: StudyInfo, space: SearchSpace, base: SimConfig) -> None:

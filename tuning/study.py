@@ -32,7 +32,7 @@ from tuning.workers import Workers, make_workers
 
 log = logging.getLogger(__name__)
 
-MARKERS = ("trials.parquet", "trials.csv", "checkpoint.pkl", "study.db")
+MARKERS = ("trials.parquet", "trials.csv", "trials.journal.jsonl", "checkpoint.pkl", "study.db")
 
 
 @dataclass
@@ -231,8 +231,8 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
 
     ``progress``: a tqdm bar (a terminal); log lines go to ``OUT/study.log`` and, unless ``quiet`` or a bar is
     shown, to stderr. ``stop_after``: end after that many batches (0-based: 2 = after GA generation 2).
-    ``workers`` / ``cluster``: where evaluations run (:func:`tuning.workers.make_workers`); ``pool``: run them on
-    these workers instead (left open).
+    ``workers`` / ``cluster`` (default ``study.cluster``): where evaluations run
+    (:func:`tuning.workers.make_workers`); ``pool``: run them on these workers instead (left open).
     """
     out = Path(out_dir)
     if resume:
@@ -256,7 +256,12 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
         raise
     logs = LogSetup(out, stderr=not progress and not quiet)
     own_pool = pool is None
-    pool = pool if pool is not None else make_workers(workers, cluster, spec.base)
+    try:
+        pool = pool if pool is not None else make_workers(workers, cluster or spec.study.cluster, spec.base)
+    except BaseException:   # e.g. an unreachable scheduler: exit 2 with the thread setting and log restored
+        torch.set_num_threads(threads)
+        logs.close()
+        raise
     evaluator = Evaluator(spec, pool)
     searcher = make_searcher(spec, out, workers=pool.n, storage=storage)
     bar: Progress | None = None
@@ -274,7 +279,10 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
                        signs=spec.objective.weights, full_rounds=spec.base.rounds, baseline=base_fit)
         loop = StudyLoop(spec, out, searcher, evaluator, table, bar,
                          on_batch=lambda: write_logbook(out, searcher, spec.objective.n))
-        state = loop.run(resume=resume, stop_after=stop_after)
+        try:
+            state = loop.run(resume=resume, stop_after=stop_after)
+        finally:
+            table.close()   # the journal's last rows into trials.parquet / trials.csv
         write_logbook(out, searcher, spec.objective.n)
         rows = table.rows
         limit = spec.ga.hof_size if spec.study.engine == "ga" else 5

@@ -16,7 +16,9 @@ re-raised once; ``close()`` waits for nothing left over, ``terminate()`` stops a
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import multiprocessing as mp
 import re
@@ -40,6 +42,7 @@ R = TypeVar("R")
 #: modules the forkserver imports once, so that every forked pool worker starts with them loaded
 PRELOAD = ["torch", "qsfl.sim", "tuning.objective"]
 LOCAL_PREFIX = "local:"
+CONNECT_TIMEOUT_S = 30.0   # how long to wait for a Dask scheduler that does not answer
 _ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 
 Warm = tuple[str, dict[str, Any]] | None   # (dataset name, dataset options) to load when a worker starts
@@ -149,8 +152,12 @@ class Workers(ABC):
         try:
             yield from results
         except KeyboardInterrupt:
-            self.terminate()
-            raise
+            pass      # handled below, outside this block: its traceback would keep the pool's objects alive
+        else:
+            return
+        del results
+        self.terminate()
+        raise KeyboardInterrupt
 
 
 def _in_order(results: Iterator[tuple[int, R]]) -> Iterator[R]:
@@ -164,25 +171,26 @@ def _in_order(results: Iterator[tuple[int, R]]) -> Iterator[R]:
 
 
 class SerialWorkers(Workers):
-    """Evaluate in this process, in task order, with one torch thread (restored on close)."""
+    """Evaluate in this process, in task order, with one torch thread while a map runs (then restored)."""
 
     n = 1
 
-    def __init__(self) -> None:
-        import torch
-
-        self._threads: int | None = torch.get_num_threads()
-        torch.set_num_threads(1)
-
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
-        return ((i, fn(task)) for i, task in enumerate(tasks))
+        return _one_thread((i, fn(task)) for i, task in enumerate(tasks))
 
     def close(self) -> None:
-        if self._threads is not None:
-            import torch
+        pass
 
-            torch.set_num_threads(self._threads)   # a library caller gets its setting back
-            self._threads = None
+
+def _one_thread(results: Iterator[tuple[int, R]]) -> Iterator[tuple[int, R]]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield from results
+    finally:
+        torch.set_num_threads(threads)   # a library caller gets its setting back
 
 
 def pool_context() -> Any:
@@ -203,8 +211,16 @@ class PoolWorkers(Workers):
     def __init__(self, workers: int, base: SimConfig | None = None) -> None:
         check_range("--workers", workers, 1, None, integer=True)
         self.n = workers
-        self._pool: Any = pool_context().Pool(workers, initializer=init_pool_worker, initargs=(warm_spec(base),))
-        self._open = True
+        # SIGINT is ignored while the workers (and the forkserver) start: they inherit that, so a Ctrl-C during
+        # their start-up cannot give them a KeyboardInterrupt traceback either; this process handles it
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            self._pool: Any = pool_context().Pool(workers, initializer=init_pool_worker,
+                                                  initargs=(warm_spec(base),))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
         results = self._pool.imap_unordered(functools.partial(_call_indexed, fn), enumerate(tasks), chunksize=1)
@@ -214,16 +230,17 @@ class PoolWorkers(Workers):
         return (r for _, r in self._guard(enumerate(self._pool.imap(fn, tasks, chunksize=1))))
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
+        if self._pool is not None:
             self._pool.close()
             self._pool.join()
+            self._pool = None
 
     def terminate(self) -> None:
-        if self._open:
-            self._open = False
+        if self._pool is not None:
             self._pool.terminate()
             self._pool.join()
+            self._pool = None
+            gc.collect()   # release the pool's semaphores now, not in an exit handler a CLI skips after Ctrl-C
 
 
 class DaskWorkers(Workers):
@@ -238,7 +255,13 @@ class DaskWorkers(Workers):
             from distributed import Client, LocalCluster
         except ImportError:
             raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"") from None
+        _private_random_for_dask()
         self.address = cluster
+        # distributed logs at INFO through its own handler, and tracebacks of closed connections while a
+        # cluster shuts down: keep warnings while we run, errors only while we close, and restore on close
+        self._logger = logging.getLogger("distributed")
+        self._log_level = self._logger.level
+        self._logger.setLevel(max(self._log_level, logging.WARNING))
         self._warm = warm_spec(base)
         self._cluster: Any = None
         self._futures: dict[str, Any] = {}
@@ -246,13 +269,14 @@ class DaskWorkers(Workers):
         try:
             if n is not None:
                 # processes=True: one GIL and one torch per worker; no dashboard (no port to bind, no bokeh)
-                # silence_logs: a cancelled task or a killed worker is reported by our own code, not logged
-                # by every process of the cluster
-                self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=logging.ERROR)
+                # silence_logs: a cancelled task, a killed worker or a heartbeat that races the shutdown is
+                # not logged by every process of the cluster (a task's own error reaches us as its exception)
+                with _forkserver_for_dask():
+                    self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None, silence_logs=logging.CRITICAL)
                 self.client: Any = Client(self._cluster)
             else:
-                self.client = Client(cluster)
+                self.client = Client(cluster, timeout=CONNECT_TIMEOUT_S)
         except OSError as exc:
             self.terminate()
             raise ConfigError(f"--cluster {cluster}: cannot connect to the Dask scheduler ({exc}); start it with "
@@ -286,13 +310,61 @@ class DaskWorkers(Workers):
         client, cluster = getattr(self, "client", None), self._cluster
         self.client = None
         self._cluster = None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        self._logger.setLevel(max(self._log_level, logging.ERROR))
+        try:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            self._logger.setLevel(self._log_level)
 
     def terminate(self) -> None:
         self.close()   # cancels what is still queued or running; a LocalCluster's processes are stopped
+
+
+#: modules of Dask (and Tornado, its event loop) that draw from Python's global ``random`` in this process
+_DASK_RANDOM_USERS = ("distributed.utils_comm", "distributed.scheduler", "distributed.comm.core", "distributed.worker",
+                      "distributed.worker_state_machine", "dask.sizeof", "tornado.ioloop")
+
+
+def _private_random_for_dask() -> None:
+    """Give Dask's modules a ``random.Random`` of their own.
+
+    Dask's client (and a LocalCluster's scheduler, which runs in this process) draw from Python's global
+    ``random`` in their event-loop thread, at moments that depend on timing: e.g. ``gather_from_workers``
+    picks a worker with ``random.choice`` for every result fetched. DEAP's operators draw from that same
+    global stream, so a GA on a cluster would propose other individuals than a serial run of the same seed.
+    """
+    import importlib
+    import random
+
+    for name in _DASK_RANDOM_USERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "random", None) is random:
+            module.random = random.Random()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _forkserver_for_dask() -> Iterator[None]:
+    """Start a LocalCluster's workers from our forkserver (torch and qsfl preloaded) instead of spawning them:
+    they start faster and, unlike spawned workers that imported torch, exit at once when the cluster closes.
+    Workers restarted later (after a worker died) are spawned, as Dask does by default."""
+    import dask
+
+    if "forkserver" not in mp.get_all_start_methods():
+        yield
+        return
+    import multiprocessing.forkserver
+
+    ctx = pool_context()
+    ctx.set_forkserver_preload([*PRELOAD, "distributed"])   # no effect if the forkserver already runs
+    multiprocessing.forkserver.ensure_running()              # so Dask's own preload list does not replace ours
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        yield
 
 
 def make_workers(workers: int = 1, cluster: str | None = None, base: SimConfig | None = None) -> Workers:

@@ -1,0 +1,73 @@
+"""The quickstart GA study three ways: serial, ``--workers 2`` and ``--cluster local:2`` (Dask): wall time of
+each ``qsfl tune`` process (start-up, baseline and pool start included) and whether the trials tables agree.
+
+    python benchmarks/cluster_speed.py            # studies/quickstart.toml as written (minutes on 2 cores)
+    python benchmarks/cluster_speed.py --quick    # population 4, 1 generation, 3 rounds: checks the script
+
+Target (issue 15): ``--cluster local:2`` takes no more wall time than ``--workers 2``, and all three give
+the same trials table (params and fitness; durations and timestamps aside). Each run is its own process, run
+one after the other in the order given by --order (default: each mode once, then again in reverse order, and
+the mean of the two is reported, so a machine that gets busier or quieter favours neither).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODES = {"serial": ["--workers", "1"], "workers2": ["--workers", "2"], "cluster2": ["--cluster", "local:2"]}
+QUICK = ["--set", "ga.population=4", "--set", "ga.generations=1", "--set", "base.rounds=3"]
+
+
+def run(spec: Path, out: Path, mode: str, extra: list[str]) -> float:
+    cmd = [sys.executable, "-m", "qsfl_cli", "tune", str(spec), "--out", str(out), "--no-report", "--quiet",
+           *MODES[mode], *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.perf_counter() - t0
+
+
+def table(out: Path):
+    from tuning.trials import read_trials
+
+    df = read_trials(out)
+    assert df is not None
+    cols = ["trial", "generation", "individual"] + [c for c in df.columns if c.startswith(("param_", "fitness"))]
+    return df[cols].reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", type=Path, default=REPO / "studies" / "quickstart.toml")
+    ap.add_argument("--quick", action="store_true", help="a tiny study: checks that the script works")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per mode, alternating the order (default 2)")
+    args = ap.parse_args(argv)
+    extra = QUICK if args.quick else []
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    with tempfile.TemporaryDirectory() as tmp:
+        order = list(MODES)
+        for rep in range(args.repeats):
+            for mode in order if rep % 2 == 0 else order[::-1]:
+                out = Path(tmp) / f"{mode}_{rep}"
+                times[mode].append(run(args.spec, out, mode, extra))
+        reference = table(Path(tmp) / "serial_0")
+        same = {m: all(table(Path(tmp) / f"{m}_{r}").equals(reference) for r in range(args.repeats)) for m in MODES}
+    print(f"{args.spec.name}{' (quick)' if args.quick else ''}: wall seconds per `qsfl tune` process, "
+          f"{args.repeats} run(s) each")
+    print(f"{'mode':>10} {'mean s':>8}  runs                     same table as serial")
+    for m in MODES:
+        print(f"{m:>10} {sum(times[m]) / len(times[m]):8.1f}  {', '.join(f'{t:.1f}' for t in times[m]):<24} {same[m]}")
+    w2, c2 = (sum(times[m]) / len(times[m]) for m in ("workers2", "cluster2"))
+    print(f"--cluster local:2 / --workers 2: {c2 / w2:.2f}x ({'met' if c2 <= w2 else 'NOT met'}: target <= 1x)")
+    return 0 if all(same.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
