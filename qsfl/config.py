@@ -145,7 +145,7 @@ class SimConfig:
         object.__setattr__(self, "system", system_from_config(self.system))   # a table becomes a SystemConfig
         if not isinstance(self.strategy, StrategyConfig):
             raise ConfigError(f"strategy: expected a StrategyConfig, got {self.strategy!r}")
-        self.strategy.check_simulation(self.clients)
+        self.strategy.check_simulation(self.clients, self.system)
 
     @property
     def cohort_size(self) -> int:

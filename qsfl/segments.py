@@ -1,5 +1,20 @@
-"""Sparse Cyclic Sliding Segment (SCSS): segment bounds, cyclic segment ids, top-p selection and the
-exact wire encoding of a sparse segment."""
+"""Sparse Cyclic Sliding Segment (SCSS): segment bounds, cyclic segment ids, top-p selection, the exact wire
+encoding of a sparse segment, and the per-client frames of dynamic segmentation.
+
+Dynamic segmentation (``strategy.segmentation``, our reading of the journal version's "varied counts or sizes";
+docs/architecture.md): every client has a *relative count* ``r_i = clip(ns * median(uplink) / uplink_i, ns_min,
+ns_max)``, the number of segments a client with its uplink bandwidth would split the model into so that its
+upload takes as long as the median client's with ``ns`` segments.
+
+``count``  client i splits the model into its own ``NS_i = min(n, ceil(r_i))`` array_split segments and sends
+           segment ``(t + id) mod NS_i`` (:func:`count_frames`).
+``size``   client i sends a window of ``L_i = min(n, ceil(n / r_i))`` consecutive coordinates (cyclic, wrapping
+           from n - 1 to 0) starting at ``((t + id) * L_i) mod n``: its windows slide by their own length, so
+           consecutive rounds tile the model (:func:`size_frames`).
+
+Either way a client that sends in ``B_i`` consecutive rounds (``NS_i``, resp. ``ceil(n / L_i)``) has covered
+every coordinate, and ``B_i <= ns`` for every client whose uplink is at least the median.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +46,73 @@ def segment_id(round_index: int, client_id: int, ns: int) -> int:
 def ceil_fraction(fraction: float, total: int) -> int:
     """ceil(fraction * total), immune to float noise such as 0.55 * 100 = 55.00000000000001; at least 1."""
     return max(1, min(total, math.ceil(round(fraction * total, 9))))
+
+
+def fraction_counts(fraction: float, sizes: np.ndarray) -> np.ndarray:
+    """:func:`ceil_fraction` of every entry of ``sizes`` (computed once per distinct size)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    distinct, inverse = np.unique(sizes, return_inverse=True)
+    return np.array([ceil_fraction(fraction, int(s)) for s in distinct], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def _ceil(values: np.ndarray) -> np.ndarray:
+    """Element-wise ceil immune to float noise (as :func:`ceil_fraction`), as int64."""
+    return np.ceil(np.round(values, 9)).astype(np.int64)
+
+
+def relative_counts(uplink: np.ndarray, ns: int, ns_min: int = 1, ns_max: int | None = None) -> np.ndarray:
+    """Each client's relative segment count ``clip(ns * median(uplink) / uplink_i, ns_min, ns_max)`` (float)."""
+    up = np.asarray(uplink, dtype=np.float64)
+    if up.ndim != 1 or not len(up) or not np.all(np.isfinite(up) & (up > 0)):
+        raise ValueError("relative_counts: uplink must be a non-empty vector of positive bandwidths")
+    r = ns * (float(np.median(up)) / up)
+    return np.clip(r, ns_min, np.inf if ns_max is None else ns_max)
+
+
+def client_segment_counts(uplink: np.ndarray, ns: int, n: int, ns_min: int = 1,
+                          ns_max: int | None = None) -> np.ndarray:
+    """``segmentation="count"``: each client's own number of segments, ``min(n, ceil(r_i))``."""
+    return np.minimum(_ceil(relative_counts(uplink, ns, ns_min, ns_max)), n)
+
+
+def client_segment_sizes(uplink: np.ndarray, ns: int, n: int, ns_min: int = 1,
+                         ns_max: int | None = None) -> np.ndarray:
+    """``segmentation="size"``: each client's window length, ``min(n, ceil(n / r_i))`` (at least 1)."""
+    return np.clip(_ceil(n / relative_counts(uplink, ns, ns_min, ns_max)), 1, n)
+
+
+def count_frames(round_index: int, client_ids: np.ndarray, counts: np.ndarray,
+                 n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, size, segment) of each client's segment ``(t + id) mod NS_i`` of its own ``NS_i = counts[r]``
+    array_split segments of the n coordinates (row r is ``client_ids[r]``)."""
+    ids = np.asarray(client_ids, dtype=np.int64)
+    ns = np.asarray(counts, dtype=np.int64)
+    segment = (int(round_index) + ids) % ns
+    base, extra = np.divmod(n, ns)
+    start = segment * base + np.minimum(segment, extra)     # array_split: the first `extra` segments are longer
+    return start, base + (segment < extra), segment
+
+
+def size_frames(round_index: int, client_ids: np.ndarray, sizes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, size) of each client's cyclic window of ``L_i = sizes[r]`` coordinates starting at
+    ``((t + id) * L_i) mod n`` (row r is ``client_ids[r]``)."""
+    ids = np.asarray(client_ids, dtype=np.int64)
+    length = np.asarray(sizes, dtype=np.int64)
+    # ((t + id) mod n) * L mod n == (t + id) * L mod n, without overflow for any round
+    return ((int(round_index) + ids) % n) * length % n, length
+
+
+def frame_grid(start: np.ndarray, size: np.ndarray, n: int,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames as a padded ``(rows, width)`` grid: ``cols[r, j] = (start[r] + j) mod n`` and ``inside[r, j] =
+    j < size[r]`` (padding slots repeat coordinates and must never be chosen)."""
+    start = np.asarray(start, dtype=np.int64)
+    size = np.asarray(size, dtype=np.int64)
+    width = int(size.max()) if len(size) else 0
+    offsets = np.arange(width)
+    cols = (start[:, None] + offsets[None, :]) % n
+    inside = offsets[None, :] < size[:, None]
+    return torch.as_tensor(cols, dtype=torch.long, device=device), torch.as_tensor(inside, device=device)
 
 
 def top_p_indices(values: torch.Tensor, p: float) -> torch.Tensor:

@@ -23,6 +23,7 @@ SELECTIONS = ("topk", "percentile")
 RELEVANCES = ("update", "weights")
 AGGREGATES = ("delta", "official")
 INDEX_ENCODINGS = ("auto", "int32", "bitmap")
+SEGMENTATIONS = ("fixed", "count", "size")   # QSFL's dynamic segmentation (qsfl.segments)
 
 # The QSFL authors' hyperparameters (their code's hard-coded values; the paper's defaults): the defaults of
 # QSFLConfig and the baseline of every tuning study. K is ceil(alpha * cohort size).
@@ -59,8 +60,9 @@ class StrategyConfig:
     def validate(self) -> None:
         """Check this strategy's own fields (ConfigError naming ``strategy.<field>``)."""
 
-    def check_simulation(self, clients: int) -> None:
-        """Check the fields that depend on the simulation (e.g. a count of at most ``clients``)."""
+    def check_simulation(self, clients: int, system: Any = None) -> None:
+        """Check the fields that depend on the simulation (e.g. a count of at most ``clients``; ``system``: the
+        simulation's :class:`~qsfl.system.SystemConfig` or None)."""
 
 
 def register_config(cls: type[StrategyConfig]) -> type[StrategyConfig]:
@@ -189,6 +191,12 @@ class QSFLConfig(StrategyConfig):
     # Symmetric downlink compression: 1 = the dense downlink (default); below 1 each sampled client receives the
     # top-p of its cyclic segment of the change in the global model since it last synchronised
     downlink_p: float = 1.0
+    # Dynamic segmentation (qsfl.segments): "fixed" = NS segments for everyone; "count" = each client its own number
+    # of segments, "size" = each client its own window length, both from r_i = clip(ns * median uplink / uplink_i,
+    # ns_min, ns_max) (needs a system model for the uplink bandwidths). The downlink uses the same frames.
+    segmentation: str = "fixed"
+    ns_min: int = 1               # bounds of r_i (ns_min <= ns <= ns_max); "count"/"size" only
+    ns_max: int | None = None     # None: no upper bound (a count is at most the parameter count)
 
     strategy_name: ClassVar[str] = "qsfl"
 
@@ -205,9 +213,14 @@ class QSFLConfig(StrategyConfig):
         check_choice("strategy.index_encoding", self.index_encoding, INDEX_ENCODINGS)
         check_choice("strategy.variant", self.variant, VARIANTS)
         check_range("strategy.downlink_p", self.downlink_p, 0.0, 1.0, lo_open=True)
+        self._check_segmentation()
         switched = self.options.round_function_switches()    # also validates every option set
-        if switched and (self.error_feedback or self.downlink_p < 1.0):
-            what = "error_feedback: true" if self.error_feedback else f"downlink_p: {self.downlink_p!r}"
+        needs_ours = [what for what, used in (("error_feedback: true", self.error_feedback),
+                                              (f"downlink_p: {self.downlink_p!r}", self.downlink_p < 1.0),
+                                              (f"segmentation: {self.segmentation!r}", self.segmentation != "fixed"))
+                      if used]
+        if switched and needs_ours:
+            what = needs_ours[0]
             raise ConfigError(f"strategy.{what} is not available with strategy.{switched[0]}="
                               f"{getattr(self.options, switched[0])!r}; it needs this project's "
                               f"{', '.join(f'{n}={SWITCHES[n][0]!r}' for n in ROUND_FUNCTION_SWITCHES)}")
@@ -217,10 +230,28 @@ class QSFLConfig(StrategyConfig):
         """The QSFL options: the variant's preset with every field set here overriding it."""
         return resolve_options(self.variant, {name: getattr(self, name) for name in SWITCHES})
 
-    def check_simulation(self, clients: int) -> None:
+    def _check_segmentation(self) -> None:
+        check_choice("strategy.segmentation", self.segmentation, SEGMENTATIONS)
+        check_range("strategy.ns_min", self.ns_min, 1, self.ns, integer=True)
+        if self.ns_max is not None:
+            check_range("strategy.ns_max", self.ns_max, self.ns, None, integer=True)
+        if self.segmentation == "fixed":
+            if self.ns_min != 1 or self.ns_max is not None:
+                field, value = ("ns_min", self.ns_min) if self.ns_min != 1 else ("ns_max", self.ns_max)
+                raise ConfigError(f"strategy.{field}: {value!r} applies to strategy.segmentation 'count' or 'size' "
+                                  f"only, not 'fixed'")
+        elif not self.use_scss:
+            raise ConfigError(f"strategy.segmentation: {self.segmentation!r} needs strategy.use_scss = true "
+                              f"(segments are SCSS's); allowed without SCSS: 'fixed'")
+
+    def check_simulation(self, clients: int, system: Any = None) -> None:
         if self.k is not None and self.k > clients:
             raise ConfigError(f"strategy.k: {self.k} is out of range; allowed [1, {clients}] "
                               f"(at most the number of clients)")
+        if self.segmentation != "fixed" and system is None:
+            raise ConfigError(f"strategy.segmentation: {self.segmentation!r} needs the clients' uplink bandwidths "
+                              f"from a system model: add a [system] table (SimConfig.system); allowed without "
+                              f"one: 'fixed'")
 
 
 @register_config

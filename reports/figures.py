@@ -104,6 +104,14 @@ def _run_figures(study: Study, add: Callable[..., None]) -> None:
             lambda: plots.accuracy_vs_uplink(runs, log_x=True, target=target))
         add("convergence_round", conv, f"Test accuracy per round, rounds numbered from 1 ({src}).",
             lambda: plots.accuracy_vs_round(runs, target=target))
+        histories = [h for v in runs.values() for h in v]
+        if all("cum_downlink_bytes" in h.df for h in histories):
+            add("convergence_total", conv, f"Test accuracy vs cumulative uplink + downlink MB, log scale ({src}).",
+                lambda: plots.accuracy_vs_total_bytes(runs, log_x=True, target=target))
+        if all("cum_time_s" in h.df and h.df["cum_time_s"].notna().all() and len(h.df) for h in histories):
+            add("convergence_time", conv, f"Test accuracy vs simulated time: download + local training + upload, "
+                f"each round as long as its slowest client (the runs' [system] device model; {src}).",
+                lambda: plots.accuracy_vs_time(runs, target=target))
         add("uplink_composition", conv, "Total uplink per configuration split into QJ metadata, values, "
             "indices and headers.", lambda: plots.uplink_composition(runs))
     if study.compare is not None:

@@ -38,6 +38,8 @@ Runs = Mapping[str, RunLike | Sequence[RunLike]]
 ACCURACY = "test accuracy"
 BETTER = {True: "\u2191 higher is better", False: "\u2193 lower is better"}
 UPLINK_MB = "cumulative uplink (MB)"
+TOTAL_MB = "cumulative uplink + downlink (MB)"
+TIME_S = "simulated time (s)"
 ROUND = "round"
 
 
@@ -54,7 +56,8 @@ def _as_list(value: RunLike | Sequence[RunLike]) -> list[pd.DataFrame]:
 
 
 def align_seeds(runs: Sequence[RunLike]) -> pd.DataFrame:
-    """Per evaluated round: mean/std/min/max of accuracy and mean cumulative uplink MB over seeds.
+    """Per evaluated round: mean/std/min/max of accuracy and the means of cumulative uplink MB, uplink + downlink
+    MB and simulated seconds (NaN without a system model) over seeds.
 
     Runs are aligned by round; only rounds evaluated in every run are kept (a diverged seed that
     stopped early shortens the curve rather than biasing the mean of the later rounds).
@@ -62,11 +65,15 @@ def align_seeds(runs: Sequence[RunLike]) -> pd.DataFrame:
     frames = []
     for i, df in enumerate(_as_list(runs)):
         ev = df.dropna(subset=["test_accuracy"])
+        up = ev["cum_uplink_bytes"].to_numpy(dtype=float)
+        down = ev["cum_downlink_bytes"].to_numpy(dtype=float) if "cum_downlink_bytes" in ev else np.nan
+        seconds = ev["cum_time_s"].to_numpy(dtype=float) if "cum_time_s" in ev else np.nan
         frames.append(pd.DataFrame({"round": ev["round"].to_numpy(), "seed_idx": i,
                                     "acc": ev["test_accuracy"].to_numpy(dtype=float),
-                                    "mb": ev["cum_uplink_bytes"].to_numpy(dtype=float) / 1e6}))
+                                    "mb": up / 1e6, "total_mb": (up + down) / 1e6, "time_s": seconds}))
     if not frames:
-        return pd.DataFrame(columns=["round", "n", "acc_mean", "acc_std", "acc_min", "acc_max", "mb_mean"])
+        return pd.DataFrame(columns=["round", "n", "acc_mean", "acc_std", "acc_min", "acc_max", "mb_mean",
+                                     "total_mb_mean", "time_mean"])
     long = pd.concat(frames, ignore_index=True)
     g = long.groupby("round")
     out = pd.DataFrame({
@@ -76,6 +83,8 @@ def align_seeds(runs: Sequence[RunLike]) -> pd.DataFrame:
         "acc_min": g["acc"].min(),
         "acc_max": g["acc"].max(),
         "mb_mean": g["mb"].mean(),
+        "total_mb_mean": g["total_mb"].mean(),
+        "time_mean": g["time_s"].mean(),
     }).reset_index()
     return out[out["n"] == len(frames)].reset_index(drop=True)
 
@@ -89,10 +98,11 @@ def fitness_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def param_columns(trials: pd.DataFrame, *, varying: bool = False) -> list[str]:
-    """The ``param_*`` columns; with ``varying`` only those taking more than one value."""
+    """The ``param_*`` columns; with ``varying`` only the numeric ones taking more than one value (the plots'
+    axes: a categorical parameter such as ``segmentation`` is left out of them)."""
     cols = [c for c in trials.columns if c.startswith("param_")]
     if varying:
-        cols = [c for c in cols if trials[c].dropna().nunique() > 1]
+        cols = [c for c in cols if pd.api.types.is_numeric_dtype(trials[c]) and trials[c].dropna().nunique() > 1]
     return cols
 
 
@@ -212,7 +222,9 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
         color = color_for(label, tuned)
         style, marker = linestyle_for(label, tuned), marker_for(label, tuned)
         tuned += label not in BASELINE_COLORS
-        xs = stats["mb_mean"] if x == "uplink" else stats["round"] + 1  # rounds are shown 1-based
+        # rounds are shown 1-based
+        xs = {"uplink": stats["mb_mean"], "total": stats["total_mb_mean"], "time": stats["time_mean"]}.get(
+            x, stats["round"] + 1)
         n = int(stats["n"].iloc[0])
         # markers at staggered points: lines that coincide (identical simulations) still show each label
         every = max(len(xs) // 6, 1)
@@ -232,12 +244,14 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
     if log_x:
         ax.set_xscale("log")
         _log_ticks(ax.xaxis)
-    ax.set_xlabel(UPLINK_MB + (", log scale" if log_x else "") if x == "uplink" else ROUND)
+    xlabel = {"uplink": UPLINK_MB, "total": TOTAL_MB, "time": TIME_S}.get(x)
+    ax.set_xlabel(xlabel + (", log scale" if log_x else "") if xlabel else ROUND)
     if x == "round":
         _int_ticks(ax.xaxis)
     ax.set_ylabel(ACCURACY)
     spread = {"std": "mean \u00b1 std over seeds", "minmax": "mean, min-max over seeds", "none": "mean over seeds"}
-    _title(ax, title or ("Accuracy vs communication" if x == "uplink" else "Accuracy vs round"))
+    _title(ax, title or {"uplink": "Accuracy vs communication", "total": "Accuracy vs uplink + downlink",
+                         "time": "Accuracy vs simulated time"}.get(x, "Accuracy vs round"))
     if any(len(_as_list(v)) > 1 for v in runs.values()):
         _note(ax, spread[band])
     if ax.get_legend_handles_labels()[0]:  # below the axes: never on top of a curve
@@ -250,6 +264,21 @@ def accuracy_vs_uplink(runs: Runs, *, log_x: bool = False, band: str = "std", ta
                        title: str | None = None) -> Figure:
     """Test accuracy vs cumulative uplink MB: one mean line per label, +-std or min-max band over seeds."""
     return _convergence(runs, x="uplink", log_x=log_x, band=band, target=target, title=title)
+
+
+@styled
+def accuracy_vs_total_bytes(runs: Runs, *, log_x: bool = False, band: str = "std", target: float | None = None,
+                            title: str | None = None) -> Figure:
+    """Test accuracy vs cumulative uplink + downlink MB: one mean line per label, +-std or min-max band over seeds."""
+    return _convergence(runs, x="total", log_x=log_x, band=band, target=target, title=title)
+
+
+@styled
+def accuracy_vs_time(runs: Runs, *, log_x: bool = False, band: str = "std", target: float | None = None,
+                     title: str | None = None) -> Figure:
+    """Test accuracy vs simulated seconds (the Histories' ``cum_time_s``, from a system model): one mean line per
+    label, +-std or min-max band over seeds."""
+    return _convergence(runs, x="time", log_x=log_x, band=band, target=target, title=title)
 
 
 @styled

@@ -38,6 +38,9 @@ def match_trial(trials: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series | 
         col = f"param_{k}"
         if col not in df.columns:
             return None
+        if isinstance(v, str):   # a categorical parameter (e.g. segmentation)
+            mask &= (df[col].astype(str) == v).to_numpy()
+            continue
         mask &= np.isclose(pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float), float(v),
                            rtol=1e-9, atol=1e-12)
     return df[mask].iloc[0] if mask.any() else None

@@ -219,7 +219,22 @@ def test_readme_postgres_command_runs(scratch, capsys, monkeypatch):
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         pytest.skip(f"{POSTGRES_ENV} not set (scripts/postgres.sh url)")
-    monkeypatch.setenv("URL", url)
-    commands = [c for c in readme_commands() if "$URL" in c]
-    assert commands
-    run_commands(commands, capsys, monkeypatch)
+    import uuid
+
+    import sqlalchemy
+
+    # a fresh schema: the server outlives a test run, and a study of the same name left by an earlier run (other
+    # budget, other spec) would make this one a resume instead of the fresh start the README describes
+    schema = f"qsfl_readme_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as con:
+            con.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        monkeypatch.setenv("URL", f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}")
+        commands = [c for c in readme_commands() if "$URL" in c]
+        assert commands
+        run_commands(commands, capsys, monkeypatch)
+    finally:
+        with engine.begin() as con:
+            con.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()

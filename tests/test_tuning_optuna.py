@@ -116,3 +116,17 @@ def test_every_single_objective_sampler_runs_a_tiny_study(sampler, tmp_path):
     assert main(["tune", str(path), "--out", str(out), "--no-report", "--quiet"]) == 0
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) == 3 and set(df["state"]) <= {"complete", "failed"}
+
+
+def test_a_worker_started_after_the_study_finished_gets_the_whole_table(spec_path, tmp_path):
+    """The README's several-machines recipe: any worker's --out holds the complete trials table, also one that
+    joins when the budget is already used up (it runs nothing and rebuilds the table from the storage)."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, late = tmp_path / "first", tmp_path / "late"
+    assert main(["tune", str(spec_path), "--out", str(first), "--storage", storage, "--no-report", "--quiet"]) == 0
+    assert main(["tune", str(spec_path), "--out", str(late), "--storage", storage, "--no-report", "--quiet"]) == 0
+    a, b = pd.read_parquet(first / "trials.parquet"), pd.read_parquet(late / "trials.parquet")
+    assert len(a) == 3 and sorted(a["trial"]) == sorted(b["trial"])
+    cols = [c for c in a.columns if c not in ("duration_s", "finished_at")]
+    pd.testing.assert_frame_equal(a[cols].sort_values("trial").reset_index(drop=True),
+                                  b[cols].sort_values("trial").reset_index(drop=True))

@@ -204,6 +204,8 @@ class StudyLoop:
             if self.on_batch is not None:
                 self.on_batch()
             self._after_batch(cands, evaluations)
+        if self.searcher.owns_trials:   # other workers' trials too, also when this one had nothing left to run
+            self.table.replace(self.searcher.rows())
         self.state.elapsed_s = self.elapsed()
         return self.state
 

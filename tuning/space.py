@@ -7,7 +7,9 @@ treat real, integer and log-scale parameters alike:
 * real: ``low + g * (high - low)`` (then rounded to ``step`` when given);
 * log real: ``exp(log low + g * (log high - log low))``;
 * integer: ``high - low + 1`` equal-width bins over [0, 1] (so every integer is equally likely under a
-  uniform gene), log integers bin the log-scaled value.
+  uniform gene), log integers bin the log-scaled value;
+* categorical (``choices = [...]``, e.g. ``segmentation``, ``optimizer``): one equal-width bin per choice, in the
+  listed order; Optuna asks ``suggest_categorical``. Its ``low``/``high`` are the first and last choice's index.
 
 **Constraint NS <= K.** QSFL refreshes every segment in a round only if the K qualified clients' cyclic
 segment ids cover 0..NS-1, so NS > K wastes segments. With ``constraint = "repair"`` (default) a point with
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qsfl.config import AUTHORS_DEFAULTS, QSFLConfig, SimConfig, strategy_fields
+from qsfl.engine.local import OPTIMIZERS
 from qsfl.errors import (
     ConfigError,
     check_bool,
@@ -32,8 +35,9 @@ from qsfl.errors import (
     reject_unknown,
 )
 from qsfl.segments import ceil_fraction
+from qsfl.strategy_config import SEGMENTATIONS
 
-PARAM_TYPES = ("float", "int")
+PARAM_TYPES = ("float", "int", "categorical")
 CONSTRAINT_MODES = ("repair", "penalty")
 
 
@@ -42,12 +46,23 @@ CONSTRAINT_MODES = ("repair", "penalty")
 KNOWN_PARAMS: dict[str, str] = {
     "beta": "strategy.beta", "k": "strategy.k", "alpha": "strategy.alpha", "ns": "strategy.ns", "p": "strategy.p",
     "lr": "lr", "local_epochs": "local_epochs", "batch_size": "batch_size", "momentum": "momentum",
-    "weight_decay": "weight_decay",
+    "weight_decay": "weight_decay", "downlink_p": "strategy.downlink_p", "prox_mu": "prox_mu",
+    "segmentation": "strategy.segmentation", "optimizer": "optimizer",
 }
 
-QSFL_ONLY = ("beta", "k", "alpha", "ns")
+# Categorical (str) config fields and their allowed values: the very tuples the config's validation checks
+# against (check_choice in StrategyConfig/check_local_options), so a new segmentation or optimizer is searchable
+# as soon as the config accepts it.
+CATEGORICAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "strategy.segmentation": SEGMENTATIONS,
+    "optimizer": OPTIMIZERS,
+}
 
-PARAM_KEYS = ("low", "high", "type", "log", "step", "key")
+QSFL_ONLY = ("beta", "k", "alpha", "ns", "downlink_p", "segmentation")
+
+PARAM_KEYS = ("low", "high", "type", "log", "step", "key", "choices")
+
+Value = float | int | str   # a searched parameter's value
 
 
 @dataclass(frozen=True)
@@ -61,14 +76,32 @@ class Param:
     type: str = "float"
     log: bool = False
     step: float | None = None
+    choices: tuple[str, ...] = ()   # categorical: the values, in gene order
 
     @property
     def is_int(self) -> bool:
         return self.type == "int"
 
-    def decode(self, gene: float) -> float | int:
-        """Map a gene in [0, 1] to a value inside [low, high]."""
+    @property
+    def is_categorical(self) -> bool:
+        return self.type == "categorical"
+
+    def values_to_check(self) -> list[Value]:
+        """The values whose simulation proves the whole range valid: the bounds, or every choice."""
+        return list(self.choices) if self.is_categorical else [self.low, self.high]
+
+    def check_value(self, where: str, value: Any) -> None:
+        """ConfigError naming ``where`` unless ``value`` is inside this parameter's range (or one of its choices)."""
+        if self.is_categorical:
+            check_choice(where, value, self.choices)
+        else:
+            check_range(where, value, self.low, self.high, integer=self.is_int)
+
+    def decode(self, gene: float) -> Value:
+        """Map a gene in [0, 1] to a value inside [low, high] (a choice for a categorical parameter)."""
         g = min(max(float(gene), 0.0), 1.0)
+        if self.is_categorical:
+            return self.choices[min(int(g * len(self.choices)), len(self.choices) - 1)]
         if self.is_int:
             if self.log:
                 lo, hi = math.log(self.low), math.log(self.high + 1)
@@ -87,8 +120,10 @@ class Param:
         value = float(f"{value:.12g}")
         return float(min(max(value, self.low), self.high))
 
-    def encode(self, value: float) -> float:
-        """The gene (in [0, 1]) whose decoding is ``value`` (the bin centre for integers)."""
+    def encode(self, value: Any) -> float:
+        """The gene (in [0, 1]) whose decoding is ``value`` (the bin centre for integers and choices)."""
+        if self.is_categorical:
+            return (self.choices.index(value) + 0.5) / len(self.choices)
         if self.high == self.low:
             return 0.5
         if self.is_int and not self.log:
@@ -102,8 +137,10 @@ class Param:
             return min(max((v - lo) / (hi - lo), 0.0), 1.0)
         return min(max((value - self.low) / (self.high - self.low), 0.0), 1.0)
 
-    def suggest(self, trial: Any) -> float | int:
+    def suggest(self, trial: Any) -> Value:
         """Ask an Optuna trial for this parameter."""
+        if self.is_categorical:
+            return trial.suggest_categorical(self.name, list(self.choices))
         if self.is_int:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         if self.step and not self.log:
@@ -126,7 +163,7 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
-    def decode(self, genes: list[float]) -> dict[str, float | int]:
+    def decode(self, genes: list[float]) -> dict[str, Value]:
         """Genes in [0, 1]^d -> a params dict (before repair)."""
         return {p.name: p.decode(g) for p, g in zip(self.params, genes)}
 
@@ -134,11 +171,11 @@ class SearchSpace:
         """A params dict -> genes (inverse of decode up to binning)."""
         return [p.encode(params[p.name]) for p in self.params]
 
-    def suggest(self, trial: Any, base: SimConfig | None = None) -> dict[str, float | int]:
+    def suggest(self, trial: Any, base: SimConfig | None = None) -> dict[str, Value]:
         """Ask an Optuna trial for every parameter. With ``base`` and the NS <= K repair, ``ns`` is asked last,
         define-by-run in ``[min(low, K), min(high, K)]`` (K from the point's k or alpha): the trial's params are
         then the values evaluated, never an NS that the repair would change."""
-        out: dict[str, float | int] = {}
+        out: dict[str, Value] = {}
         ns = next((p for p in self.params if p.name == "ns"), None)
         bounded = ns is not None and base is not None and self.constraint == "repair" and ns_limited(base)
         k_source = next((p.name for p in self.params if p.name in ("k", "alpha")), None)
@@ -197,7 +234,8 @@ class SearchSpace:
 
     def contains(self, params: Mapping[str, Any]) -> bool:
         """Are all of the space's params given and inside their bounds?"""
-        return all(p.name in params and p.low <= params[p.name] <= p.high for p in self.params)
+        return all(p.name in params and (params[p.name] in p.choices if p.is_categorical else
+                                         p.low <= params[p.name] <= p.high) for p in self.params)
 
 
 def authors_k(base: SimConfig) -> int:
@@ -276,6 +314,10 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
     if key is None:
         raise ConfigError(f"{where}: unknown parameter {name!r}; valid: {', '.join(KNOWN_PARAMS)}, "
                           f"or any name with key = \"<numeric SimConfig field>\"")
+    if key in CATEGORICAL_FIELDS or table.get("type") == "categorical":
+        return _categorical_param(name, table, key)
+    if "choices" in table:
+        raise ConfigError(f"{where}.choices: only for categorical parameters ({', '.join(_categorical_names())})")
     for req in ("low", "high"):
         if req not in table:
             raise ConfigError(f"{where}.{req}: missing; every [space.<param>] needs low and high")
@@ -303,6 +345,39 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
             raise ConfigError(f"{where}.step: only for linear float parameters (type = \"float\", log = false)")
     return Param(name=name, key=key, low=low, high=high, type=ptype, log=log,
                  step=float(step) if step is not None else None)
+
+
+def _categorical_names() -> list[str]:
+    """The short names of the categorical parameters."""
+    return [name for name, key in KNOWN_PARAMS.items() if key in CATEGORICAL_FIELDS]
+
+
+def _categorical_param(name: str, table: Mapping[str, Any], key: str) -> Param:
+    """A ``[space.<name>]`` table of a categorical parameter: ``choices`` (default: every value the config allows).
+
+    A choice must be one of the config's allowed values; whether it can be simulated on the base (e.g.
+    segmentation = "count" needs a [system] model) is checked by ``tuning.validate`` simulating every choice."""
+    where = f"space.{name}"
+    ptype = table.get("type", "categorical")
+    check_choice(f"{where}.type", ptype, PARAM_TYPES)
+    allowed = CATEGORICAL_FIELDS.get(key, ())
+    if not allowed:
+        raise ConfigError(f"{where}.type: 'categorical' is for the parameters {', '.join(_categorical_names())}")
+    if ptype != "categorical":
+        raise ConfigError(f"{where}.type: {ptype!r}; {name} is a categorical parameter; allowed: categorical")
+    extra = [k for k in ("low", "high", "log", "step") if k in table]
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: not for a categorical parameter; give choices = [...] "
+                          f"(allowed: {', '.join(allowed)})")
+    choices = table.get("choices", list(allowed))
+    if not isinstance(choices, (list, tuple)) or not choices:
+        raise ConfigError(f"{where}.choices: expected a non-empty list, got {choices!r}")
+    for i, choice in enumerate(choices):
+        check_choice(f"{where}.choices[{i}]", choice, allowed)
+    if len(set(choices)) != len(choices):
+        raise ConfigError(f"{where}.choices: {choices!r} repeats a value")
+    return Param(name=name, key=key, low=0, high=len(choices) - 1, type="categorical",
+                 choices=tuple(choices))
 
 
 def build_space(table: Any, base: SimConfig, constraint: str = "repair") -> SearchSpace:

@@ -162,7 +162,7 @@ def _start_points(study: StudyInfo, space: SearchSpace, base: SimConfig) -> None
         reject_unknown(where, point, space.names, what="param")
         for p in space.params:
             if p.name in point:
-                check_range(f"{where}.{p.name}", point[p.name], p.low, p.high, integer=p.is_int)
+                p.check_value(f"{where}.{p.name}", point[p.name])
 
 
 def parse_base(table: Any) -> SimConfig:

@@ -245,6 +245,8 @@ class TrialsTable:
             col = f"param_{p}"
             if self.param_types.get(p) == "int" and df[col].notna().all():
                 df[col] = df[col].astype("int64")
+            elif self.param_types.get(p) == "categorical":   # the chosen value's name
+                df[col] = df[col].astype("object").where(df[col].notna(), "").astype(str)
             else:
                 df[col] = df[col].astype("float64")
         for col in self.columns:

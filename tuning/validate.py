@@ -35,8 +35,8 @@ def validate_study(spec: Any) -> int:
         n_params = sim.n_params
         del sim
     for p in spec.space.params:
-        for bound in ("low", "high"):
-            value = getattr(p, bound)
+        bounds = [f"choices[{i}]" for i in range(len(p.choices))] if p.is_categorical else ["low", "high"]
+        for bound, value in zip(bounds, p.values_to_check()):
             try:
                 config = spec.base.with_overrides(spec.space.overrides({p.name: value}))
                 make_strategy(config, n_params)

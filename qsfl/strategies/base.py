@@ -32,6 +32,7 @@ from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
 from qsfl.strategies.residuals import Residuals
 from qsfl.strategy_config import StrategyConfig, register_config, strategy_names
+from qsfl.system import SystemConfig
 
 
 class RunConfig(Protocol):
@@ -45,6 +46,9 @@ class RunConfig(Protocol):
 
     @property
     def seed(self) -> int: ...
+
+    @property
+    def system(self) -> SystemConfig | None: ...
 
 
 @dataclass

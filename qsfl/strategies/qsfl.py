@@ -8,6 +8,12 @@ implement (``Options.round_function_switches``) run each round through :func:`qs
 SCSS runs vectorised: one top-p call (:func:`qsfl.segments.top_k_slots`) for the qualified clients of every
 job with the same NS together, and each job's per-segment means as a few tensor ops, with no Python loop
 over clients.
+
+Dynamic segmentation (``segmentation="count"`` or ``"size"``, :mod:`qsfl.segments`): each client sends its own
+frame (a segment of its own layout, or a window of its own length) sized from its uplink bandwidth in the
+simulation's system model; the server sets every coordinate to w_t + the sample-weighted mean of the sparse
+updates of the clients whose frame contains it (unsent entries of a frame count as zeros, as in fixed SCSS);
+a coordinate in no frame stays unchanged. One top-p call and two ``index_add_`` per job, no loop over clients.
 """
 
 from __future__ import annotations
@@ -24,11 +30,22 @@ from qsfl import qualification as qj
 from qsfl.comm import Ledger, dense_message, meta_message
 from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
-from qsfl.segments import SegmentLayout, ceil_fraction, top_k_slots
+from qsfl.segments import (
+    SegmentLayout,
+    ceil_fraction,
+    client_segment_counts,
+    client_segment_sizes,
+    count_frames,
+    fraction_counts,
+    frame_grid,
+    size_frames,
+    top_k_slots,
+)
 from qsfl.strategies.base import AggregateJob, RoundInfo, RoundPlan, VectorisedStrategy, weighted_mean
 from qsfl.strategies.residuals import ClientRows, Residuals
 from qsfl.strategies.topk import bill_sparse
 from qsfl.strategy_config import QSFLConfig
+from qsfl.system import client_profiles
 
 
 @dataclass
@@ -62,9 +79,20 @@ class QSFL(VectorisedStrategy):
             p=self.scfg.p if self.scfg.use_scss else 1.0, use_qj=self.scfg.use_qj,
             index_encoding=self.scfg.index_encoding)
         self.pretrained: torch.Tensor | None = None   # base="pretrained": the authors' fixed model
+        # dynamic segmentation: each client's own segment count ("count") or window length ("size"), by client id
+        self.segmentation = self.scfg.segmentation
+        self.client_counts: np.ndarray | None = None
+        self.client_sizes: np.ndarray | None = None
+        if self.segmentation != "fixed":
+            self.scfg.check_simulation(config.clients, config.system)   # a ConfigError without a system model
+            uplink = client_profiles(config.system, config.clients, config.seed).uplink
+            bandwidth = (uplink, self.ns, n_params, self.scfg.ns_min, self.scfg.ns_max)
+            if self.segmentation == "count":
+                self.client_counts = client_segment_counts(*bandwidth)
+            else:
+                self.client_sizes = client_segment_sizes(*bandwidth)
         # symmetric downlink compression (downlink_p < 1): each client's own copy of the global model
         self.compress_downlink = self.scfg.downlink_p < 1.0
-        self.down_keep = np.array([ceil_fraction(self.scfg.downlink_p, int(s)) for s in self.sizes], dtype=np.int64)
         self.copies = ClientRows()
         self.initial: torch.Tensor | None = None         # w_0: every client's copy before its first round
         self._round_start: torch.Tensor | None = None    # this round's (C, n) start rows, for aggregate
@@ -74,7 +102,8 @@ class QSFL(VectorisedStrategy):
         """The dense downlink, or with ``downlink_p < 1`` the symmetric downlink compression.
 
         Each sampled client receives the ceil(downlink_p * size) largest-magnitude entries of its cyclic
-        segment (round + id) mod NS of ``w_t - copy_i``, the change of the global model since its copy
+        segment (round + id) mod NS of ``w_t - copy_i`` (with dynamic segmentation: of its own frame, the same
+        coordinates it would upload this round), the change of the global model since its copy
         was last synchronised, and sets those entries of its copy to the global values; it trains from its
         copy. What is not sent stays in the difference (error feedback is built in). Every client starts
         from w_0, which it builds from the shared seed (no bytes). Bytes: one sparse message per client.
@@ -86,19 +115,42 @@ class QSFL(VectorisedStrategy):
         if self.initial is None:
             self.initial = global_weights.detach().clone()
         copies = self.copies.get_rows(ids, global_weights, self.initial)
-        layout = self.layout_on(global_weights.device)
-        segments = torch.as_tensor((int(round_index) + ids.astype(np.int64)) % self.ns, device=global_weights.device)
-        cols = layout.cols[segments]
+        cols, inside, sizes = self._grid(round_index, ids, global_weights.device)
         change = global_weights[cols] - copies.gather(1, cols)
-        inside = layout.inside[segments] if layout.padded else None
-        keep = top_k_slots(change.abs(), self.down_keep[segments.cpu().numpy()], inside)
+        keep = top_k_slots(change.abs(), fraction_counts(self.scfg.downlink_p, sizes), inside)
         rows = torch.arange(len(ids), device=global_weights.device).unsqueeze(1).expand_as(cols)[keep]
         copies[rows, cols[keep]] = global_weights[cols[keep]]
         self.copies.set_rows(ids, copies)
-        bill_sparse(ledger, keep.sum(dim=1).cpu().numpy(), self.sizes[segments.cpu().numpy()],
-                    self.scfg.index_encoding, downlink=True, clients=ids)
+        bill_sparse(ledger, keep.sum(dim=1).cpu().numpy(), sizes, self.scfg.index_encoding, downlink=True,
+                    clients=ids)
         self._round_start = copies
         return RoundPlan(ids, copies)
+
+    def frames(self, round_index: int, client_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(start, size, segment id) of the coordinates each client sends this round: its segment (t + id) mod NS
+        (``fixed``), its segment (t + id) mod NS_i of its own NS_i (``count``), or its window (``size``: no
+        segment id, None)."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        if self.client_counts is not None:
+            return count_frames(round_index, ids, self.client_counts[ids], self.n_params)
+        if self.client_sizes is not None:
+            start, size = size_frames(round_index, ids, self.client_sizes[ids], self.n_params)
+            return start, size, None
+        segments = (int(round_index) + ids) % self.ns
+        return self.bounds[segments], self.sizes[segments], segments
+
+    def _grid(self, round_index: int, client_ids: np.ndarray,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+        """The clients' frames this round as ``(rows, width)`` slots: columns, the real slots (None: all are)
+        and the frame sizes."""
+        if self.segmentation == "fixed":
+            layout = self.layout_on(device)
+            segments = (int(round_index) + np.asarray(client_ids, dtype=np.int64)) % self.ns
+            seg_t = torch.as_tensor(segments, device=device)
+            return layout.cols[seg_t], layout.inside[seg_t] if layout.padded else None, self.sizes[segments]
+        start, size, _ = self.frames(round_index, client_ids)
+        cols, inside = frame_grid(start, size, self.n_params, device)
+        return cols, inside, size
 
     def qualify(self, global_weights: torch.Tensor, last_global_update: torch.Tensor | None,
                 client_ids: np.ndarray, cohort: CohortResult, ledger: Ledger,
@@ -144,6 +196,9 @@ class QSFL(VectorisedStrategy):
                 out[i] = (new, RoundInfo(qualified=[int(c) for c in qualified]))
                 continue
             u = s.residuals.add(ids, updates)
+            if s.segmentation != "fixed":
+                out[i] = s._scss_frames(job, rows, u)
+                continue
             segments = (int(job.round_index) + ids[rows].astype(np.int64)) % s.ns
             pending.setdefault(s.ns, []).append(_Pending(i, rows, u, segments))
         # jobs of one layout share the slot grid: their segments are gathered and chosen in one call
@@ -206,6 +261,41 @@ class QSFL(VectorisedStrategy):
         return new, RoundInfo(qualified=[int(c) for c in ids[rows]],
                               metrics={"segment_coverage": coverage.tolist(),
                                        "segment_ids": [int(s) for s in segments]})
+
+    def _scss_frames(self, job: AggregateJob, rows: np.ndarray, u: torch.Tensor) -> tuple[torch.Tensor, RoundInfo]:
+        """Level 2 of one job with dynamic segmentation: each sender (``rows`` of the cohort, ``u`` the cohort's
+        updates plus residuals) sends the top-p of its own frame; per coordinate, the sample-weighted mean over
+        the senders whose frame contains it (unsent entries of a frame are zeros); other coordinates keep w_t."""
+        g = job.global_weights
+        device, n = g.device, self.n_params
+        ids = np.asarray(job.client_ids)
+        senders = ids[rows]
+        start, size, segment = self.frames(job.round_index, senders)
+        cols, inside = frame_grid(start, size, n, device)
+        rows_t = torch.as_tensor(rows, dtype=torch.long, device=device).unsqueeze(1).expand_as(cols)
+        values = u[rows_t, cols]
+        sent = top_k_slots(values.abs(), fraction_counts(self.scfg.p, size), inside)
+        if self.residuals.enabled:   # as in _scss: qualified clients keep what they did not send
+            u[rows_t[sent], cols[sent]] = 0.0
+            self.residuals.keep_unsent(ids, u, None)
+        bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), size, self.scfg.index_encoding, clients=senders)
+        official = self.options.aggregate == "official"
+        payload = (job.cohort.weights[rows_t, cols] if official else values) * sent.to(g.dtype)
+        n_i = torch.as_tensor(np.asarray(job.cohort.num_samples, dtype=np.float64)[rows], dtype=g.dtype,
+                              device=device).unsqueeze(1).expand_as(cols)
+        where = cols[inside]   # each frame's coordinates once (padding slots left out)
+        sums = torch.zeros(n, dtype=g.dtype, device=device).index_add_(0, where, (payload * n_i)[inside])
+        weight = torch.zeros(n, dtype=g.dtype, device=device).index_add_(0, where, n_i[inside])
+        covered = weight > 0
+        mean = sums / torch.where(covered, weight, torch.ones_like(weight))
+        new = torch.where(covered, mean if official else g + mean, g)   # a coordinate in no frame: unchanged
+        metrics: dict[str, Any] = {"frame_starts": start.tolist(), "frame_sizes": size.tolist(),
+                                   "covered_share": float(covered.sum()) / n}
+        if segment is not None:
+            assert self.client_counts is not None
+            metrics["segment_ids"] = segment.tolist()
+            metrics["segment_counts"] = self.client_counts[senders].tolist()
+        return new, RoundInfo(qualified=[int(c) for c in senders], metrics=metrics)
 
     def _round_function(self, job: AggregateJob) -> tuple[torch.Tensor, RoundInfo]:
         """One round through :func:`qsfl.authors_code.aggregate_round`; with base="pretrained" the first round
