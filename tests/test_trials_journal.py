@@ -143,6 +143,17 @@ def test_dropping_a_row_rewrites_the_files(tmp_path):
     assert sorted((r["trial"], r["individual"]) for r in loaded) == [(0, "id0"), (1, "other"), (2, "id2")]
 
 
+def test_setting_rows_on_a_fresh_table_writes_the_files(tmp_path):
+    """A new --out joining an Optuna study that already has trials (rows from its storage) gets its table at
+    once, even when no new trial runs (regression: tests/test_readme.py's PostgreSQL command)."""
+    t = table(tmp_path)
+    t.rows = []
+    assert not (tmp_path / PARQUET).exists()               # nothing to write
+    t.rows = [row(0), row(1)]
+    assert pd.read_parquet(tmp_path / PARQUET)["trial"].tolist() == [0, 1]
+    assert pd.read_csv(tmp_path / CSV)["trial"].tolist() == [0, 1]
+
+
 def test_setting_the_same_rows_writes_nothing(tmp_path):
     t = table(tmp_path, compact_ratio=10.0, compact_every_s=math.inf)
     for i in range(3):

@@ -161,12 +161,12 @@ class TrialsTable:
 
     @rows.setter
     def rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Set the rows in memory; when that drops or changes a row, the files are rewritten now (a journal
-        only adds rows)."""
+        """Set the rows in memory; when that adds, drops or changes a row, the files are rewritten now (a journal
+        only adds rows; an Optuna study's rows come from its storage, possibly from other processes)."""
         new = [dict(r) for r in rows]
         changed = _keys(new) != _keys(self._rows)
         self._rows = new
-        if changed and (self._compacted or self._tail or (self.out_dir / PARQUET).exists()):
+        if changed and (new or self._compacted or self._tail or (self.out_dir / PARQUET).exists()):
             self.compact()
 
     # ----- writing ----------------------------------------------------------------------------------------

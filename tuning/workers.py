@@ -1,5 +1,5 @@
-"""Worker pools: where evaluations run. The one module for every parallel map of the project (the GA's
-batches, the baseline, Optuna's extra worker processes, ``qsfl compare``).
+"""Worker pools: where evaluations run. The one module for every parallel map of the project (the study
+loop's batches for every searcher, the baseline, ``qsfl compare``).
 
 * :class:`SerialWorkers`: in this process, in task order.
 * :class:`PoolWorkers`: a local process pool (forkserver where available, else spawn; torch and qsfl
@@ -9,9 +9,10 @@ batches, the baseline, Optuna's extra worker processes, ``qsfl compare``).
 
 Every backend runs each task with one torch thread (results never depend on the backend or the number of
 workers) and loads each dataset once per process (``qsfl.sim.get_dataset``'s cache, warmed with ``base``'s
-dataset when the worker starts). One shutdown and Ctrl-C path: a ``KeyboardInterrupt`` while waiting for
-results terminates the workers (pool workers ignore SIGINT, so they print no traceback of their own) and is
-re-raised once; ``close()`` waits for nothing left over, ``terminate()`` stops at once; both are idempotent.
+dataset when a pool worker starts, or with a Dask worker's first task). One shutdown and Ctrl-C path: a
+``KeyboardInterrupt`` while waiting for results terminates the workers (pool workers ignore SIGINT, so they
+print no traceback of their own) and is re-raised once; ``close()`` waits for nothing left over,
+``terminate()`` stops at once; both are idempotent.
 """
 
 from __future__ import annotations
