@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import alive, descendants
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError
@@ -403,31 +404,6 @@ def test_ga_loses_nothing_when_a_cluster_worker_is_killed_mid_generation(serial_
     assert len(read_trials(out)) > population
     assert_same_study(reference, out)                      # no row lost, none twice, same values as serial
     assert len(worker_pids(client)) == 2                   # the study left the cluster's workers running
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (cluster workers, forkserver, resource tracker)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow

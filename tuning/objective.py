@@ -502,3 +502,15 @@ def failed_evaluation(params: Mapping[str, Any], seeds: Sequence[int], reason: s
     nan = {m: math.nan for m in METRICS}
     return Evaluation(dict(params), params_id(params), list(seeds), state, reason, nan, dict(nan),
                       objective.worst(), 0.0, repair, [])
+
+
+def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
+    """Pareto dominance: ``a`` is at least as good as ``b`` in every objective and better in one (``signs``: +1
+    maximise, -1 minimise)."""
+    better = False
+    for x, y, s in zip(a, b, signs):
+        if s * x < s * y:
+            return False
+        if s * x > s * y:
+            better = True
+    return better

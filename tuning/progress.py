@@ -16,20 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuning.objective import Evaluation
+from tuning.objective import Evaluation, dominates
 
 log = logging.getLogger("tuning.progress")
 FORMAT = "%(asctime)s %(message)s"
-
-
-def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
-    better = False
-    for x, y, s in zip(a, b, signs):
-        if s * x < s * y:
-            return False
-        if s * x > s * y:
-            better = True
-    return better
 
 
 def _fmt(xs: Sequence[float]) -> str:
@@ -109,9 +99,9 @@ class Progress:
             if self.best is None or self.signs[0] * fit[0] > self.signs[0] * self.best[0]:
                 self.best = fit
             return
-        if any(_dominates(f, fit, self.signs) or f == fit for f in self.front):
+        if any(dominates(f, fit, self.signs) or f == fit for f in self.front):
             return
-        self.front = [f for f in self.front if not _dominates(fit, f, self.signs)] + [fit]
+        self.front = [f for f in self.front if not dominates(fit, f, self.signs)] + [fit]
 
     def _of(self) -> str:
         return f"/{self.total}" if self.total else ""

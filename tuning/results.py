@@ -23,7 +23,7 @@ import pandas as pd
 from qsfl.config import SimConfig, load_toml
 from qsfl.errors import ConfigError
 from qsfl.history import History
-from tuning.objective import METRICS, Metric, build_objective
+from tuning.objective import METRICS, Metric, build_objective, dominates
 from tuning.spec import parse_base
 from tuning.trials import read_trials as _read_trials
 
@@ -346,12 +346,6 @@ def nan_to_none(v: Any) -> Any:
 
 
 # ----- tuned vs the authors' defaults ------------------------------------------------------------------
-def _dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
-    signs = [1.0 if m else -1.0 for m in maximize]
-    pairs = [(s * x, s * y) for s, x, y in zip(signs, a, b)]
-    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-
 def defaults_verdict(best: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None,
                      directions: Sequence[str]) -> str | None:
     """A warning when the search found nothing better than the authors' defaults, else None.
@@ -375,6 +369,6 @@ def defaults_verdict(best: Sequence[Mapping[str, Any]], baseline: Mapping[str, A
             return None
         return (f"the best tuned fitness {top:.4g} is not better than the authors' defaults' {base[0]:.4g} "
                 f"({directions[0]}); the search did not beat the defaults on this budget")
-    if any(_dominates(f, base, maximize) for f in fronts):
+    if any(dominates(f, base, [1.0 if m else -1.0 for m in maximize]) for f in fronts):
         return None
     return "no tuned configuration dominates the authors' defaults: they lie on (or beyond) the Pareto front"

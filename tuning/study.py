@@ -21,7 +21,7 @@ from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
 from tuning.evaluate import Evaluator, Point
 from tuning.loop import StudyLoop
-from tuning.objective import SUMMARY_METRICS, Evaluation
+from tuning.objective import SUMMARY_METRICS, Evaluation, dominates
 from tuning.progress import LogSetup, Progress
 from tuning.search import SearchContext, Searcher, searchers
 from tuning.space import authors_k, baseline_overrides
@@ -132,16 +132,6 @@ def baseline_dict(spec: StudySpec, ev: Evaluation) -> dict[str, Any]:
 
 
 # ----- best configs ---------------------------------------------------------------------------------
-def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
-    better = False
-    for x, y, s in zip(a, b, signs):
-        if s * x < s * y:
-            return False
-        if s * x > s * y:
-            better = True
-    return better
-
-
 def _full_rounds(row: Mapping[str, Any], rounds: int) -> bool:
     value = row.get("rounds")
     return value is None or value == 0 or (isinstance(value, float) and math.isnan(value)) or int(value) == rounds
@@ -164,7 +154,7 @@ def best_entries(rows: Sequence[Mapping[str, Any]], spec: StudySpec, limit: int 
         chosen = sorted(cand, key=key)[:limit]
     else:
         fits = [[r[c] for c in cols] for r in cand]
-        chosen = sorted([r for r, f in zip(cand, fits) if not any(_dominates(o, f, signs) for o in fits)], key=key)
+        chosen = sorted([r for r, f in zip(cand, fits) if not any(dominates(o, f, signs) for o in fits)], key=key)
     out = []
     for r in chosen:
         out.append({"individual": r["individual"], "trial": int(r["trial"]), "generation": int(r["generation"]),
