@@ -193,7 +193,8 @@ def test_ctrl_c_stops_compare_with_workers_within_a_second(tmp_path):
 
     out = build_study_dir(tmp_path / "out")
     proc = subprocess.Popen(qsfl_cmd("compare", str(out), "--top", "1", "--workers", "2", "--rounds", "200",
-                                     "--seeds", "5,6,7"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     "--seeds", ",".join(str(k) for k in range(5, 45))),   # minutes of work
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
