@@ -49,22 +49,54 @@ def test_rerun_continues_trial_numbering_without_repeating(spec_path, tmp_path):
     assert study.user_attrs["qsfl_fingerprint"]
 
 
-def test_orphaned_running_trial_is_requeued_with_its_params(spec_path, tmp_path):
+@pytest.mark.parametrize("k,ns", [(4, 3), (2, 5)])
+def test_orphaned_running_trial_is_requeued_with_its_params(spec_path, tmp_path, k, ns):
+    """A trial left RUNNING whose ns was asked outside this space (range [1, 6] whatever k: an older version, a
+    user's own ask) is re-queued with this space's distributions: re-asking it raises no Optuna warning, and an
+    ns above k is re-run as the repair evaluates it (ns = k)."""
+    import warnings
+
+    from optuna.distributions import IntDistribution
+
     out = tmp_path / "out"
     assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet",
                  "--set", "optuna.n_trials=2"]) == 0
     study = _study(out)
+    study.enqueue_trial({"beta": 0.25, "k": k, "ns": ns, "p": 0.5})
     orphan = study.ask()   # as if a process died while running this trial
     params = {"beta": orphan.suggest_float("beta", 0.0, 1.0), "k": orphan.suggest_int("k", 1, 6),
               "ns": orphan.suggest_int("ns", 1, 6), "p": orphan.suggest_float("p", 0.05, 1.0)}
-    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet", "--resume"]) == 0
+    assert params == {"beta": 0.25, "k": k, "ns": ns, "p": 0.5}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet", "--resume"]) == 0
+    assert not [w for w in caught if "parameter" in str(w.message).lower()], [str(w.message) for w in caught]
     study = _study(out)
     states = [t.state.name for t in study.trials]
     assert states[2] == "FAIL" and states.count("COMPLETE") == 3
     retried = study.trials[3]
-    assert retried.system_attrs.get("failed_trial") == 2 and retried.params == params
+    assert retried.system_attrs.get("failed_trial") == 2
+    assert retried.params == {**params, "ns": min(ns, k)}                 # the values evaluated
+    assert retried.distributions["ns"] == IntDistribution(1, k)           # what this space asks for that k
     df = pd.read_parquet(out / "trials.parquet")
     assert df["trial"].tolist() == [0, 1, 3]    # the orphan is no evaluation; its retry is
+    assert df["param_ns"].iloc[2] == min(ns, k) and df["param_k"].iloc[2] == k
+
+
+def test_replay_params_gives_the_spaces_distributions_and_the_evaluated_ns(spec_path):
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from tuning.search.optuna import replay_params
+    from tuning.spec import load_spec
+
+    spec = load_spec(spec_path)      # beta [0, 1], k [1, 6], ns [1, 6] (at most K), p [0.05, 1]
+    params, dists = replay_params(spec.space, spec.base, {"beta": 0.25, "k": 2, "ns": 5, "p": 0.5})
+    assert params == {"beta": 0.25, "k": 2, "ns": 2, "p": 0.5}
+    assert dists == {"beta": FloatDistribution(0.0, 1.0), "k": IntDistribution(1, 6), "ns": IntDistribution(1, 2),
+                     "p": FloatDistribution(0.05, 1.0)}
+    # a trial stopped while being asked: what was stored up to the first missing param (ns waits for k)
+    assert replay_params(spec.space, spec.base, {"beta": 0.25, "ns": 1, "p": 0.5}) == (
+        {"beta": 0.25}, {"beta": FloatDistribution(0.0, 1.0)})
 
 
 def test_failed_trials_are_fail_with_reason(spec_path, tmp_path):

@@ -18,6 +18,10 @@ accuracy, any RDB storage (SQLite by default, PostgreSQL for workers on several 
 * **Rounds as a fidelity** (``[fidelity]``): a point stopped at a lower rung is told ``PRUNED`` after its fitness
   at that rung was reported at step = rounds, which is how Optuna's samplers learn from early-stopped trials.
 * A failed evaluation ends as ``TrialState.FAIL`` with the reason in the user attr ``fail_reason``.
+* **Retried trials** (:class:`RetrySameParams`): a trial left RUNNING is re-queued with its params and the
+  distributions this search space asks for them (``ns``'s range follows the trial's K), so re-asking it suggests
+  exactly what it stored; an ``ns`` stored above its K (a trial asked outside this space) is re-run as the repair
+  evaluates it, ``ns = K``.
 * Each trial keeps its trials-table row in the user attr ``qsfl_row`` (and the rows of its lower rungs in
   ``qsfl_rung_rows``): the table is rebuilt from the storage after every batch, so no finished trial is lost if
   a worker is killed between Optuna's commit and the table write, and workers on other machines see each
@@ -28,6 +32,8 @@ accuracy, any RDB storage (SQLite by default, PostgreSQL for workers on several 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import math
@@ -36,9 +42,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -47,6 +54,10 @@ from qsfl.errors import ConfigError, check_choice, check_range, check_table, rej
 from tuning.objective import METRICS, Evaluation
 from tuning.search.base import Candidate, SearchContext, Searcher, register
 from tuning.storage import open_serialised, storage_kwargs
+
+if TYPE_CHECKING:
+    from qsfl.config import SimConfig
+    from tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +128,79 @@ def default_storage(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
 
 
-def make_storage(url: str, settings: OptunaSettings) -> RDBStorage:
-    """An RDBStorage with heartbeats (stale trials are failed and retried with the same params).
+class _Replay:
+    """Stands in for an Optuna trial in :meth:`SearchSpace.suggest`: each ``suggest_*`` answers with the stored
+    value (clipped into the range asked for) and records the distribution Optuna's own ``suggest_*`` builds."""
+
+    class Missing(Exception):
+        """The stored params end here (a trial stopped while it was being asked)."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.stored = dict(params)
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def _take(self, name: str, dist: BaseDistribution) -> Any:
+        if name not in self.stored:
+            raise _Replay.Missing(name)
+        value = self.stored[name]
+        if isinstance(dist, CategoricalDistribution):
+            if value not in dist.choices:
+                raise _Replay.Missing(name)
+        else:
+            assert isinstance(dist, (IntDistribution, FloatDistribution))
+            value = min(max(value, dist.low), dist.high)
+        self.params[name] = value
+        self.distributions[name] = dist
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(self._take(name, IntDistribution(low, high, log=log, step=step)))
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        return float(self._take(name, FloatDistribution(low, high, log=log, step=step)))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._take(name, CategoricalDistribution(choices))
+
+
+def replay_params(space: SearchSpace, base: SimConfig | None,
+                  params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """(params, distributions) that ``space.suggest`` gives a trial whose stored values are ``params``: each
+    value clipped into the distribution asked for it (an ns above its K becomes K); params after a missing one
+    are left out (asked afresh when the trial is asked again)."""
+    replay = _Replay(params)
+    with contextlib.suppress(_Replay.Missing):
+        space.suggest(replay, base)
+    return replay.params, replay.distributions
+
+
+class RetrySameParams(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial (a WAITING copy with ``failed_trial`` / ``retry_history``, at most
+    ``max_retry`` times), its params and distributions replayed through the search space
+    (:func:`replay_params`).
+
+    Optuna copies the stale trial's distributions as they were stored; when they differ from what this space
+    asks for the same params (e.g. ns's define-by-run range after K), re-asking the trial warns "Inconsistent
+    parameter values for distribution" and evaluates an ns the repair then changes.
+    """
+
+    def __init__(self, space: SearchSpace | None = None, base: SimConfig | None = None, max_retry: int = 3) -> None:
+        _quiet_experimental()
+        super().__init__(max_retry=max_retry)
+        self.space = space
+        self.base = base
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.space is not None:
+            trial = copy.deepcopy(trial)
+            trial.params, trial.distributions = replay_params(self.space, self.base, trial.params)
+        super().__call__(study, trial)
+
+
+def make_storage(url: str, settings: OptunaSettings, retry: RetrySameParams | None = None) -> RDBStorage:
+    """An RDBStorage with heartbeats (stale trials are failed and retried with the same params, by ``retry``).
 
     Opening an empty database creates Optuna's schema: call this inside :func:`tuning.storage.open_serialised`
     (as :func:`open_study` does) when other processes may open the same database at the same moment.
@@ -129,7 +211,7 @@ def make_storage(url: str, settings: OptunaSettings) -> RDBStorage:
     if s.heartbeat_interval > 0:
         kwargs = dict(heartbeat_interval=s.heartbeat_interval,
                       grace_period=s.grace_period or 3 * s.heartbeat_interval,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                      heartbeat_stale_trial_callback=retry or RetrySameParams())
     return RDBStorage(url, engine_kwargs=storage_kwargs(url), **kwargs)
 
 
@@ -205,17 +287,18 @@ def open_study(spec: Any, storage_url: str, worker: int = 0, workers: int = 1, s
     fingerprint = spec.fingerprint
     return _open(spec.name, settings, storage_url, spec.objective.directions, spec.objective.describe(),
                  spec.space.names, fingerprint, spec.base.rounds, spec.study.search_seed, worker=worker,
-                 liar=workers > 1 or shared, shared=shared, start_points=start_points)[0]
+                 liar=workers > 1 or shared, shared=shared, start_points=start_points,
+                 retry=RetrySameParams(spec.space, spec.base))[0]
 
 
 def _open(name: str, settings: OptunaSettings, url: str, directions: Sequence[str], objectives: list[str],
           names: list[str], fingerprint: str, rounds: int, search_seed: int, *, worker: int = 0,
-          liar: bool = False, shared: bool = True,
-          start_points: Sequence[Mapping[str, Any]] = ()) -> tuple[optuna.Study, RDBStorage]:
+          liar: bool = False, shared: bool = True, start_points: Sequence[Mapping[str, Any]] = (),
+          retry: RetrySameParams | None = None) -> tuple[optuna.Study, RDBStorage]:
     holder: dict[str, RDBStorage] = {}
 
     def create() -> optuna.Study:
-        storage = make_storage(url, settings)
+        storage = make_storage(url, settings, retry)
         holder["storage"] = storage
         study = optuna.create_study(storage=storage, study_name=name, pruner=make_pruner(settings, rounds),
                                     directions=study_directions(directions), load_if_exists=True)
@@ -267,10 +350,11 @@ def budget_used(study: optuna.Study) -> tuple[int, int]:
     return done, active
 
 
-def fail_orphans(study: optuna.Study) -> int:
-    """Fail and re-queue RUNNING trials left by a killed process (only when this run owns the storage)."""
+def fail_orphans(study: optuna.Study, retry: RetrySameParams | None = None) -> int:
+    """Fail and re-queue (by ``retry``) RUNNING trials left by a killed process (only when this run owns the
+    storage)."""
     n = 0
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    retry = retry or RetrySameParams()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
         frozen = next(f for f in study.get_trials(deepcopy=True) if f.number == t.number)
@@ -380,13 +464,14 @@ class OptunaSearcher(Searcher):
                                          else optuna.logging.ERROR)
             ctx = self.ctx
             assert self.url is not None
+            retry = RetrySameParams(ctx.space, ctx.base)
             self.study, self.storage = _open(
                 ctx.name, self.settings, self.url, ctx.objective.directions, ctx.objective.describe(),
                 ctx.space.names, ctx.fingerprint, ctx.base.rounds, ctx.seed,
                 liar=ctx.workers > 1 or self.shared or self.batch_size() > 1, shared=self.shared,
-                start_points=start_points)
+                start_points=start_points, retry=retry)
             if self.owns_storage:
-                n = fail_orphans(self.study)
+                n = fail_orphans(self.study, retry)
                 if n:
                     log.warning("re-queued %d trial(s) left running by an interrupted run", n)
             if self.settings.heartbeat_interval > 0:
