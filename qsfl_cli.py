@@ -1,9 +1,11 @@
 """The `qsfl` command line: simulate | tune | compare | report | data check.
 
 User mistakes (bad config, bad spec, missing files) print one ``error: ...`` line and exit with code 2, never a
-traceback; Ctrl-C prints one line and exits with 130. This module is the top layer: it registers the parsers of
-``tuning.cli`` (tune, compare) and ``reports.cli`` (report) and chains them, the report after ``tune`` and the
-tables and figures after ``compare``, so that ``tuning`` never imports ``reports``.
+traceback; Ctrl-C prints one line and exits with 130, also while the program is still importing torch (the
+project's modules are imported inside :func:`main`, after its handler is in place). This module is the top
+layer: it registers the parsers of ``tuning.cli`` (tune, compare) and ``reports.cli`` (report) and chains them,
+the report after ``tune`` and the tables and figures after ``compare``, so that ``tuning`` never imports
+``reports``.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qsfl import __version__
-from qsfl.config import SimConfig, load_config, parse_assignments
-from qsfl.errors import ConfigError
-from reports import cli as reports_cli
-from tuning import cli as tuning_cli
+if TYPE_CHECKING:
+    from qsfl.config import SimConfig
+
+# the project's modules (torch: seconds on a busy machine) are imported inside the functions, so that a Ctrl-C
+# during those imports reaches main()'s handler
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -81,6 +84,8 @@ def add_simulate_parser(sub: argparse._SubParsersAction, common: argparse.Argume
 
 def build_sim_config(args: argparse.Namespace) -> SimConfig:
     """SimConfig from --config, the flags and --set overrides, validated."""
+    from qsfl.config import SimConfig, load_config, parse_assignments
+
     config = load_config(args.config) if args.config else SimConfig()
     overrides = {SIM_FLAGS[flag]: getattr(args, flag) for flag in SIM_FLAGS if getattr(args, flag) is not None}
     overrides.update(parse_assignments(args.overrides))
@@ -117,6 +122,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def prepare_out_dir(path: Path, overwrite: bool) -> None:
     """Create the output directory before any work; refuse one that holds files unless ``overwrite``."""
+    from qsfl.errors import ConfigError
+
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ConfigError(f"--out: {str(path)!r} is not empty (an earlier run?); pass --overwrite to replace its "
                           "files or choose another --out")
@@ -154,6 +161,7 @@ def add_data_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run_data_check(args: argparse.Namespace) -> int:
+    from qsfl.config import parse_assignments
     from qsfl.data.check import check_dataset
 
     options = parse_assignments(args.overrides)
@@ -164,6 +172,9 @@ def run_data_check(args: argparse.Namespace) -> int:
 # ----- tune / compare chained with the reports -------------------------------------------------------------
 def run_tune(args: argparse.Namespace) -> int:
     """``qsfl tune``: the study (tuning), then its report (reports) unless --no-report."""
+    from qsfl.errors import ConfigError
+    from tuning import cli as tuning_cli
+
     out, code = tuning_cli.tune(args)
     if args.no_report:
         return code
@@ -173,7 +184,9 @@ def run_tune(args: argparse.Namespace) -> int:
         path = write_report(out)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the study's results are on disk: say so, and fail visibly
+    except Exception as exc:  # the study's results are on disk: say so, and fail visibly
+        if interrupted(exc):
+            raise
         print(f"error: the study finished but its report failed ({type(exc).__name__}: {exc}); "
               f"the results are in {out}; retry with `qsfl report {out}`", file=sys.stderr)
         return 1
@@ -186,6 +199,7 @@ def run_compare(args: argparse.Namespace) -> int:
     """``qsfl compare``: the simulations (tuning), then the tables and figures (reports)."""
     from reports.compare import display_table, write_compare
     from reports.format import md_table
+    from tuning import cli as tuning_cli
 
     out = tuning_cli.compare(args)
     summary = write_compare(out)
@@ -211,6 +225,10 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
 
 # ----- the parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from qsfl import __version__
+    from reports import cli as reports_cli
+    from tuning import cli as tuning_cli
+
     parser = argparse.ArgumentParser(prog="qsfl", description="QSFL simulator and hyperparameter tuner",
                                      parents=[common_options(top=True)])
     parser.add_argument("--version", action="version", version=f"qsfl-tune {__version__}")
@@ -237,9 +255,38 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Did Ctrl-C cause ``exc``? A KeyboardInterrupt, or an exception raised because of one (an import of a C
+    extension that was interrupted fails with ``ImportError: initialization failed``, caused by it)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: this program's arguments) and return the exit code."""
     program = argv is None       # the `qsfl` program itself, not a caller in Python
+    try:
+        return _run(argv)
+    except BaseException as exc:
+        if not interrupted(exc):
+            raise
+        if program:   # leaving now: a second Ctrl-C must not interrupt the one line below
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("interrupted", file=sys.stderr)
+        if program:
+            _exit_now(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    from qsfl.errors import ConfigError
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -252,11 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        if program:
-            _exit_now(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -10,9 +10,21 @@ loop's batches for every searcher, the baseline, ``qsfl compare``).
 Every backend runs each task with one torch thread (results never depend on the backend or the number of
 workers) and loads each dataset once per process (``qsfl.sim.get_dataset``'s cache, warmed with ``base``'s
 dataset when a pool worker starts, or with a Dask worker's first task). One shutdown and Ctrl-C path: a
-``KeyboardInterrupt`` while waiting for results terminates the workers (pool workers ignore SIGINT, so they
-print no traceback of their own) and is re-raised once; ``close()`` waits for nothing left over,
-``terminate()`` stops at once; both are idempotent.
+``KeyboardInterrupt`` while waiting for results terminates the workers and is re-raised once; ``close()`` waits
+for nothing left over, ``terminate()`` stops at once; both are idempotent.
+
+Ctrl-C with a process pool, at any moment (docs/reliability.md):
+
+* Pool processes never get a KeyboardInterrupt of their own (so they print no traceback): the pool is started
+  from a helper thread that blocks SIGINT, and every process it starts (the forkserver, the workers) inherits
+  that signal mask until :func:`init_pool_worker` ignores SIGINT. This process never blocks or ignores SIGINT.
+* In this process, a SIGINT that arrives while the main thread is inside multiprocessing's code (starting the
+  pool, waiting for a result, closing it) is deferred (:func:`ctrl_c_deferred`) and raised as KeyboardInterrupt
+  at the next safe point, at most :data:`POLL_S` later: a KeyboardInterrupt raised inside the pool's own code
+  can leave one of its locks held (``terminate()`` then waits forever) or a pool half started.
+* A Ctrl-C while the pool starts (the forkserver imports torch: seconds on a busy machine) abandons the start
+  at once: the forkserver this start launched and the workers already started are stopped, and a pool that
+  finishes starting later is terminated by the helper thread.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import functools
 import gc
 import logging
 import multiprocessing as mp
+import os
 import re
 import signal
 import threading
@@ -44,6 +57,7 @@ R = TypeVar("R")
 PRELOAD = ["torch", "qsfl.sim", "tuning.objective"]
 LOCAL_PREFIX = "local:"
 CONNECT_TIMEOUT_S = 30.0   # how long to wait for a Dask scheduler that does not answer
+POLL_S = 0.1               # the longest a wait on a pool goes without looking for a deferred Ctrl-C
 _ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 
 Warm = tuple[str, dict[str, Any]] | None   # (dataset name, dataset options) to load when a worker starts
@@ -90,8 +104,12 @@ def setup_process(warm: Warm, threads: int = 1) -> None:
 
 
 def init_pool_worker(warm: Warm) -> None:
-    """Pool initializer: ignore SIGINT (the parent handles Ctrl-C and terminates us), then :func:`setup_process`."""
+    """Pool initializer: ignore SIGINT (the parent handles Ctrl-C and terminates us), then :func:`setup_process`.
+
+    The worker was started with SIGINT blocked (:func:`start_pool`): a Ctrl-C of its start-up is pending and
+    is discarded when the signal is unblocked here, after it is ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     setup_process(warm)
 
 
@@ -206,42 +224,196 @@ def pool_context() -> Any:
     return mp.get_context("spawn")
 
 
+# ----- Ctrl-C -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
+    """Inside this block a SIGINT only sets a flag (the yielded callable tells whether one came); leaving the
+    block raises it as KeyboardInterrupt. For the main thread's calls into multiprocessing's code, which must not
+    be interrupted half-way; the calls inside wait at most :data:`POLL_S` at a time and check the flag.
+
+    Only where Python's own handler is installed (a KeyboardInterrupt at any bytecode); elsewhere (another
+    thread, SIGINT ignored or handled by the caller) nothing changes and the flag stays false.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+    hit: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hit:
+        raise KeyboardInterrupt
+
+
+def _block_sigint_in_this_thread() -> None:
+    """Block SIGINT in this (helper) thread, so that every process it starts inherits the blocked signal.
+
+    The resource tracker is started first: ``multiprocessing.resource_tracker`` unblocks SIGINT in the calling
+    thread after starting its process, which would undo the block for the forkserver started next.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _forkserver_pid() -> int | None:
+    """The process id of this process's forkserver, None if none runs. The standard library keeps it private
+    (unchanged from Python 3.4 to 3.14): without it an abandoned start leaves the forkserver to finish its
+    imports and exit by itself."""
+    import multiprocessing.forkserver as forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+
+
+def ensure_forkserver() -> None:
+    """Start the forkserver (if none runs) from a thread that blocks SIGINT, so that it and every process it
+    forks start with SIGINT blocked (see the module docstring)."""
+    import multiprocessing.forkserver
+
+    def start() -> None:
+        _block_sigint_in_this_thread()   # the thread ends here
+        multiprocessing.forkserver.ensure_running()
+
+    thread = threading.Thread(target=start, name="qsfl-forkserver-start", daemon=True)
+    with ctrl_c_deferred():
+        thread.start()
+        thread.join()    # a fork and exec: milliseconds
+
+
+#: the longest an abandoned pool start is waited for (it fails at once once its forkserver was stopped)
+ABANDON_WAIT_S = 5.0
+
+
+def start_pool(workers: int, warm: Warm) -> Any:
+    """A ``multiprocessing.Pool`` of ``workers`` processes (:func:`init_pool_worker`), started from a helper thread
+    that blocks SIGINT while this thread waits for it, ready for a Ctrl-C (see the module docstring).
+
+    KeyboardInterrupt (or any exception) while waiting abandons the start: the forkserver it launched and the
+    workers already started are stopped (the start then fails at once), a pool that finished starting is
+    terminated, and its semaphores are released before the exception is re-raised (a CLI that exits with
+    ``os._exit`` would otherwise leave them to the resource tracker, which warns about them on stderr).
+    """
+    ctx = pool_context()
+    lock = threading.Lock()
+    box: dict[str, Any] = {}
+    forkserver_before = _forkserver_pid() if ctx.get_start_method() == "forkserver" else None
+    children_before = set(mp.active_children())
+
+    def start() -> None:
+        _block_sigint_in_this_thread()   # the thread ends with the start
+        try:
+            pool = ctx.Pool(workers, initializer=init_pool_worker, initargs=(warm,))
+        except BaseException as exc:  # noqa: BLE001 - handed over to the waiting thread
+            with lock:
+                if not box.get("abandoned"):   # else dropped: its traceback holds the half-built pool
+                    box["error"] = exc
+            return
+        with lock:
+            abandoned = box.get("abandoned", False)
+            if not abandoned:
+                box["pool"] = pool
+        if abandoned:
+            pool.terminate()
+
+    thread = threading.Thread(target=start, name="qsfl-pool-start", daemon=True)
+    thread.start()
+    try:
+        with ctrl_c_deferred() as interrupted:
+            while thread.is_alive() and not interrupted():
+                thread.join(POLL_S)
+    except BaseException:
+        with ctrl_c_deferred():
+            with lock:
+                box["abandoned"] = True
+                pool = box.pop("pool", None)
+            if pool is not None:
+                pool.terminate()
+            else:
+                _stop_start(forkserver_before, children_before)
+                thread.join(ABANDON_WAIT_S)
+            del pool
+            box.clear()
+            gc.collect()   # the abandoned pool's semaphores
+        raise
+    if "error" in box:
+        raise box.pop("error")
+    return box.pop("pool")
+
+
+def _stop_start(forkserver_before: int | None, children_before: set[Any]) -> None:
+    """Stop what an abandoned pool start has started so far: its workers and the forkserver it launched."""
+    for child in mp.active_children():
+        if child not in children_before:
+            child.terminate()
+    pid = _forkserver_pid()
+    if pid is not None and pid != forkserver_before:
+        with contextlib.suppress(OSError):   # it may have just exited
+            os.kill(pid, signal.SIGTERM)      # it ignores SIGINT; imports of torch take seconds
+
+
+def _poll(source: list[Any]) -> Iterator[Any]:
+    """The items of the pool's result iterator in ``source`` (``imap``/``imap_unordered``), waiting at most
+    :data:`POLL_S` at a time so that a deferred Ctrl-C is raised within that time. The iterator (it references
+    the pool) is held only in ``source``, which :meth:`PoolWorkers.terminate` empties: a KeyboardInterrupt raised
+    in the caller's loop body keeps this generator alive in its traceback, not the pool's semaphores."""
+    while source:
+        with ctrl_c_deferred():
+            try:
+                item = source[0].next(timeout=POLL_S)
+            except StopIteration:
+                return
+            except mp.TimeoutError:
+                continue
+        yield item
+
+
 class PoolWorkers(Workers):
     """A local process pool of ``workers`` processes (one torch thread each, the dataset loaded once each)."""
 
     def __init__(self, workers: int, base: SimConfig | None = None) -> None:
         check_range("--workers", workers, 1, None, integer=True)
         self.n = workers
-        # SIGINT is ignored while the workers (and the forkserver) start: they inherit that, so a Ctrl-C during
-        # their start-up cannot give them a KeyboardInterrupt traceback either; this process handles it
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            self._pool: Any = pool_context().Pool(workers, initializer=init_pool_worker,
-                                                  initargs=(warm_spec(base),))
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+        self._pool: Any = None
+        self._sources: list[list[Any]] = []   # the result iterators handed to _poll
+        self._pool = start_pool(workers, warm_spec(base))
+
+    def _results(self, start: Callable[[Any], Any]) -> Iterator[Any]:
+        with ctrl_c_deferred():
+            source = [start(self._pool)]
+        self._sources = [s for s in self._sources if s] + [source]
+        return _poll(source)
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
-        results = self._pool.imap_unordered(functools.partial(_call_indexed, fn), enumerate(tasks), chunksize=1)
-        return self._guard(results)
+        call = functools.partial(_call_indexed, fn)
+        return self._guard(self._results(lambda pool: pool.imap_unordered(call, enumerate(tasks), chunksize=1)))
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        return (r for _, r in self._guard(enumerate(self._pool.imap(fn, tasks, chunksize=1))))
+        return (r for _, r in self._guard(enumerate(self._results(lambda pool: pool.imap(fn, tasks, chunksize=1)))))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool.join()
-            self._pool = None
+        """Wait for the workers to exit (quick: called once every result was consumed); a Ctrl-C meanwhile is
+        raised when they have."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with ctrl_c_deferred():
+                pool.close()
+                pool.join()
 
     def terminate(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-            gc.collect()   # release the pool's semaphores now, not in an exit handler a CLI skips after Ctrl-C
+        pool, self._pool = self._pool, None
+        for source in self._sources:
+            source.clear()
+        self._sources = []
+        if pool is not None:
+            with ctrl_c_deferred():
+                pool.terminate()
+                pool.join()
+                del pool
+                gc.collect()   # release the pool's semaphores now, not in an exit handler a CLI skips after Ctrl-C
 
 
 class DaskWorkers(Workers):
@@ -359,11 +531,9 @@ def _forkserver_for_dask() -> Iterator[None]:
     if "forkserver" not in mp.get_all_start_methods():
         yield
         return
-    import multiprocessing.forkserver
-
     ctx = pool_context()
     ctx.set_forkserver_preload([*PRELOAD, "distributed"])   # no effect if the forkserver already runs
-    multiprocessing.forkserver.ensure_running()              # so Dask's own preload list does not replace ours
+    ensure_forkserver()                                      # so Dask's own preload list does not replace ours
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         yield
 
