@@ -117,3 +117,95 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# ----- Ctrl-C at a chosen moment -----------------------------------------------------------------------------
+#: written as sitecustomize.py into a folder put first on PYTHONPATH: every Python process of the command runs it
+HOOKS = '''
+"""Test hooks for `qsfl` processes, active with QSFL_TEST_HOOKS=DIR (tests/helpers.py: interrupt_at).
+
+* DIR/importing: the `qsfl` process has started to import torch (inside qsfl_cli.main);
+* DIR/pool-start: a multiprocessing forkserver has started (a --workers pool is starting); it is then held for
+  QSFL_TEST_HOLD_FORKSERVER seconds, as a forkserver importing torch on a busy machine would be.
+"""
+import os
+import sys
+import time
+
+_DIR = os.environ.get("QSFL_TEST_HOOKS")
+
+
+def _mark(name):
+    path = os.path.join(_DIR, name)
+    with open(path + ".tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+
+
+if _DIR:
+    with open("/proc/self/cmdline", "rb") as fh:
+        _CMD = fh.read().replace(b"\\0", b" ").decode(errors="replace")
+    if "multiprocessing.forkserver" in _CMD:
+        _mark("pool-start")
+        time.sleep(float(os.environ.get("QSFL_TEST_HOLD_FORKSERVER", "0")))
+    elif "qsfl_cli" in _CMD:
+        def _hook(event, args):
+            if event == "import" and args[0] == "torch":
+                _mark("importing")
+        sys.addaudithook(_hook)
+'''
+
+#: moments of interrupt_at given by a hook's marker file
+MARKED_MOMENTS = ("importing", "pool-start")
+
+
+def interrupt_at(argv: Sequence[str], moment: str | object, tmp: Path, *, hold_s: float = 8.0,
+                 timeout: float = 300) -> dict:
+    """Run ``qsfl ARGV`` in a session of its own and send SIGINT to its process group (what a terminal's Ctrl-C
+    does) at ``moment``: "importing" (torch, at start-up), "pool-start" (the --workers pool's forkserver has
+    started, held ``hold_s`` seconds so the signal lands before any worker exists), or a callable that returns
+    True once the moment has come. Returns rc, stderr, the seconds from the signal to the exit, and the processes
+    below it at the signal that are still running half a second after its exit."""
+    import signal
+    import time
+
+    hooks = tmp / "hooks"
+    hooks.mkdir(parents=True, exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(HOOKS)
+    for old in MARKED_MOMENTS:
+        (hooks / old).unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "QSFL_TEST_HOOKS": str(hooks), "QSFL_TEST_HOLD_FORKSERVER": str(hold_s if moment == "pool-start" else 0)}
+    ready = (lambda: (hooks / str(moment)).is_file()) if moment in MARKED_MOMENTS else moment
+    assert callable(ready), moment
+    proc = subprocess.Popen(qsfl_cmd(*argv), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"qsfl ended (rc {proc.returncode}) before {moment}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"{moment} never came"
+            time.sleep(0.02)
+        kids = descendants(proc.pid)
+        start = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        elapsed = time.monotonic() - start
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+    time.sleep(0.5)
+    return {"rc": proc.returncode, "stderr": err, "elapsed": elapsed, "left": [k for k in kids if alive(k)],
+            "kids": kids}
+
+
+def assert_interrupted_cleanly(result: dict) -> None:
+    """Exit 130 within a second or two of the signal, one line on stderr, no process left behind."""
+    err = result["stderr"]
+    assert result["rc"] == 130, err
+    assert err.strip() == "interrupted" and "Traceback" not in err, err
+    assert result["elapsed"] < 2.0, result["elapsed"]
+    assert not result["left"], result

@@ -141,3 +141,28 @@ def test_data_check_errors_are_one_line(tmp_path, capsys, make, dataset, fragmen
     assert main(["data", "check", str(tmp_path / "d"), "--dataset", dataset]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err
+
+
+def test_ctrl_c_surfacing_as_another_exception_is_still_one_line(monkeypatch, capsys):
+    """An import of a C extension interrupted by Ctrl-C fails with ImportError("initialization failed") caused by
+    the KeyboardInterrupt (seen with matplotlib's ft2font): still 'interrupted', exit 130; a plain ImportError is
+    not swallowed."""
+    import qsfl_cli
+
+    def interrupted_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(qsfl_cli, "run_simulate", interrupted_import)
+    assert main(["simulate"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def broken_import(args):
+        raise ImportError("no module named x")
+
+    monkeypatch.setattr(qsfl_cli, "run_simulate", broken_import)
+    with pytest.raises(ImportError, match="no module named x"):
+        main(["simulate"])
+    assert qsfl_cli.interrupted(KeyboardInterrupt()) and not qsfl_cli.interrupted(ValueError())

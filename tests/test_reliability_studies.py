@@ -30,7 +30,9 @@ from helpers import (
     GA_SPEC,
     OPTUNA_SPEC,
     alive,
+    assert_interrupted_cleanly,
     descendants,
+    interrupt_at,
     run_tune,
     tune_cmd,
     write_spec,
@@ -171,6 +173,28 @@ def test_ga_same_seed_serial_and_two_workers_give_identical_tables(ga_reference,
     spec, reference = ga_reference
     out = tmp_path / "out"
     run_tune(spec, out, "--workers", "2")
+    assert_same_ga_result(reference, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["importing", "pool-start", "running"])
+def test_ga_with_two_workers_ctrl_c_at_any_moment_then_resumed_equals_the_serial_run(ga_reference, tmp_path, moment):
+    """Ctrl-C (SIGINT to the process group) of `qsfl tune --workers 2` while torch is imported, while the pool
+    starts (its forkserver held by a test hook) and while evaluations run: one line, exit 130 within a second or
+    two, no process left; then the same command (with --resume once the study exists) ends exactly like an
+    uninterrupted serial run, every row finished before the Ctrl-C kept unchanged."""
+    spec, reference = ga_reference
+    out = tmp_path / "out"
+    argv = ("tune", str(spec), "--out", str(out), "--no-report", "--quiet", "--workers", "2")
+    ready = (lambda: table_rows(out) >= 3) if moment == "running" else moment
+    result = interrupt_at(argv, ready, tmp_path)
+    assert_interrupted_cleanly(result)
+    before = read_table(out) if (out / "trials.parquet").is_file() else pd.DataFrame()
+    assert (len(before) >= 3) == (moment == "running")
+    resume = ("--resume",) if (out / "spec.toml").is_file() else ()
+    assert bool(resume) == (moment != "importing")
+    run_tune(spec, out, "--workers", "2", *resume)
+    assert_no_finished_row_lost_or_repeated(before, read_table(out))
     assert_same_ga_result(reference, out)
 
 

@@ -1,7 +1,7 @@
 """tuning/workers.py: the one worker-pool module (serial, process pool, Dask) and its use by studies.
 
-Fast tests: the cluster argument, the serial pool, one process pool (order, one torch thread, the dataset
-preloaded, SIGINT ignored). Slow tests (CI runs them with -m slow): Ctrl-C with a pool and a LocalCluster, a
+Fast tests: the cluster argument, the deferral of Ctrl-C inside the pool's machinery, the serial pool, one process
+pool (results streamed, one torch thread, the dataset preloaded once per worker, SIGINT ignored and unblocked). Slow tests (CI runs them with -m slow): Ctrl-C with a pool and a LocalCluster, a
 LocalCluster map, a worker SIGKILLed mid-task, and the GA study on ``--cluster``: the same trials table as a
 serial run, also when one of two workers is killed mid-generation.
 """
@@ -53,7 +53,8 @@ def worker_facts(_: object) -> dict:
             "datasets": [k[0] for k in qsfl.sim._DATASET_CACHE],
             "same_dataset": len(datasets) == len(_FIRST_DATASETS) and
             all(a is b for a, b in zip(datasets, _FIRST_DATASETS)),
-            "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
+            "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+            "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
 
 
 HOLD_S = 120.0
@@ -172,6 +173,46 @@ def test_study_cluster_is_parsed_and_does_not_change_the_fingerprint(ga_spec):
     assert spec_fingerprint(plain) == spec_fingerprint(clustered)      # resume a study on another cluster
 
 
+# ----- Ctrl-C -------------------------------------------------------------------------------------------------
+def test_ctrl_c_inside_the_pool_machinery_is_deferred_to_the_end_of_the_block():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    reached = []
+    with pytest.raises(KeyboardInterrupt), W.ctrl_c_deferred() as interrupted:
+        assert not interrupted()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)                       # the handler has run: a KeyboardInterrupt would be here
+        reached.append(interrupted())
+    assert reached == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # restored
+    with W.ctrl_c_deferred() as interrupted:     # no SIGINT: nothing raised
+        pass
+    assert not interrupted()
+
+
+def test_ctrl_c_deferral_leaves_other_handlers_and_threads_alone():
+    import threading
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with W.ctrl_c_deferred() as interrupted:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert not interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    seen = []
+
+    def other_thread():
+        with W.ctrl_c_deferred() as interrupted:
+            seen.append(signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupted())
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert seen == [True]
+
+
 # ----- serial --------------------------------------------------------------------------------------------------
 def test_serial_runs_in_task_order_with_one_torch_thread_then_restores_it():
     import torch
@@ -202,6 +243,7 @@ def test_process_pool_streams_results_and_sets_each_worker_up_once(tmp_path):
         facts = [f for _, f in w.map_unordered(worker_facts, range(8))]
         assert_worker_facts(facts, 2)
         assert all(f["sigint_ignored"] for f in facts)               # Ctrl-C is the parent's to handle
+        assert not any(f["sigint_blocked"] for f in facts)           # started blocked, unblocked once ignored
         assert_results_stream(w, tmp_path)
         assert list(w.map(square_after, [(0, 1.0), (1, 0.0), (2, 0.0)])) == [0, 1, 4]
         with pytest.raises(ValueError, match="task 2 failed"):
