@@ -58,6 +58,7 @@ PRELOAD = ["torch", "qsfl.sim", "tuning.objective"]
 LOCAL_PREFIX = "local:"
 CONNECT_TIMEOUT_S = 30.0   # how long to wait for a Dask scheduler that does not answer
 POLL_S = 0.1               # the longest a wait on a pool goes without looking for a deferred Ctrl-C
+_HAVE_SIGMASK = hasattr(signal, "pthread_sigmask")
 _ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 
 Warm = tuple[str, dict[str, Any]] | None   # (dataset name, dataset options) to load when a worker starts
@@ -109,7 +110,8 @@ def init_pool_worker(warm: Warm) -> None:
     The worker was started with SIGINT blocked (:func:`start_pool`): a Ctrl-C of its start-up is pending and
     is discarded when the signal is unblocked here, after it is ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if _HAVE_SIGMASK:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     setup_process(warm)
 
 
@@ -254,6 +256,8 @@ def _block_sigint_in_this_thread() -> None:
     The resource tracker is started first: ``multiprocessing.resource_tracker`` unblocks SIGINT in the calling
     thread after starting its process, which would undo the block for the forkserver started next.
     """
+    if not _HAVE_SIGMASK:   # Windows: no signal masks (and no Ctrl-C sent to the workers' process group)
+        return
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()
@@ -304,7 +308,7 @@ def start_pool(workers: int, warm: Warm) -> Any:
     children_before = set(mp.active_children())
 
     def start() -> None:
-        _block_sigint_in_this_thread()   # the thread ends with the start
+        _block_sigint_in_this_thread()   # the pool's own threads started here inherit it too (harmless)
         try:
             pool = ctx.Pool(workers, initializer=init_pool_worker, initargs=(warm,))
         except BaseException as exc:  # noqa: BLE001 - handed over to the waiting thread
