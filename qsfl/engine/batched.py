@@ -40,6 +40,7 @@ code runs the whole chunk as a few large kernels.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -317,6 +318,36 @@ class _LinearStep(_StepFn):
         return grads, losses
 
 
+    def sgd_(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, sw: torch.Tensor,
+             lr: float) -> torch.Tensor:
+        """One plain SGD step (no momentum, weight decay or proximal term) on ``params`` in place, fused with
+        the backward pass: each weight takes ``-lr * gradient`` inside the gradient's own ``baddbmm`` (no
+        gradient buffer, no separate update pass). Returns the per-client losses."""
+        clients, batch = sw.shape
+        h = x.reshape(clients, batch, -1)
+        acts = [h]
+        for layer in range(self.num_layers):
+            w, b = params[2 * layer], params[2 * layer + 1]
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if layer < self.num_layers - 1:
+                h = h.relu_()
+                acts.append(h)
+        logp = torch.log_softmax(h, dim=-1)
+        yb = y.reshape(clients, batch, 1)
+        losses = -(logp.gather(2, yb).squeeze(2) * sw).sum(1)
+        gz = logp.exp_()
+        gz.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=gz.dtype))
+        gz.mul_(sw.unsqueeze(2))
+        for layer in range(self.num_layers - 1, -1, -1):
+            a, w = acts[layer], params[2 * layer]
+            below = torch.bmm(gz, w) if layer > 0 else None   # the layer below's gradient, before w changes
+            w.baddbmm_(gz.transpose(1, 2), a, alpha=-lr)
+            params[2 * layer + 1].sub_(gz.sum(1), alpha=lr)
+            if below is not None:
+                gz = torch.ops.aten.threshold_backward(below, a, 0.0)
+        return losses
+
+
 class _FoldStep(_StepFn):
     """Batched fx forward on the folded batch, one autograd backward for all clients."""
 
@@ -468,6 +499,12 @@ def clients_epoch_orders(seed: int, round_index: int, ids: Sequence[int], sizes:
     if _fast_orders_ok and all(0 <= int(c) <= _M32 for c in ids):
         return _fast_orders(seed, round_index, ids, sizes, epochs)
     return [epoch_orders(seed, round_index, int(c), int(n), epochs) for c, n in zip(ids, sizes)]
+
+
+@functools.lru_cache(maxsize=256)
+def _wrap(width: int, n: int) -> np.ndarray:
+    """``arange(width) % n``: the positions of a client's n samples padded to ``width`` (cached per size)."""
+    return np.arange(width) % n
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -687,12 +724,16 @@ class BatchedEngine:
         per_epoch = -(-sizes // batch)
         total = int(epochs * per_epoch.max())
         idx = np.empty((total, len(ids), batch), dtype=np.int64)
-        orders = clients_epoch_orders(self.seed, round_index, ids.tolist(), sizes.tolist(), epochs)
-        for j, (order, cid, n, s) in enumerate(zip(orders, ids.tolist(), sizes.tolist(), per_epoch.tolist())):
+        # rows of one client (simulate_many: one per config) share its minibatch order: compute it once
+        unique, first = np.unique(ids, return_index=True)
+        orders = dict(zip(unique.tolist(), clients_epoch_orders(self.seed, round_index, unique.tolist(),
+                                                                sizes[first].tolist(), epochs)))
+        for j, (cid, n, s) in enumerate(zip(ids.tolist(), sizes.tolist(), per_epoch.tolist())):
+            order = orders[cid]
             start = int(self.starts[cid])
             width = s * batch
             if width != n:   # pad a partial last batch with the client's own samples (weight 0)
-                order = order[:, np.arange(width) % n]
+                order = order[:, _wrap(width, n)]
             idx[:epochs * s, j] = order.reshape(epochs * s, batch) + start
             idx[epochs * s:, j] = start
         step = np.arange(total)[:, None]
@@ -745,7 +786,14 @@ class BatchedEngine:
         grads_out = [g_blocks[i] for i in self.order]
         step_losses = self._scratch("loss", total * clients).view(total, clients)
         keep: torch.Tensor | None = None
+        # plain SGD on a Linear/ReLU chain: the update is fused into the backward pass (_LinearStep.sgd_)
+        fused = self.step_fn if isinstance(self.step_fn, _LinearStep) and spec.optimizer == "sgd" and not (
+            spec.momentum or spec.weight_decay or spec.prox_mu) else None
         for s in range(total):
+            if fused is not None and n_active[s] == clients:
+                step_losses[s].copy_(fused.sgd_(params, xs[s], ys[s], sw[s], spec.lr))
+                keep = None
+                continue
             _, loss = self.step_fn(params, xs[s], ys[s], sw[s], grads_out)
             step_losses[s].copy_(loss)
             lt.regularise_grad_(spec, g, w, w_start)
