@@ -8,8 +8,9 @@ SGD/momentum or Adam update, exactly torch.optim's formulas) is then a handful o
 whole buffer.
 
 Clients of different sizes: the cohort runs ``max_i steps_i`` steps; a sample slot of a partial last
-batch has weight 0 (its loss is the mean over the batch's real samples), and a client that has run all
-its own steps keeps its weights and optimizer state unchanged (the step restores its entries). The
+batch has weight 0 (its loss is the mean over the batch's real samples). Rows are ordered by their number
+of steps (most first), so the clients still training at a step are a prefix of the chunk: the step computes
+that prefix only, and a client that has run all its own steps keeps its weights and optimizer state. The
 minibatch indices of every step are gathered up front from :func:`~qsfl.engine.common.epoch_orders`, so
 the step loop does no per-step Python work beyond the vectorised calls, and the losses stay on the
 device until the end.
@@ -707,6 +708,14 @@ class BatchedEngine:
         starts = start_rows(start.detach().to(self.device, torch.float32), len(ids))
         if len(ids) == 0:
             return CohortResult(torch.empty(0, self.n_params, device=self.device), np.zeros(0), sizes)
+        # rows with the most steps first (stable): at every step the rows still training are a prefix of their
+        # chunk, and a chunk holds rows of similar length
+        order = np.argsort(-steps, kind="stable")
+        permuted = bool(np.any(order != np.arange(len(ids))))
+        if permuted:
+            ids = ids[order]
+            if start.dim() == 2:
+                starts = starts[torch.as_tensor(order, device=self.device)]
         chunk = self.chunk_size(int(steps.max()))
         weights, losses = [], []
         for lo in range(0, len(ids), chunk):
@@ -714,7 +723,11 @@ class BatchedEngine:
             weights.append(w)
             losses.append(loss)
         out = weights[0] if len(weights) == 1 else torch.cat(weights)
-        return CohortResult(out, np.concatenate(losses), sizes)
+        loss_all = np.concatenate(losses)
+        if permuted:   # back to the caller's row order
+            inverse = np.argsort(order)
+            out, loss_all = out[torch.as_tensor(inverse, device=self.device)], loss_all[inverse]
+        return CohortResult(out, loss_all, sizes)
 
     def _plan(self, ids: np.ndarray, round_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts (0 once a client is done)
@@ -785,35 +798,49 @@ class BatchedEngine:
             params = [p.detach().requires_grad_() for p in params]
         grads_out = [g_blocks[i] for i in self.order]
         step_losses = self._scratch("loss", total * clients).view(total, clients)
-        keep: torch.Tensor | None = None
         # plain SGD on a Linear/ReLU chain: the update is fused into the backward pass (_LinearStep.sgd_)
         fused = self.step_fn if isinstance(self.step_fn, _LinearStep) and spec.optimizer == "sgd" and not (
             spec.momentum or spec.weight_decay or spec.prox_mu) else None
         for s in range(total):
-            if fused is not None and n_active[s] == clients:
-                step_losses[s].copy_(fused.sgd_(params, xs[s], ys[s], sw[s], spec.lr))
-                keep = None
+            # rows are sorted by their number of steps: the first `a` still train, the others are done and keep
+            # their weights and optimizer state (they are left out of the step altogether)
+            a = n_active[s]
+            if a == clients:
+                rows_p, rows_g, x, y, weight = params, grads_out, xs[s], ys[s], sw[s]
+            else:
+                step_losses[s, a:].zero_()
+                rows_p, rows_g = [t[:a] for t in params], [t[:a] for t in grads_out]
+                x, y, weight = xs[s][:a * batch], ys[s][:a * batch], sw[s][:a]
+            if fused is not None:
+                step_losses[s, :a].copy_(fused.sgd_(rows_p, x, y, weight, spec.lr))
                 continue
-            _, loss = self.step_fn(params, xs[s], ys[s], sw[s], grads_out)
-            step_losses[s].copy_(loss)
-            lt.regularise_grad_(spec, g, w, w_start)
-            if n_active[s] == clients:
-                keep = None
-            elif keep is None or n_active[s] != n_active[s - 1]:
-                keep = self._done_entries(counts_np[s] == 0)
-            # clients that are done keep their weights and optimizer state (``keep``)
-            lt.step_(spec, w, g, state, keep)
+            _, loss = self.step_fn(rows_p, x, y, weight, rows_g)
+            step_losses[s, :a].copy_(loss)
+            if a == clients:
+                lt.regularise_grad_(spec, g, w, w_start)
+                lt.step_(spec, w, g, state)
+            else:
+                self._step_prefix(a, clients, w, g, state, w_start)
         losses = lt.reported_losses(step_losses.cpu().numpy(), counts_np, per_epoch, self.epochs, spec.loss_report)
         out = torch.cat([block.reshape(clients, -1) for block in w_blocks], dim=1)   # a copy: w is reused
         return out, losses
 
-    def _done_entries(self, done: np.ndarray) -> torch.Tensor:
-        """Flat indices, in the parameter-major layout, of every entry of the clients where ``done`` (C,)."""
-        clients = len(done)
-        rows = np.flatnonzero(done)
-        parts = [int(self.offsets[i]) * clients + rows[:, None] * numel + np.arange(numel)[None, :]
-                 for i, numel in enumerate(self.numels)]
-        return torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts])).to(self.device)
+    def _step_prefix(self, a: int, clients: int, w: torch.Tensor, g: torch.Tensor, state: lt.OptState,
+                     w_start: torch.Tensor | None) -> None:
+        """The optimizer step of the first ``a`` rows of the chunk only, one parameter block at a time (a
+        block's first ``a`` rows are contiguous; the flat buffers' are not)."""
+        spec = self.spec
+
+        def rows(flat: torch.Tensor) -> list[torch.Tensor]:
+            return [block[:a] for block in self._blocks(flat, clients)]
+
+        names = [name for name in ("momentum", "exp_avg", "exp_avg_sq") if getattr(state, name) is not None]
+        buffers = {name: rows(getattr(state, name)) for name in names}
+        starts = rows(w_start) if w_start is not None else None
+        for i, (w_i, g_i) in enumerate(zip(rows(w), rows(g))):
+            lt.regularise_grad_(spec, g_i, w_i, None if starts is None else starts[i])
+            lt.step_(spec, w_i, g_i, lt.OptState(steps=state.steps, **{n: buffers[n][i] for n in names}))
+        state.steps += 1
 
 
 def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int) -> float:
