@@ -201,8 +201,9 @@ def test_rung_rounds(min_rounds, eta, rounds, expected):
 def test_promote_keeps_the_best_third_and_never_a_failed_point():
     evs = [ev_of([0.5]), ev_of([0.9]), ev_of([0.7]), ev_of([-1e9], "failed"), ev_of([0.8]), ev_of([0.1]),
            ev_of([0.6])]
-    assert promote(evs, 3, (1.0,)) == [False, True, True, False, True, False, False]      # ceil(7/3) = 3 slots
-    assert promote(evs, 3, (-1.0,)) == [True, False, False, False, False, True, True]     # minimised
+    assert promote(evs, 3, (1.0,)) == [False, True, False, False, True, False, False]     # floor(7/3) = 2 slots
+    assert promote(evs, 3, (-1.0,)) == [True, False, False, False, False, True, False]    # minimised: 0.1, 0.5
+    assert promote(evs[:2], 3, (1.0,)) == [False, True]                                    # at least 1
     assert promote([ev_of([1.0], "failed"), ev_of([2.0], "failed")], 2, (1.0,)) == [False, False]
 
 
