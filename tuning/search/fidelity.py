@@ -3,9 +3,9 @@
 Each batch of points (a GA generation, or ``fidelity.batch`` points of the other searchers) is one bracket of
 successive halving, as in Hyperband / ASHA with the number of rounds as the resource: every point is first
 simulated for ``min_rounds``; the best ``floor(n / eta)`` (at least one) of the ``n`` points of a rung go on to
-``eta`` times more rounds (Hyperband's rule), up to the study's ``base.rounds`` (the last rung). Rungs: ``min_rounds * eta**i`` below ``base.rounds``,
-then ``base.rounds``. A promoted point continues its simulation from the state saved at the end of its rung, so it
-costs only the extra rounds.
+``eta`` times more rounds (Hyperband's rule), up to the study's ``base.rounds`` (the last rung). Rungs:
+``min_rounds * eta**i`` below ``base.rounds``, then ``base.rounds``. A promoted point continues its simulation
+from the state saved at the end of its rung, so it costs only the extra rounds.
 
 Start points (the authors' defaults, ``[[study.start]]``) always go on, so they end at full rounds and a study's
 best is never worse than them. Points are compared only at equal rounds: inside a rung by their fitness at that
@@ -19,7 +19,6 @@ with their rung fitness as the intermediate value).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
