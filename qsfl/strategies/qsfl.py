@@ -305,12 +305,12 @@ class QSFL(VectorisedStrategy):
             pre = authors_code.pretraining_round(*data, job.global_weights, self.hyper, self.options,
                                                  job.last_global_update)
             self.pretrained = pre.weights
-            for msg, count in pre.uplink:
-                job.ledger.uplink(msg, count=count)
+            for msg, clients in pre.uplink:
+                job.ledger.uplink(msg, clients=clients)
         out = authors_code.aggregate_round(job.round_index, self.pretrained, job.global_weights, *data, self.hyper,
                                            self.options, job.last_global_update)
-        for msg, count in out.uplink:
-            job.ledger.uplink(msg, count=count)
+        for msg, clients in out.uplink:
+            job.ledger.uplink(msg, clients=clients)
         qualified = [int(c) for c in out.qualified]
         senders = sorted(int(c) for c in out.segment_ids)
         metrics: dict[str, Any] = {"segment_coverage": list(out.coverage)}
