@@ -287,7 +287,9 @@ class _LinearStep(_StepFn):
     def __init__(self, num_layers: int) -> None:
         self.num_layers = num_layers
 
-    def __call__(self, params, x, y, sw, out=None):
+    def _forward(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                 sw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(each layer's input, the gradient of the weighted loss sum w.r.t. the logits, per-client losses)."""
         clients, batch = sw.shape
         h = x.reshape(clients, batch, -1)
         acts = [h]
@@ -304,6 +306,10 @@ class _LinearStep(_StepFn):
         gz = logp.exp_()
         gz.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=gz.dtype))
         gz.mul_(sw.unsqueeze(2))
+        return acts, gz, losses
+
+    def __call__(self, params, x, y, sw, out=None):
+        acts, gz, losses = self._forward(params, x, y, sw)
         grads: list[torch.Tensor] = [None] * len(params) if out is None else out   # type: ignore[list-item]
         for layer in range(self.num_layers - 1, -1, -1):
             a = acts[layer]
@@ -318,27 +324,12 @@ class _LinearStep(_StepFn):
                 gz = torch.ops.aten.threshold_backward(torch.bmm(gz, params[2 * layer]), a, 0.0)
         return grads, losses
 
-
     def sgd_(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, sw: torch.Tensor,
              lr: float) -> torch.Tensor:
         """One plain SGD step (no momentum, weight decay or proximal term) on ``params`` in place, fused with
         the backward pass: each weight takes ``-lr * gradient`` inside the gradient's own ``baddbmm`` (no
         gradient buffer, no separate update pass). Returns the per-client losses."""
-        clients, batch = sw.shape
-        h = x.reshape(clients, batch, -1)
-        acts = [h]
-        for layer in range(self.num_layers):
-            w, b = params[2 * layer], params[2 * layer + 1]
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if layer < self.num_layers - 1:
-                h = h.relu_()
-                acts.append(h)
-        logp = torch.log_softmax(h, dim=-1)
-        yb = y.reshape(clients, batch, 1)
-        losses = -(logp.gather(2, yb).squeeze(2) * sw).sum(1)
-        gz = logp.exp_()
-        gz.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=gz.dtype))
-        gz.mul_(sw.unsqueeze(2))
+        acts, gz, losses = self._forward(params, x, y, sw)
         for layer in range(self.num_layers - 1, -1, -1):
             a, w = acts[layer], params[2 * layer]
             below = torch.bmm(gz, w) if layer > 0 else None   # the layer below's gradient, before w changes
