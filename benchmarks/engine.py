@@ -50,6 +50,10 @@ CASES = {
                                    local=dict(momentum=0.9, prox_mu=0.01)),
     "cnn1d_mnist1d_c50_adam_fedprox": dict(dataset="mnist1d", model="cnn1d", clients=50, batch_size=10,
                                            local=dict(optimizer="adam", lr=0.001, prox_mu=0.01)),
+    # non-IID sizes (Dirichlet 0.5: clients of 10-300+ samples): most clients finish long before the largest
+    "mlp_digits_c20_dirichlet": dict(dataset="digits", model="mlp", clients=20, batch_size=10, partition="dirichlet"),
+    "cnn1d_mnist1d_c20_b32_dirichlet": dict(dataset="mnist1d", model="cnn1d", clients=20, batch_size=32,
+                                            partition="dirichlet"),
 }
 LR, EPOCHS, SEED = 0.05, 1, 0
 
@@ -119,7 +123,8 @@ def _build_case_cpu(name: str):
             data.append((torch.rand(int(n), 28, 28, generator=gen), torch.randint(0, 62, (int(n),), generator=gen)))
         return build_model("femnist_cnn", (28, 28), 62, seed=SEED), data
     ds = load_dataset(spec["dataset"], seed=SEED)
-    parts = partition("iid", ds.y_train.numpy(), clients, SEED)
+    kind = spec.get("partition", "iid")
+    parts = partition(kind, ds.y_train.numpy(), clients, SEED, **({"alpha": 0.5} if kind == "dirichlet" else {}))
     data = [(ds.x_train[torch.as_tensor(p)], ds.y_train[torch.as_tensor(p)]) for p in parts]
     return build_model(spec["model"], ds.input_shape, ds.num_classes, seed=SEED), data
 

@@ -74,8 +74,8 @@ def task_spec(path: Path, searcher: str, seed: int, budget_s: float, quick: bool
     rounds = int(raw["base"]["rounds"])
     eval_every = int(raw["base"].get("eval_every", 1))
     for key, value in SEARCHERS[searcher].items():
-        if key == "fidelity.min_rounds":           # about a ninth of the rounds: rungs r/9, r/3, r with eta 3
-            value = max(eval_every, (rounds // 9) // eval_every * eval_every)
+        if key == "fidelity.min_rounds":           # ceil(rounds / 9): three rungs with eta 3 (30: 4, 12, 30; 40: 5, 15, 40)
+            value = max(eval_every, -(-math.ceil(rounds / 9) // eval_every) * eval_every)
         if key == "optuna.prune_every":            # a pruning decision every tenth of the run
             value = max(1, rounds // 10)
         set_spec_value(raw, key, value)

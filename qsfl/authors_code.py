@@ -136,12 +136,13 @@ class RoundOutput:
     segment_ids: dict[int, int]                 # client id -> segment it uploaded
     coverage: list[int]                         # per segment: qualified clients that sent it
     scores: np.ndarray | None                   # QJ score per row (None without QJ)
-    uplink: list[tuple[MessageSize, int]] = field(default_factory=list)   # (message, count)
+    # (message, the clients that each sent one): who sent what, for the ledger and the clients' upload times
+    uplink: list[tuple[MessageSize, list[int]]] = field(default_factory=list)
 
     @property
     def uplink_bytes(self) -> int:
         """Total uplink bytes of the round."""
-        return sum(msg.total * count for msg, count in self.uplink)
+        return sum(msg.total * len(clients) for msg, clients in self.uplink)
 
 
 def authors_segment_length(n: int, ns: int) -> int:
@@ -235,9 +236,9 @@ def aggregate_round(round_index: int, base: torch.Tensor | None, global_weights:
                                 hyper, options)
     qualified_set = set(qualified.tolist())
     bounds = layout_bounds(n, hyper.ns, options.segment_layout)
-    uplink: list[tuple[MessageSize, int]] = []
+    uplink: list[tuple[MessageSize, list[int]]] = []
     if hyper.use_qj:
-        uplink.append((meta_message(), len(ids)))
+        uplink.append((meta_message(), [int(c) for c in ids]))
     acc = torch.zeros(n, dtype=torch.float64, device=global_weights.device)
     seg_weight = np.zeros(hyper.ns)
     coverage = np.zeros(hyper.ns, dtype=np.int64)
@@ -254,7 +255,7 @@ def aggregate_round(round_index: int, base: torch.Tensor | None, global_weights:
         key = weights[row, lo:hi] if options.rank_by == "weights" else update
         idx = top_entries(key, entry_count(hyper.p, hi - lo, options.k_rounding), options.tie_break) + lo
         payload = weights[row, idx] if options.aggregate == "official" else update[idx - lo]
-        uplink.append((sparse_message(len(idx), hi - lo, hyper.index_encoding), 1))
+        uplink.append((sparse_message(len(idx), hi - lo, hyper.index_encoding), [cid]))
         entries[cid], values[cid], segment_ids[cid] = idx, payload, seg
         if not is_qualified:      # sent, then discarded by the server (upload="all")
             continue

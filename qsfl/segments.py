@@ -149,6 +149,32 @@ class SegmentLayout:
         self.inside = torch.as_tensor(inside, device=device)
         self.padded = not bool(inside.all())
         self.flat = torch.as_tensor(np.flatnonzero(inside.reshape(-1)), dtype=torch.long, device=device)
+        # each segment's slots as one window of `width` consecutive coordinates (see segment_slots); a short
+        # segment's window reaches one coordinate past its end, except the last one's, which would leave the
+        # vector: its window starts one coordinate early and is rotated so that its padding slot comes last
+        self.window_starts = torch.as_tensor(np.minimum(self.bounds[:-1], n - self.width), device=device)
+        self.short = torch.as_tensor(self.sizes < self.width, device=device)
+
+    def segment_slots(self, x: torch.Tensor, rows: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """``x[rows[r], cols[segments[r]]]`` for every r, as a ``(len(rows), width)`` copy: row ``rows[r]`` of the
+        ``(C, n)`` matrix ``x`` in the slots of segment ``segments[r]``. A padding slot holds some coordinate of
+        that row (never one to use: mask it with :meth:`mask_padding`).
+
+        Gathers whole windows of consecutive coordinates (an ``unfold`` view indexed by row and window start),
+        ~8x faster on the CPU than a 2-D gather of the slots' columns.
+        """
+        windows = x.unfold(1, self.width, 1)[rows, self.window_starts[segments]]
+        if self.padded:
+            last = segments == self.ns - 1
+            if bool(last.any()):   # its window starts one coordinate early: rotate its padding slot to the end
+                windows[last] = windows[last].roll(-1, dims=1)
+        return windows
+
+    def mask_padding(self, slots: torch.Tensor, segments: torch.Tensor, value: float) -> torch.Tensor:
+        """Set the padding slot of each row of ``slots`` (rows in ``segments``' segments) to ``value``, in place."""
+        if self.padded:
+            slots[self.short[segments], self.width - 1] = value
+        return slots
 
     def to(self, device: torch.device | str) -> SegmentLayout:
         """This layout with its index tensors on ``device``."""

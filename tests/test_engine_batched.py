@@ -105,6 +105,27 @@ def test_per_row_start_weights_and_repeated_clients(name, device, tol):
         BatchedEngine(model, data, **kw).train(starts[:2], ids, 5)
 
 
+def test_fused_sgd_step_is_the_gradient_step(device, tol):
+    """_LinearStep.sgd_ (plain SGD fused into the backward pass) == gradients from the step function, then
+    w - lr * g, for weights, biases and losses."""
+    from qsfl.engine.batched import _LinearStep
+
+    gen = torch.Generator().manual_seed(5)
+    clients, batch, shapes = 3, 4, [(7, 5), (7,), (3, 7), (3,)]
+    params = [torch.randn(clients, *shape, generator=gen).to(device) for shape in shapes]
+    x = torch.randn(clients * batch, 5, generator=gen).to(device)
+    y = torch.randint(0, 3, (clients * batch,), generator=gen).to(device)
+    sw = torch.full((clients, batch), 1 / batch, device=device)
+    sw[1, 3] = 0.0                                   # a padded slot
+    step = _LinearStep(2)
+    grads, want_losses = step([p.clone() for p in params], x, y, sw)
+    fused = [p.clone() for p in params]
+    losses = step.sgd_(fused, x, y, sw, 0.3)
+    torch.testing.assert_close(losses, want_losses, atol=tol(1e-6), rtol=0)
+    for p, g, f in zip(params, grads, fused):
+        torch.testing.assert_close(f, p - 0.3 * g, atol=tol(1e-6), rtol=0)
+
+
 def test_finished_client_keeps_its_weights_and_momentum(device, tol):
     """A 2-sample client trains 2 steps while a 40-sample one trains 16: it must equal training alone."""
     shape, classes = (64,), 10

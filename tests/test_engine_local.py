@@ -84,23 +84,6 @@ def test_sgd_momentum_by_hand():
     assert w.item() == pytest.approx(1.25 - 0.5 * 1.0625)
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum_wd", "adam_wd_betas"])
-def test_kept_entries_keep_weights_and_state(case):
-    spec = LocalTraining(**STEP_CASES[case])
-    gen = torch.Generator().manual_seed(1)
-    w = torch.randn(20, generator=gen)
-    state = lt.init_state(spec, w)
-    lt.step_(spec, w, torch.randn(20, generator=gen), state)
-    keep = torch.tensor([0, 3, 4, 19])
-    before = [t.clone() for t in [w, *state.tensors()]]
-    lt.step_(spec, w, torch.randn(20, generator=gen), state, keep)
-    for now, old in zip([w, *state.tensors()], before):
-        assert torch.equal(now[keep], old[keep])
-        moved = torch.ones(20, dtype=torch.bool)
-        moved[keep] = False
-        assert not torch.equal(now[moved], old[moved])
-
-
 # ----------------------------------------------------------------------------------------- the loss
 
 def test_client_loss_adds_the_proximal_term():

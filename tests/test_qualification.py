@@ -27,6 +27,16 @@ def test_relevance_sign_agreement():
     np.testing.assert_allclose(qj.relevance(UPDATES, None), [1.0] * 5)   # round 0
 
 
+def test_relevance_counts_zero_signs_as_agreeing_only_with_zero():
+    reference = torch.tensor([0.0, 1.0, -1.0, 0.0, 2.0])
+    rows = torch.tensor([[0.0, 3.0, -2.0, 0.0, 1.0],     # 5/5
+                         [1.0, 0.0, 0.0, -1.0, 0.0],     # 0/5
+                         [-0.0, -1.0, -1.0, 5.0, 0.0]])  # -0.0 is zero: 2/5
+    want = [1.0, 0.0, 0.4]
+    np.testing.assert_allclose(qj.relevance(rows, reference), want)
+    np.testing.assert_allclose(qj.relevance(rows.double(), reference.double()), want)   # the int8 path
+
+
 def test_relevance_weights_variant():
     w = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
     np.testing.assert_allclose(qj.relevance_weights(w, torch.tensor([1.0, -1.0])), [0.5, 0.0])

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from qsfl.segments import (
+    SegmentLayout,
     SparseSegment,
     ceil_fraction,
     encode_segment,
@@ -108,3 +109,29 @@ def test_top_k_rows_equals_top_p_indices_row_by_row_with_many_ties():
 def test_top_k_rows_rejects_a_count_outside_the_segment():
     with pytest.raises(ValueError, match="1 <= k <= hi - lo"):
         top_k_rows(torch.zeros(1, 4), np.array([0]), np.array([2]), np.array([3]))
+
+
+def test_segment_slots_hand_computed():
+    """n=10, NS=3: segments [0,4) [4,7) [7,10), width 4; the short segments' last slot is padding."""
+    layout = SegmentLayout(10, 3)
+    x = torch.arange(20, dtype=torch.float32).view(2, 10)          # row 1 holds 10..19
+    rows, segments = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 2, 2])
+    slots = layout.segment_slots(x, rows, segments)
+    real = [[0, 1, 2, 3], [14, 15, 16], [17, 18, 19], [7, 8, 9]]
+    for r, want in enumerate(real):
+        assert slots[r, :len(want)].tolist() == want
+    masked = layout.mask_padding(slots.clone(), segments, -1.0)
+    assert masked[:, 3].tolist() == [3.0, -1.0, -1.0, -1.0]        # segment 0 is full, the others padded
+    assert torch.equal(masked[:, :3], slots[:, :3])
+
+
+@pytest.mark.parametrize("n, ns", [(9610, 6), (10, 5), (11, 4), (7, 7), (7, 1), (101, 9)])
+def test_segment_slots_equal_the_column_gather(n, ns):
+    layout = SegmentLayout(n, ns)
+    x = torch.randn(4, n, generator=torch.Generator().manual_seed(n + ns))
+    rows = torch.tensor([r % 4 for r in range(2 * ns)])
+    segments = torch.tensor([s % ns for s in range(2 * ns)])
+    inside = layout.inside[segments]
+    got = layout.segment_slots(x, rows, segments)
+    assert torch.equal(got[inside], x[rows.unsqueeze(1), layout.cols[segments]][inside])
+    assert torch.equal(layout.mask_padding(got.clone(), segments, -7.0) == -7.0, ~inside)

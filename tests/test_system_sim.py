@@ -12,6 +12,7 @@ from qsfl.comm import Ledger, dense_message, meta_message, sparse_message
 from qsfl.config import SimConfig, load_config
 from qsfl.errors import ConfigError
 from qsfl.sim import Simulation, _Run, simulate_many
+from qsfl.strategies.base import RoundInfo
 from qsfl.strategies.topk import bill_sparse
 from qsfl.strategy_config import StrategyConfig, strategy_names
 from qsfl.system import SystemConfig, Tier
@@ -111,6 +112,15 @@ def test_every_strategy_names_the_client_of_every_byte(name):
     assert np.all(np.isfinite(history.df["round_time_s"])) and np.all(history.df["round_time_s"] > 0)
 
 
+@pytest.mark.parametrize("options", [{"variant": "authors_code"}, {"base": "pretrained"}, {"upload": "all"}])
+def test_the_authors_code_round_names_the_client_of_every_byte(options):
+    strategy = StrategyConfig(name="qsfl", k=3, ns=2, **options)
+    history = qsfl.simulate(BASE.replace(rounds=2, system=SystemConfig(), strategy=strategy))
+    assert np.all(np.isfinite(history.df["round_time_s"])) and np.all(history.df["round_time_s"] > 0)
+    plain = qsfl.simulate(BASE.replace(rounds=2, strategy=strategy))          # the same bytes without a system
+    assert history.df["uplink_bytes"].tolist() == plain.df["uplink_bytes"].tolist()
+
+
 def test_downlink_compression_shortens_downloads():
     system = SystemConfig(uplink=1e9, downlink=1e4, compute=1e9)          # the downlink is the bottleneck
     dense = qsfl.simulate(BASE.replace(rounds=2, system=system, strategy=StrategyConfig(name="qsfl", k=3, ns=6)))
@@ -119,8 +129,15 @@ def test_downlink_compression_shortens_downloads():
     assert compressed.df["round_time_s"].iloc[1] < 0.5 * dense.df["round_time_s"].iloc[1]
 
 
-def test_authors_code_variant_has_no_per_client_bytes_yet():
-    cfg = BASE.replace(rounds=1, system=SystemConfig(), strategy=StrategyConfig(name="qsfl", variant="authors_code"))
+def test_a_strategy_that_bills_without_naming_clients_cannot_be_timed(monkeypatch):
+    from qsfl.strategies.fedavg import FedAvg
+
+    def anonymous(self, round_index, global_weights, last_global_update, client_ids, cohort, ledger):
+        ledger.uplink(dense_message(self.n_params), count=len(client_ids))          # no clients named
+        return global_weights, RoundInfo(qualified=[int(c) for c in client_ids])
+
+    monkeypatch.setattr(FedAvg, "aggregate", anonymous)
+    cfg = BASE.replace(rounds=1, system=SystemConfig(), strategy=StrategyConfig(name="fedavg"))
     with pytest.raises(ConfigError, match="without naming their clients"):
         qsfl.simulate(cfg)
 

@@ -18,7 +18,14 @@ from test_tuning_cli import TINY
 from qsfl.config import SimConfig, StrategyConfig
 from qsfl.errors import ConfigError
 from tuning.evaluate import Evaluator, Point
-from tuning.objective import Evaluation, SeedResult, build_objective, combine, project_to_target
+from tuning.objective import (
+    Evaluation,
+    SeedResult,
+    build_objective,
+    combine,
+    project_accuracy,
+    project_to_target,
+)
 from tuning.search import REGISTRY, Candidate, Searcher, register, searchers
 from tuning.search.fidelity import promote, rung_rounds
 from tuning.search.ga import GACore, GASettings, Individual, fitness_class, sel_nsga2_by_rounds
@@ -194,8 +201,9 @@ def test_rung_rounds(min_rounds, eta, rounds, expected):
 def test_promote_keeps_the_best_third_and_never_a_failed_point():
     evs = [ev_of([0.5]), ev_of([0.9]), ev_of([0.7]), ev_of([-1e9], "failed"), ev_of([0.8]), ev_of([0.1]),
            ev_of([0.6])]
-    assert promote(evs, 3, (1.0,)) == [False, True, True, False, True, False, False]      # ceil(7/3) = 3 slots
-    assert promote(evs, 3, (-1.0,)) == [True, False, False, False, False, True, True]     # minimised
+    assert promote(evs, 3, (1.0,)) == [False, True, False, False, True, False, False]     # floor(7/3) = 2 slots
+    assert promote(evs, 3, (-1.0,)) == [True, False, False, False, False, True, False]    # minimised: 0.1, 0.5
+    assert promote(evs[:2], 3, (1.0,)) == [False, True]                                    # at least 1
     assert promote([ev_of([1.0], "failed"), ev_of([2.0], "failed")], 2, (1.0,)) == [False, False]
 
 
@@ -213,6 +221,36 @@ def test_projection_to_the_target_hand_computed():
     assert p["uplink_bytes_to_target"] == pytest.approx(400.0 + 100.0 * 1.0)
     flat = project_to_target([(0, 0.3), (1, 0.3)], cum_uplink=50.0, rounds_run=2, target=0.8, full_rounds=30)
     assert flat["rounds_to_target"] == 300.0 and flat["uplink_bytes_to_target"] == pytest.approx(50 + 25 * 298)
+
+
+def test_accuracy_projection_hand_computed():
+    # first 0.2 at round 0, best 0.5 at round 2: +0.15 per round; round 29 of 30 -> 0.5 + 0.15 * 27 > 1 -> 1.0
+    curve = [(0, 0.2), (1, 0.4), (2, 0.5), (3, 0.45)]
+    assert project_accuracy(curve, 30) == {"final_accuracy": 1.0, "best_accuracy": 1.0}
+    # +0.01 per round from round 0 to 3: 0.33 + 0.01 * (9 - 3) = 0.39 at round 9 of 10
+    slow = project_accuracy([(0, 0.30), (3, 0.33)], 10)
+    assert slow["final_accuracy"] == pytest.approx(0.39)
+    flat = project_accuracy([(0, 0.3), (1, 0.25)], 30)            # not rising: the best so far
+    assert flat["final_accuracy"] == pytest.approx(0.3)
+
+
+def test_low_rung_constraint_on_final_accuracy_uses_the_projection():
+    objective = build_objective({"formula": "uplink_bytes_to_target / 1e6", "direction": "minimize",
+                                 "constraint": "final_accuracy >= 0.88", "penalty": 10.0})
+    metrics = {"final_accuracy": 0.6, "best_accuracy": 0.6, "uplink_bytes": 4e5, "uplink_mb": 0.4,
+               "uplink_fraction": 0.1, "compression_ratio": 10.0, "rounds_to_target": math.nan,
+               "uplink_bytes_to_target": math.nan, "target_reached": 0.0}
+    learning = SeedResult(0, "complete", "", metrics, 0.0, 4, fedavg_uplink_bytes=4e6,
+                          projection={"rounds_to_target": 12.0, "uplink_bytes_to_target": 1.2e6,
+                                      "final_accuracy": 0.95, "best_accuracy": 0.95})
+    stalled = SeedResult(0, "complete", "", metrics, 0.0, 4, fedavg_uplink_bytes=4e6,
+                         projection={"rounds_to_target": 12.0, "uplink_bytes_to_target": 1.2e6,
+                                     "final_accuracy": 0.7, "best_accuracy": 0.7})
+    assert combine({}, [0], [learning], objective, rounds=4, full_rounds=30).fitness[0] == pytest.approx(1.2)
+    assert combine({}, [0], [stalled], objective, rounds=4, full_rounds=30).fitness[0] == pytest.approx(1.2 + 1.8)
+    # at full rounds the measured final accuracy counts: 0.6 misses 0.88 by 0.28
+    full = combine({}, [0], [learning], objective, rounds=30, full_rounds=30)
+    assert full.fitness[0] == pytest.approx(4e6 / 30 * 31 / 1e6 + 2.8)
 
 
 def test_low_rung_fitness_uses_the_projection_and_the_full_rung_the_documented_stand_in():

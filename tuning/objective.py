@@ -18,7 +18,10 @@ linearly through its first and its best evaluated round, the round where that li
 projected ``rounds_to_target`` (at least ``r + 1``, at most ``10 R``; ``10 R`` when accuracy has not risen), and
 its projected ``uplink_bytes_to_target`` is the uplink bytes so far plus the mean bytes per round times the
 projected remaining rounds. Faster learning and fewer bytes per round both rank better. A seed that reached the
-target within ``r`` rounds has its exact value, the same as in a full run.
+target within ``r`` rounds has its exact value, the same as in a full run. ``final_accuracy`` and
+``best_accuracy`` (e.g. in a constraint such as ``final_accuracy >= 0.88``) are end-of-run values too: below ``R``
+they are projected along the same line to round ``R`` (:func:`project_accuracy`: never below the best accuracy so
+far, at most 1), so that a run still learning is not penalised for not being there after ``r`` rounds.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ WORST = 1e9  # fitness of a failed evaluation (negated for maximised objectives)
 
 
 LOW_RUNG_CAP = 10   # a projection never goes beyond this many times the study's rounds
+PROJECTED_ACCURACIES = ("final_accuracy", "best_accuracy")   # at a low rung: the projection, not round r's value
 
 
 @dataclass(frozen=True)
@@ -355,21 +359,44 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def _trend(accuracy: Sequence[tuple[int, float]]) -> tuple[int, float, float] | None:
+    """(round, accuracy) of the best evaluated round and the accuracy gained per round since the first one,
+    or None when accuracy has not risen (``accuracy``: [(round index, accuracy)], NaN rounds skipped)."""
+    points = [(r, a) for r, a in accuracy if a == a]
+    if not points:
+        return None
+    r0, a0 = points[0]
+    rb, ab = max(points, key=lambda p: (p[1], -p[0]))
+    if rb > r0 and ab > a0:
+        return rb, ab, (ab - a0) / (rb - r0)
+    return None
+
+
 def project_to_target(accuracy: Sequence[tuple[int, float]], cum_uplink: float, rounds_run: int, target: float,
                       full_rounds: int) -> dict[str, float]:
     """Projected ``rounds_to_target`` / ``uplink_bytes_to_target`` of a run that has not reached ``target`` after
     ``rounds_run`` rounds (``accuracy``: [(round index, accuracy)] of the evaluated rounds); see the module doc."""
-    points = [(r, a) for r, a in accuracy if a == a]
     cap = float(LOW_RUNG_CAP * max(full_rounds, rounds_run))
     est = cap
-    if points:
-        r0, a0 = points[0]
-        rb, ab = max(points, key=lambda p: (p[1], -p[0]))
-        if rb > r0 and ab > a0:
-            est = (rb + 1) + (target - ab) * (rb - r0) / (ab - a0)
+    trend = _trend(accuracy)
+    if trend is not None:
+        rb, ab, slope = trend
+        est = (rb + 1) + (target - ab) / slope
     est = min(max(est, float(rounds_run + 1)), cap)
     per_round = cum_uplink / rounds_run if rounds_run else 0.0
     return {"rounds_to_target": est, "uplink_bytes_to_target": cum_uplink + per_round * (est - rounds_run)}
+
+
+def project_accuracy(accuracy: Sequence[tuple[int, float]], full_rounds: int) -> dict[str, float]:
+    """Projected ``final_accuracy`` and ``best_accuracy`` after ``full_rounds`` rounds of a run evaluated on fewer:
+    the same line as :func:`project_to_target` (through the first and the best evaluated round) at the last
+    round, never below the best accuracy so far, at most 1; the best so far when accuracy has not risen."""
+    best = max((a for _, a in accuracy if a == a), default=math.nan)
+    trend = _trend(accuracy)
+    if trend is not None:
+        rb, ab, slope = trend
+        best = min(1.0, max(best, ab + slope * (full_rounds - 1 - rb)))
+    return {"final_accuracy": best, "best_accuracy": best}
 
 
 def history_result(history: Any, seed: int, duration: float, full_rounds: int) -> SeedResult:
@@ -382,11 +409,13 @@ def history_result(history: Any, seed: int, duration: float, full_rounds: int) -
                           float(summary["fedavg_uplink_bytes"]))
     metrics = summary_metrics(summary)
     projection: dict[str, float] = {}
-    if rounds < full_rounds and math.isnan(metrics["rounds_to_target"]):
+    if rounds < full_rounds:
         df = history.df
         curve = list(zip(df["round"].astype(int), df["test_accuracy"].astype(float)))
-        projection = project_to_target(curve, float(summary["total_uplink_bytes"]), rounds,
-                                       float(summary["target_accuracy"]), full_rounds)
+        projection = project_accuracy(curve, full_rounds)
+        if math.isnan(metrics["rounds_to_target"]):
+            projection.update(project_to_target(curve, float(summary["total_uplink_bytes"]), rounds,
+                                                float(summary["target_accuracy"]), full_rounds))
     return SeedResult(seed, "complete", "", metrics, duration, rounds, float(summary["fedavg_uplink_bytes"]),
                       projection)
 
@@ -419,7 +448,8 @@ def fitness_inputs(result: SeedResult, rounds: int, full_rounds: int | None = No
     values = dict(result.metrics)
     if full_rounds is not None and rounds < full_rounds:
         for name, value in result.projection.items():
-            if math.isnan(values[name]):
+            # end-of-run accuracies are always projected; the to-target metrics only where undefined
+            if name in PROJECTED_ACCURACIES or math.isnan(values[name]):
                 values[name] = value
     if math.isnan(values["rounds_to_target"]):
         values["rounds_to_target"] = float(rounds + 1)

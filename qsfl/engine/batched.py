@@ -8,8 +8,9 @@ SGD/momentum or Adam update, exactly torch.optim's formulas) is then a handful o
 whole buffer.
 
 Clients of different sizes: the cohort runs ``max_i steps_i`` steps; a sample slot of a partial last
-batch has weight 0 (its loss is the mean over the batch's real samples), and a client that has run all
-its own steps keeps its weights and optimizer state unchanged (the step restores its entries). The
+batch has weight 0 (its loss is the mean over the batch's real samples). Rows are ordered by their number
+of steps (most first), so the clients still training at a step are a prefix of the chunk: the step computes
+that prefix only, and a client that has run all its own steps keeps its weights and optimizer state. The
 minibatch indices of every step are gathered up front from :func:`~qsfl.engine.common.epoch_orders`, so
 the step loop does no per-step Python work beyond the vectorised calls, and the losses stay on the
 device until the end.
@@ -40,6 +41,7 @@ code runs the whole chunk as a few large kernels.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -285,7 +287,9 @@ class _LinearStep(_StepFn):
     def __init__(self, num_layers: int) -> None:
         self.num_layers = num_layers
 
-    def __call__(self, params, x, y, sw, out=None):
+    def _forward(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                 sw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(each layer's input, the gradient of the weighted loss sum w.r.t. the logits, per-client losses)."""
         clients, batch = sw.shape
         h = x.reshape(clients, batch, -1)
         acts = [h]
@@ -302,6 +306,10 @@ class _LinearStep(_StepFn):
         gz = logp.exp_()
         gz.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=gz.dtype))
         gz.mul_(sw.unsqueeze(2))
+        return acts, gz, losses
+
+    def __call__(self, params, x, y, sw, out=None):
+        acts, gz, losses = self._forward(params, x, y, sw)
         grads: list[torch.Tensor] = [None] * len(params) if out is None else out   # type: ignore[list-item]
         for layer in range(self.num_layers - 1, -1, -1):
             a = acts[layer]
@@ -315,6 +323,21 @@ class _LinearStep(_StepFn):
                 # ReLU backward; aten's kernel is ~7x faster here than multiplying by a bool mask
                 gz = torch.ops.aten.threshold_backward(torch.bmm(gz, params[2 * layer]), a, 0.0)
         return grads, losses
+
+    def sgd_(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, sw: torch.Tensor,
+             lr: float) -> torch.Tensor:
+        """One plain SGD step (no momentum, weight decay or proximal term) on ``params`` in place, fused with
+        the backward pass: each weight takes ``-lr * gradient`` inside the gradient's own ``baddbmm`` (no
+        gradient buffer, no separate update pass). Returns the per-client losses."""
+        acts, gz, losses = self._forward(params, x, y, sw)
+        for layer in range(self.num_layers - 1, -1, -1):
+            a, w = acts[layer], params[2 * layer]
+            below = torch.bmm(gz, w) if layer > 0 else None   # the layer below's gradient, before w changes
+            w.baddbmm_(gz.transpose(1, 2), a, alpha=-lr)
+            params[2 * layer + 1].sub_(gz.sum(1), alpha=lr)
+            if below is not None:
+                gz = torch.ops.aten.threshold_backward(below, a, 0.0)
+        return losses
 
 
 class _FoldStep(_StepFn):
@@ -468,6 +491,12 @@ def clients_epoch_orders(seed: int, round_index: int, ids: Sequence[int], sizes:
     if _fast_orders_ok and all(0 <= int(c) <= _M32 for c in ids):
         return _fast_orders(seed, round_index, ids, sizes, epochs)
     return [epoch_orders(seed, round_index, int(c), int(n), epochs) for c, n in zip(ids, sizes)]
+
+
+@functools.lru_cache(maxsize=256)
+def _wrap(width: int, n: int) -> np.ndarray:
+    """``arange(width) % n``: the positions of a client's n samples padded to ``width`` (cached per size)."""
+    return np.arange(width) % n
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -670,6 +699,14 @@ class BatchedEngine:
         starts = start_rows(start.detach().to(self.device, torch.float32), len(ids))
         if len(ids) == 0:
             return CohortResult(torch.empty(0, self.n_params, device=self.device), np.zeros(0), sizes)
+        # rows with the most steps first (stable): at every step the rows still training are a prefix of their
+        # chunk, and a chunk holds rows of similar length
+        order = np.argsort(-steps, kind="stable")
+        permuted = bool(np.any(order != np.arange(len(ids))))
+        if permuted:
+            ids = ids[order]
+            if start.dim() == 2:
+                starts = starts[torch.as_tensor(order, device=self.device)]
         chunk = self.chunk_size(int(steps.max()))
         weights, losses = [], []
         for lo in range(0, len(ids), chunk):
@@ -677,7 +714,11 @@ class BatchedEngine:
             weights.append(w)
             losses.append(loss)
         out = weights[0] if len(weights) == 1 else torch.cat(weights)
-        return CohortResult(out, np.concatenate(losses), sizes)
+        loss_all = np.concatenate(losses)
+        if permuted:   # back to the caller's row order
+            inverse = np.argsort(order)
+            out, loss_all = out[torch.as_tensor(inverse, device=self.device)], loss_all[inverse]
+        return CohortResult(out, loss_all, sizes)
 
     def _plan(self, ids: np.ndarray, round_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The chunk's (S, C, B) global sample indices, (S, C) real-sample counts (0 once a client is done)
@@ -687,12 +728,16 @@ class BatchedEngine:
         per_epoch = -(-sizes // batch)
         total = int(epochs * per_epoch.max())
         idx = np.empty((total, len(ids), batch), dtype=np.int64)
-        orders = clients_epoch_orders(self.seed, round_index, ids.tolist(), sizes.tolist(), epochs)
-        for j, (order, cid, n, s) in enumerate(zip(orders, ids.tolist(), sizes.tolist(), per_epoch.tolist())):
+        # rows of one client (simulate_many: one per config) share its minibatch order: compute it once
+        unique, first = np.unique(ids, return_index=True)
+        orders = dict(zip(unique.tolist(), clients_epoch_orders(self.seed, round_index, unique.tolist(),
+                                                                sizes[first].tolist(), epochs)))
+        for j, (cid, n, s) in enumerate(zip(ids.tolist(), sizes.tolist(), per_epoch.tolist())):
+            order = orders[cid]
             start = int(self.starts[cid])
             width = s * batch
             if width != n:   # pad a partial last batch with the client's own samples (weight 0)
-                order = order[:, np.arange(width) % n]
+                order = order[:, _wrap(width, n)]
             idx[:epochs * s, j] = order.reshape(epochs * s, batch) + start
             idx[epochs * s:, j] = start
         step = np.arange(total)[:, None]
@@ -744,28 +789,49 @@ class BatchedEngine:
             params = [p.detach().requires_grad_() for p in params]
         grads_out = [g_blocks[i] for i in self.order]
         step_losses = self._scratch("loss", total * clients).view(total, clients)
-        keep: torch.Tensor | None = None
+        # plain SGD on a Linear/ReLU chain: the update is fused into the backward pass (_LinearStep.sgd_)
+        fused = self.step_fn if isinstance(self.step_fn, _LinearStep) and spec.optimizer == "sgd" and not (
+            spec.momentum or spec.weight_decay or spec.prox_mu) else None
         for s in range(total):
-            _, loss = self.step_fn(params, xs[s], ys[s], sw[s], grads_out)
-            step_losses[s].copy_(loss)
-            lt.regularise_grad_(spec, g, w, w_start)
-            if n_active[s] == clients:
-                keep = None
-            elif keep is None or n_active[s] != n_active[s - 1]:
-                keep = self._done_entries(counts_np[s] == 0)
-            # clients that are done keep their weights and optimizer state (``keep``)
-            lt.step_(spec, w, g, state, keep)
+            # rows are sorted by their number of steps: the first `a` still train, the others are done and keep
+            # their weights and optimizer state (they are left out of the step altogether)
+            a = n_active[s]
+            if a == clients:
+                rows_p, rows_g, x, y, weight = params, grads_out, xs[s], ys[s], sw[s]
+            else:
+                step_losses[s, a:].zero_()
+                rows_p, rows_g = [t[:a] for t in params], [t[:a] for t in grads_out]
+                x, y, weight = xs[s][:a * batch], ys[s][:a * batch], sw[s][:a]
+            if fused is not None:
+                step_losses[s, :a].copy_(fused.sgd_(rows_p, x, y, weight, spec.lr))
+                continue
+            _, loss = self.step_fn(rows_p, x, y, weight, rows_g)
+            step_losses[s, :a].copy_(loss)
+            if a == clients:
+                lt.regularise_grad_(spec, g, w, w_start)
+                lt.step_(spec, w, g, state)
+            else:
+                self._step_prefix(a, clients, w, g, state, w_start)
         losses = lt.reported_losses(step_losses.cpu().numpy(), counts_np, per_epoch, self.epochs, spec.loss_report)
         out = torch.cat([block.reshape(clients, -1) for block in w_blocks], dim=1)   # a copy: w is reused
         return out, losses
 
-    def _done_entries(self, done: np.ndarray) -> torch.Tensor:
-        """Flat indices, in the parameter-major layout, of every entry of the clients where ``done`` (C,)."""
-        clients = len(done)
-        rows = np.flatnonzero(done)
-        parts = [int(self.offsets[i]) * clients + rows[:, None] * numel + np.arange(numel)[None, :]
-                 for i, numel in enumerate(self.numels)]
-        return torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts])).to(self.device)
+    def _step_prefix(self, a: int, clients: int, w: torch.Tensor, g: torch.Tensor, state: lt.OptState,
+                     w_start: torch.Tensor | None) -> None:
+        """The optimizer step of the first ``a`` rows of the chunk only, one parameter block at a time (a
+        block's first ``a`` rows are contiguous; the flat buffers' are not)."""
+        spec = self.spec
+
+        def rows(flat: torch.Tensor) -> list[torch.Tensor]:
+            return [block[:a] for block in self._blocks(flat, clients)]
+
+        names = [name for name in ("momentum", "exp_avg", "exp_avg_sq") if getattr(state, name) is not None]
+        buffers = {name: rows(getattr(state, name)) for name in names}
+        starts = rows(w_start) if w_start is not None else None
+        for i, (w_i, g_i) in enumerate(zip(rows(w), rows(g))):
+            lt.regularise_grad_(spec, g_i, w_i, None if starts is None else starts[i])
+            lt.step_(spec, w_i, g_i, lt.OptState(steps=state.steps, **{n: buffers[n][i] for n in names}))
+        state.steps += 1
 
 
 def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int) -> float:

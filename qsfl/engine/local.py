@@ -153,26 +153,14 @@ def init_state(spec: LocalTraining, like: torch.Tensor,
     return OptState(momentum=make("momentum") if spec.momentum else None)
 
 
-def step_(spec: LocalTraining, w: torch.Tensor, g: torch.Tensor, state: OptState,
-          keep: torch.Tensor | None = None) -> None:
-    """One optimizer step on ``w`` with gradient ``g`` (both updated in place: ``g`` is consumed).
-
-    ``keep``: flat indices of entries that must not change (clients that have finished their own steps):
-    their weights and optimizer state are restored after the step.
-    """
-    saved = None
-    if keep is not None:
-        tensors = [w, *state.tensors()]
-        saved = [t.view(-1).index_select(0, keep) for t in tensors]
+def step_(spec: LocalTraining, w: torch.Tensor, g: torch.Tensor, state: OptState) -> None:
+    """One optimizer step on ``w`` with gradient ``g`` (both updated in place: ``g`` is consumed)."""
     if spec.weight_decay:
         g.add_(w, alpha=spec.weight_decay)
     if spec.optimizer == "adam":
         _adam_step_(spec, w, g, state)
     else:
         _sgd_step_(spec, w, g, state)
-    if saved is not None:
-        for t, s in zip(tensors, saved):
-            t.view(-1).index_copy_(0, keep, s)   # type: ignore[arg-type]
 
 
 def _sgd_step_(spec: LocalTraining, w: torch.Tensor, g: torch.Tensor, state: OptState) -> None:

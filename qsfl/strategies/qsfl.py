@@ -205,16 +205,14 @@ class QSFL(VectorisedStrategy):
         for group in pending.values():
             device = group[0].u.device
             layout = strategies[group[0].job].layout_on(device)
-            gathered = []
-            for p in group:
-                rows_t = torch.as_tensor(p.rows, dtype=torch.long, device=device)
-                cols = layout.cols[torch.as_tensor(p.segments, dtype=torch.long, device=device)]
-                gathered.append(p.u[rows_t.unsqueeze(1), cols])   # (K, width): each sender's segment
+            gathered = [layout.segment_slots(p.u, torch.as_tensor(p.rows, dtype=torch.long, device=device),
+                                             torch.as_tensor(p.segments, dtype=torch.long, device=device))
+                        for p in group]   # (K, width): each sender's segment
             values = torch.cat(gathered) if len(gathered) > 1 else gathered[0]
             segments = np.concatenate([p.segments for p in group])
-            inside = layout.inside[torch.as_tensor(segments, device=device)] if layout.padded else None
+            magnitudes = layout.mask_padding(values.abs(), torch.as_tensor(segments, device=device), -1.0)
             k = np.concatenate([strategies[p.job].keep[p.segments] for p in group])
-            keep = top_k_slots(values.abs(), k, inside)
+            keep = top_k_slots(magnitudes, k)   # padding slots (-1) are never among the top k
             offset = 0
             for p, vals in zip(group, gathered):
                 sent = keep[offset:offset + len(p.rows)]
@@ -236,8 +234,8 @@ class QSFL(VectorisedStrategy):
         device = g.device
         rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
         seg_t = torch.as_tensor(segments, dtype=torch.long, device=device)
-        cols = layout.cols[seg_t]
         if self.residuals.enabled:   # unqualified clients keep everything, qualified ones what they did not send
+            cols = layout.cols[seg_t]
             u[rows_t.unsqueeze(1).expand_as(cols)[sent], cols[sent]] = 0.0   # u is the strategy's own sum here
             self.residuals.keep_unsent(ids, u, None)
         bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding,
@@ -245,7 +243,9 @@ class QSFL(VectorisedStrategy):
         n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
         official = self.options.aggregate == "official"
         # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
-        payload = (job.cohort.weights[rows_t.unsqueeze(1), cols] if official else values) * sent.to(g.dtype)
+        # where(), not a product: a padding slot holds a coordinate of another segment, which must not leak in
+        chosen = layout.segment_slots(job.cohort.weights, rows_t, seg_t) if official else values
+        payload = torch.where(sent, chosen, 0.0)
         senders = torch.zeros(self.ns, len(rows), dtype=g.dtype, device=device)   # segment x sender: n_i
         senders[seg_t, torch.arange(len(rows), device=device)] = torch.as_tensor(n_i, dtype=g.dtype, device=device)
         sums = senders @ payload                                                   # (NS, width)
@@ -305,12 +305,12 @@ class QSFL(VectorisedStrategy):
             pre = authors_code.pretraining_round(*data, job.global_weights, self.hyper, self.options,
                                                  job.last_global_update)
             self.pretrained = pre.weights
-            for msg, count in pre.uplink:
-                job.ledger.uplink(msg, count=count)
+            for msg, clients in pre.uplink:
+                job.ledger.uplink(msg, clients=clients)
         out = authors_code.aggregate_round(job.round_index, self.pretrained, job.global_weights, *data, self.hyper,
                                            self.options, job.last_global_update)
-        for msg, count in out.uplink:
-            job.ledger.uplink(msg, count=count)
+        for msg, clients in out.uplink:
+            job.ledger.uplink(msg, clients=clients)
         qualified = [int(c) for c in out.qualified]
         senders = sorted(int(c) for c in out.segment_ids)
         metrics: dict[str, Any] = {"segment_coverage": list(out.coverage)}

@@ -22,11 +22,16 @@ def bill_sparse(ledger: Ledger, counts: np.ndarray, sizes: np.ndarray, encoding:
     if len(counts) == 0:
         return
     record = ledger.downlink if downlink else ledger.uplink
-    pairs, group = np.unique(np.stack([counts, sizes], axis=1), axis=0, return_inverse=True)
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    # group the rows by (count, size): one key per pair (np.unique over a 1-D key, not rows of a 2-D array)
+    base = int(sizes.max()) + 1
+    keys, group = np.unique(counts * base + sizes, return_inverse=True)
     group = group.reshape(-1)
     ids = None if clients is None else np.asarray(clients).reshape(-1)
-    for g, (count, size) in enumerate(pairs.tolist()):
-        members = np.flatnonzero(group == g)
+    for g, key in enumerate(keys.tolist()):
+        count, size = divmod(key, base)
+        members = np.flatnonzero(group == g) if len(keys) > 1 else np.arange(len(counts))
         msg = sparse_message(int(count), int(size), encoding)
         if ids is None:
             record(msg, count=len(members))

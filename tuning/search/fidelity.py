@@ -2,10 +2,10 @@
 
 Each batch of points (a GA generation, or ``fidelity.batch`` points of the other searchers) is one bracket of
 successive halving, as in Hyperband / ASHA with the number of rounds as the resource: every point is first
-simulated for ``min_rounds``; the best ``ceil(n / eta)`` of the ``n`` points of a rung go on to ``eta`` times more
-rounds, up to the study's ``base.rounds`` (the last rung). Rungs: ``min_rounds * eta**i`` below ``base.rounds``,
-then ``base.rounds``. A promoted point continues its simulation from the state saved at the end of its rung, so it
-costs only the extra rounds.
+simulated for ``min_rounds``; the best ``floor(n / eta)`` (at least one) of the ``n`` points of a rung go on to
+``eta`` times more rounds (Hyperband's rule), up to the study's ``base.rounds`` (the last rung). Rungs:
+``min_rounds * eta**i`` below ``base.rounds``, then ``base.rounds``. A promoted point continues its simulation
+from the state saved at the end of its rung, so it costs only the extra rounds.
 
 Start points (the authors' defaults, ``[[study.start]]``) always go on, so they end at full rounds and a study's
 best is never worse than them. Points are compared only at equal rounds: inside a rung by their fitness at that
@@ -19,7 +19,6 @@ with their rung fitness as the intermediate value).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,10 +75,10 @@ def parse_fidelity(table: Any, rounds: int, eval_every: int) -> FidelitySettings
 
 
 def promote(evaluations: Sequence[Evaluation], eta: int, weights: Sequence[float]) -> list[bool]:
-    """Which points of one rung go on: the best ``ceil(n / eta)`` (at least 1) of the ``n`` evaluated, complete ones
+    """Which points of one rung go on: the best ``floor(n / eta)`` (at least 1) of the ``n`` evaluated, complete ones
     only; one objective by fitness (ties: the earlier point), several by NSGA-II's order."""
     n = len(evaluations)
-    k = max(1, math.ceil(n / eta))
+    k = max(1, n // eta)
     ok = [i for i, ev in enumerate(evaluations) if ev.ok]
     if len(weights) == 1:
         sign = 1.0 if weights[0] > 0 else -1.0
