@@ -528,8 +528,9 @@ def _private_random_for_dask() -> None:
 @contextlib.contextmanager
 def _forkserver_for_dask() -> Iterator[None]:
     """Start a LocalCluster's workers from our forkserver (torch and qsfl preloaded) instead of spawning them:
-    they start faster and, unlike spawned workers that imported torch, exit at once when the cluster closes.
-    Workers restarted later (after a worker died) are spawned, as Dask does by default."""
+    they start faster and, unlike spawned workers that imported torch, exit at once when the cluster closes, and
+    (:func:`ensure_forkserver`) they start with SIGINT blocked: a Ctrl-C is this process's to handle. Workers
+    restarted later (after a worker died) are spawned, as Dask does by default."""
     import dask
 
     if "forkserver" not in mp.get_all_start_methods():
