@@ -178,8 +178,11 @@ def interrupt_at(argv: Sequence[str], moment: str | object, tmp: Path, *, hold_s
            "QSFL_TEST_HOOKS": str(hooks), "QSFL_TEST_HOLD_FORKSERVER": str(hold_s if moment == "pool-start" else 0)}
     ready = (lambda: (hooks / str(moment)).is_file()) if moment in MARKED_MOMENTS else moment
     assert callable(ready), moment
+    # SIGINT back to its default in the child: pytest started in the background by a non-interactive shell (nohup
+    # ... &, some CI runners) has SIGINT ignored, which the child would inherit (and Python then keeps)
     proc = subprocess.Popen(qsfl_cmd(*argv), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + timeout
         while not ready():

@@ -174,6 +174,16 @@ def test_study_cluster_is_parsed_and_does_not_change_the_fingerprint(ga_spec):
 
 
 # ----- Ctrl-C -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test: a process started in the background by a non-interactive shell
+    (nohup ... &, some CI runners) inherits SIGINT ignored, which these tests must not depend on."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("default_sigint")
 def test_ctrl_c_inside_the_pool_machinery_is_deferred_to_the_end_of_the_block():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     reached = []
@@ -189,6 +199,7 @@ def test_ctrl_c_inside_the_pool_machinery_is_deferred_to_the_end_of_the_block():
     assert not interrupted()
 
 
+@pytest.mark.usefixtures("default_sigint")
 def test_ctrl_c_deferral_leaves_other_handlers_and_threads_alone():
     import threading
 
