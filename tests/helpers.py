@@ -212,3 +212,22 @@ def assert_interrupted_cleanly(result: dict) -> None:
     assert err.strip() == "interrupted" and "Traceback" not in err, err
     assert result["elapsed"] < 2.0, result["elapsed"]
     assert not result["left"], result
+
+
+TIMING_COLUMNS = ["duration_s", "finished_at"]
+
+
+def without_timing(df):
+    """A trials table without its wall-clock values: the timing columns and each seed's ``duration_s`` inside the
+    per-seed JSON (what differs between two runs of the same study)."""
+    import json
+
+    df = df.drop(columns=[c for c in TIMING_COLUMNS if c in df.columns]).copy()
+    if "per_seed" in df.columns:
+        def strip(text: str) -> str:
+            seeds = json.loads(text) if text else []
+            for seed in seeds:
+                seed.pop("duration_s", None)
+            return json.dumps(seeds, sort_keys=True)
+        df["per_seed"] = df["per_seed"].map(strip)
+    return df

@@ -15,7 +15,6 @@ The process-level tests take tens of seconds each: they are marked ``slow`` (CI 
 
 from __future__ import annotations
 
-import json
 import pickle
 import signal
 import sqlite3
@@ -35,13 +34,11 @@ from helpers import (
     interrupt_at,
     run_tune,
     tune_cmd,
+    without_timing,
     write_spec,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-TIMING_COLUMNS = ["duration_s", "finished_at"]
-
 
 # ----- helpers ------------------------------------------------------------------------------------------------
 def table_rows(out: Path) -> int:
@@ -85,16 +82,8 @@ def read_table(out: Path) -> pd.DataFrame:
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
-    """The table without wall-clock columns (also inside the per-seed JSON)."""
-    df = df.drop(columns=[c for c in TIMING_COLUMNS if c in df.columns]).copy()
-    if "per_seed" in df.columns:
-        def strip(text: str) -> str:
-            seeds = json.loads(text) if text else []
-            for s in seeds:
-                s.pop("duration_s", None)
-            return json.dumps(seeds, sort_keys=True)
-        df["per_seed"] = df["per_seed"].map(strip)
-    return df.reset_index(drop=True)
+    """The table without wall-clock values, with a fresh index."""
+    return without_timing(df).reset_index(drop=True)
 
 
 def hall_of_fame(out: Path) -> list[tuple[list[float], tuple[float, ...]]]:

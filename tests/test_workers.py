@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import alive, descendants
+from helpers import alive, descendants, without_timing
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError
@@ -428,22 +428,11 @@ def tune(spec: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.Po
 
 def comparable(out: Path) -> pd.DataFrame:
     """The trials table without wall-clock values (durations, timestamps)."""
-    import json
-
     from tuning.trials import read_trials
 
     df = read_trials(out)
     assert df is not None
-    df = df.drop(columns=["duration_s", "finished_at"])
-
-    def strip(text: str) -> str:
-        seeds = json.loads(text) if text else []
-        for s in seeds:
-            s.pop("duration_s", None)
-        return json.dumps(seeds, sort_keys=True)
-
-    df["per_seed"] = df["per_seed"].map(strip)
-    return df
+    return without_timing(df)
 
 
 @pytest.fixture(scope="module")
