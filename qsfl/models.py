@@ -132,16 +132,9 @@ def register_model(name: str, factory: Callable[..., nn.Module], *, replace: boo
     without buffers (no BatchNorm) runs on the batched engine's fast paths; others fall back to vmap or the
     sequential engine. Registering an existing name is an error unless ``replace``.
     """
-    import inspect
+    from qsfl.plugins import registration_params
 
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"model: a registered name must be a non-empty string, got {name!r}")
-    if name in MODELS and MODELS[name] is not factory and not replace:
-        raise ConfigError(f"model: {name!r} is already registered; pass replace=True to replace it")
-    try:
-        params = list(inspect.signature(factory).parameters)
-    except (TypeError, ValueError):
-        raise ConfigError(f"model: {name!r}: {factory!r} is not a callable with a signature") from None
+    params = registration_params("model", MODELS, name, factory, replace)
     if params[:2] != ["input_shape", "num_classes"]:
         raise ConfigError(f"model: {name!r}: the factory's first arguments must be (input_shape, num_classes), "
                           f"got ({', '.join(params)})")

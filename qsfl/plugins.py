@@ -7,7 +7,9 @@ Importing a module runs its code: a spec that names one is as trusted as the mod
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from qsfl.errors import ConfigError
@@ -35,3 +37,17 @@ def load_object(path: str, field: str) -> Any:
     if not callable(obj):
         raise ConfigError(f"{field}: {path!r} is not callable (a class or a function is expected)")
     return obj
+
+
+def registration_params(field: str, registry: Mapping[str, Any], name: Any, obj: Any, replace: bool) -> list[str]:
+    """The parameter names of ``obj``, to be registered as ``name`` in ``registry`` (the models' or the datasets');
+    ConfigError naming ``field`` for an empty name, a name taken by another object (unless ``replace``), or an
+    object without a signature."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{field}: a registered name must be a non-empty string, got {name!r}")
+    if name in registry and registry[name] is not obj and not replace:
+        raise ConfigError(f"{field}: {name!r} is already registered; pass replace=True to replace it")
+    try:
+        return list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field}: {name!r}: {obj!r} is not a callable with a signature") from None

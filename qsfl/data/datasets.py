@@ -422,14 +422,9 @@ def register_dataset(name: str, loader: Callable[..., Dataset], *, replace: bool
     Its keyword arguments other than ``seed`` become the dataset's ``dataset_options``. Registering an existing
     name is an error unless ``replace``.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"dataset: a registered name must be a non-empty string, got {name!r}")
-    if name in DATASETS and DATASETS[name] is not loader and not replace:
-        raise ConfigError(f"dataset: {name!r} is already registered; pass replace=True to replace it")
-    try:
-        params = inspect.signature(loader).parameters
-    except (TypeError, ValueError):
-        raise ConfigError(f"dataset: {name!r}: {loader!r} is not a callable with a signature") from None
+    from qsfl.plugins import registration_params
+
+    params = registration_params("dataset", DATASETS, name, loader, replace)
     if "seed" not in params:
         raise ConfigError(f"dataset: {name!r}: the loader must take a `seed` keyword argument, got "
                           f"({', '.join(params)})")
