@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 import numpy as np
@@ -56,6 +57,16 @@ class _Pending:
     rows: np.ndarray         # their rows in the cohort
     u: torch.Tensor          # (C, n) updates plus residuals
     segments: np.ndarray     # (K,) segment each qualified client sends
+
+    @cached_property
+    def rows_t(self) -> torch.Tensor:
+        """``rows`` as an index tensor on ``u``'s device (built once, for the gather and the aggregation)."""
+        return torch.as_tensor(self.rows, dtype=torch.long, device=self.u.device)
+
+    @cached_property
+    def segments_t(self) -> torch.Tensor:
+        """``segments`` as an index tensor on ``u``'s device."""
+        return torch.as_tensor(self.segments, dtype=torch.long, device=self.u.device)
 
 
 class QSFL(VectorisedStrategy):
@@ -205,9 +216,7 @@ class QSFL(VectorisedStrategy):
         for group in pending.values():
             device = group[0].u.device
             layout = strategies[group[0].job].layout_on(device)
-            gathered = [layout.segment_slots(p.u, torch.as_tensor(p.rows, dtype=torch.long, device=device),
-                                             torch.as_tensor(p.segments, dtype=torch.long, device=device))
-                        for p in group]   # (K, width): each sender's segment
+            gathered = [layout.segment_slots(p.u, p.rows_t, p.segments_t) for p in group]   # (K, width) each
             values = torch.cat(gathered) if len(gathered) > 1 else gathered[0]
             segments = np.concatenate([p.segments for p in group])
             magnitudes = layout.mask_padding(values.abs(), torch.as_tensor(segments, device=device), -1.0)
@@ -232,8 +241,7 @@ class QSFL(VectorisedStrategy):
         g, u, rows, segments = job.global_weights, p.u, p.rows, p.segments
         ids = np.asarray(job.client_ids)
         device = g.device
-        rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
-        seg_t = torch.as_tensor(segments, dtype=torch.long, device=device)
+        rows_t, seg_t = p.rows_t, p.segments_t
         if self.residuals.enabled:   # unqualified clients keep everything, qualified ones what they did not send
             cols = layout.cols[seg_t]
             u[rows_t.unsqueeze(1).expand_as(cols)[sent], cols[sent]] = 0.0   # u is the strategy's own sum here
