@@ -7,6 +7,7 @@ from qsfl.segments import (
     SparseSegment,
     ceil_fraction,
     encode_segment,
+    kth_largest,
     segment_bounds,
     segment_id,
     top_k_rows,
@@ -104,6 +105,21 @@ def test_top_k_rows_equals_top_p_indices_row_by_row_with_many_ties():
         for r in range(rows):
             expected = top_p_indices(values[r, lo[r]:hi[r]], p[r]) + int(lo[r])
             assert torch.nonzero(mask[r]).squeeze(1).tolist() == expected.tolist()
+
+
+def test_kth_largest_hand_computed_and_equal_to_torch_topk_with_nan_and_ties():
+    rows = torch.tensor([[3.0, 1.0, 2.0, 2.0], [0.0, -1.0, 5.0, 4.0]])
+    assert kth_largest(rows, 2).tolist() == [[2.0], [4.0]]
+    assert kth_largest(rows, 4).tolist() == [[1.0], [-1.0]]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 7, (30, 101), generator=gen).to(torch.float32)   # many ties
+    x[3, 5] = float("nan")                                                   # NaN counts as the largest
+    for k in (1, 2, 50, 100):
+        topk = torch.topk(x, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+        got = kth_largest(x, k)
+        assert torch.equal(got[4:], topk[4:]) and torch.equal(got[:3], topk[:3])
+        assert (torch.isnan(got[3]) and torch.isnan(topk[3])) or torch.equal(got[3], topk[3])
+        assert torch.equal(kth_largest(x.double(), k)[:3], topk[:3].double())
 
 
 def test_top_k_rows_rejects_a_count_outside_the_segment():

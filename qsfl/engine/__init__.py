@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qsfl.engine.allocator import keep_freed_memory
 from qsfl.engine.common import (
     CohortResult,
     Engine,
@@ -44,6 +45,7 @@ def make_engine(kind: str, model: nn.Module, client_data: Sequence[tuple[torch.T
     lr, momentum, weight_decay, optimizer, adam_beta1, adam_beta2, adam_eps, prox_mu, loss_report).
     """
     spec = LocalTraining.build(local, fields)
+    keep_freed_memory()
     if kind in ("auto", "batched"):
         from qsfl.engine.batched import BatchedEngine, unsupported_reason
 

@@ -468,11 +468,7 @@ def _fast_orders(seed: int, round_index: int, ids: Sequence[int], sizes: Sequenc
         state = (((inc + ((s0 << 64) | s1)) & _M128) * _PCG_MULT + inc) & _M128
         bitgen.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc},
                         "has_uint32": 0, "uinteger": 0}
-        rows = np.empty((epochs, int(n)), dtype=np.int64)
-        for e in range(epochs):
-            rows[e] = np.arange(int(n))
-            gen.shuffle(rows[e])                               # == Generator.permutation(n)
-        out.append(rows)
+        out.append(np.stack([gen.permutation(int(n)) for _ in range(epochs)]))
     return out
 
 
@@ -732,14 +728,16 @@ class BatchedEngine:
         unique, first = np.unique(ids, return_index=True)
         orders = dict(zip(unique.tolist(), clients_epoch_orders(self.seed, round_index, unique.tolist(),
                                                                 sizes[first].tolist(), epochs)))
-        for j, (cid, n, s) in enumerate(zip(ids.tolist(), sizes.tolist(), per_epoch.tolist())):
-            order = orders[cid]
-            start = int(self.starts[cid])
-            width = s * batch
-            if width != n:   # pad a partial last batch with the client's own samples (weight 0)
-                order = order[:, _wrap(width, n)]
-            idx[:epochs * s, j] = order.reshape(epochs * s, batch) + start
-            idx[epochs * s:, j] = start
+        # clients of one size fill their columns together: (steps, k, batch) at once
+        for n in np.unique(sizes).tolist():
+            cols = np.flatnonzero(sizes == n)
+            s = int(per_epoch[cols[0]])
+            order = np.stack([orders[cid] for cid in ids[cols].tolist()])   # (k, epochs, n)
+            if s * batch != n:   # pad a partial last batch with the client's own samples (weight 0)
+                order = order[:, :, _wrap(s * batch, n)]
+            start = self.starts[ids[cols]].astype(np.int64)
+            idx[:epochs * s, cols] = order.reshape(len(cols), epochs * s, batch).transpose(1, 0, 2) + start[:, None]
+            idx[epochs * s:, cols] = start[:, None]
         step = np.arange(total)[:, None]
         own = step < epochs * per_epoch                          # (S, C): the client still trains
         partial = (step % per_epoch == per_epoch - 1) & own
@@ -760,6 +758,11 @@ class BatchedEngine:
         return [flat[clients * int(self.offsets[i]):clients * int(self.offsets[i + 1])].view(clients, *self.shapes[i])
                 for i in range(len(self.shapes))]
 
+    def _row_blocks(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Client-major views of ``(C, n)`` rows: parameter i is a strided ``(C, *shape_i)`` view."""
+        return [rows[:, int(self.offsets[i]):int(self.offsets[i + 1])].view(rows.shape[0], *self.shapes[i])
+                for i in range(len(self.shapes))]
+
     def _train_chunk(self, w0: torch.Tensor, ids: np.ndarray, round_index: int) -> tuple[torch.Tensor, np.ndarray]:
         dev, batch, clients, n, spec = self.device, self.batch_size, len(ids), self.n_params, self.spec
         idx_np, counts_np, per_epoch = self._plan(ids, round_index)
@@ -774,6 +777,24 @@ class BatchedEngine:
                                                                      self.x_all.dtype).view(-1, *feat))
         ys = torch.index_select(self.y_all, 0, idx, out=self._scratch("y", idx.numel(), self.y_all.dtype))
         xs, ys = xs.view(total, clients * batch, *feat), ys.view(total, clients * batch)
+        step_losses = self._scratch("loss", total * clients).view(total, clients)
+        # plain SGD on a Linear/ReLU chain: the update is fused into the backward pass (_LinearStep.sgd_)
+        if isinstance(self.step_fn, _LinearStep) and spec.optimizer == "sgd" and not (
+                spec.momentum or spec.weight_decay or spec.prox_mu):
+            # client-major (clients, n) rows, trained in place and returned as they are (no layout copies):
+            # each parameter is a strided (clients, *shape) view, which bmm/baddbmm take directly
+            out = torch.empty(clients, n, device=dev).copy_(w0)
+            blocks = self._row_blocks(out)
+            params = [blocks[i] for i in self.order]
+            for s in range(total):
+                a = n_active[s]   # rows are sorted by their number of steps: the first `a` still train
+                if a < clients:
+                    step_losses[s, a:].zero_()
+                rows_p = params if a == clients else [t[:a] for t in params]
+                step_losses[s, :a].copy_(self.step_fn.sgd_(rows_p, xs[s][:a * batch], ys[s][:a * batch], sw[s][:a],
+                                                           spec.lr))
+            losses = lt.reported_losses(step_losses.cpu().numpy(), counts_np, per_epoch, self.epochs, spec.loss_report)
+            return out, losses
 
         # Parameter-major flat storage: the optimizer's element-wise updates are single ops on the whole
         # chunk, and every parameter block is contiguous for bmm/conv and for gradients written in place.
@@ -788,10 +809,6 @@ class BatchedEngine:
         if self.method == "fold":   # autograd leaves sharing storage with w (updated in place, no_grad)
             params = [p.detach().requires_grad_() for p in params]
         grads_out = [g_blocks[i] for i in self.order]
-        step_losses = self._scratch("loss", total * clients).view(total, clients)
-        # plain SGD on a Linear/ReLU chain: the update is fused into the backward pass (_LinearStep.sgd_)
-        fused = self.step_fn if isinstance(self.step_fn, _LinearStep) and spec.optimizer == "sgd" and not (
-            spec.momentum or spec.weight_decay or spec.prox_mu) else None
         for s in range(total):
             # rows are sorted by their number of steps: the first `a` still train, the others are done and keep
             # their weights and optimizer state (they are left out of the step altogether)
@@ -802,9 +819,6 @@ class BatchedEngine:
                 step_losses[s, a:].zero_()
                 rows_p, rows_g = [t[:a] for t in params], [t[:a] for t in grads_out]
                 x, y, weight = xs[s][:a * batch], ys[s][:a * batch], sw[s][:a]
-            if fused is not None:
-                step_losses[s, :a].copy_(fused.sgd_(rows_p, x, y, weight, spec.lr))
-                continue
             _, loss = self.step_fn(rows_p, x, y, weight, rows_g)
             step_losses[s, :a].copy_(loss)
             if a == clients:
