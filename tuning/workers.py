@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -428,7 +429,10 @@ class DaskWorkers(Workers):
 
     def __init__(self, cluster: str, base: SimConfig | None = None) -> None:
         check_cluster("--cluster", cluster)
+        n = local_workers(cluster)
+        forkserver = n is not None and _start_forkserver_for_dask()
         try:
+            import dask
             from distributed import Client, LocalCluster
         except ImportError:
             raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"") from None
@@ -442,13 +446,12 @@ class DaskWorkers(Workers):
         self._warm = warm_spec(base)
         self._cluster: Any = None
         self._futures: dict[str, Any] = {}
-        n = local_workers(cluster)
         try:
             if n is not None:
                 # processes=True: one GIL and one torch per worker; no dashboard (no port to bind, no bokeh)
                 # silence_logs: a cancelled task, a killed worker or a heartbeat that races the shutdown is
                 # not logged by every process of the cluster (a task's own error reaches us as its exception)
-                with _forkserver_for_dask():
+                with dask.config.set(_dask_worker_config(forkserver)):
                     self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                                  dashboard_address=None, silence_logs=logging.CRITICAL)
                 self.client: Any = Client(self._cluster)
@@ -461,24 +464,42 @@ class DaskWorkers(Workers):
         self.n = n if n is not None else max(1, sum(self.client.nthreads().values()))
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
+        """Submit as many tasks as the cluster has threads, then one more each time one finishes.
+
+        Like the pool's ``chunksize=1``, a worker that finishes early takes the next task. Submitted all at once, a
+        few tasks (fewer than Dask counts as "root-ish") are assigned to workers up front by estimated occupancy,
+        and a worker that finishes its short task first stays idle while a task waits behind a long one on the
+        other (work stealing moves it late or not at all)."""
         from distributed import as_completed
 
+        todo = iter(enumerate(tasks))
         index: dict[str, int] = {}
-        futures = []
-        for i, task in enumerate(tasks):
+
+        def submit(i: int, task: T) -> Any:
             # pure=False: a task that equals another one is still its own evaluation
             fut = self.client.submit(_dask_call, fn, self._warm, task, pure=False)
             index[fut.key] = i
-            futures.append(fut)
-        self._futures.update((f.key, f) for f in futures)
-        done = as_completed(futures, with_results=True)
-        del futures   # as_completed holds them until they are yielded; then they are released
+            self._futures[fut.key] = fut
+            return fut
+
+        done = as_completed([submit(i, task) for i, task in itertools.islice(todo, self._slots())],
+                            with_results=True)
 
         def results() -> Iterator[tuple[int, R]]:
-            for fut, result in done:
+            for fut, result in done:   # as_completed holds a future until it is yielded; then it is released
                 self._futures.pop(fut.key, None)
+                following = next(todo, None)
+                if following is not None:
+                    done.add(submit(*following))
                 yield index.pop(fut.key), result
         return self._guard(results())
+
+    def _slots(self) -> int:
+        """Tasks to keep submitted: the cluster's threads now (workers may have joined or left), at least 1."""
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except (OSError, TimeoutError):
+            return max(1, self.n)
 
     def close(self) -> None:
         if self._futures:
@@ -525,22 +546,28 @@ def _private_random_for_dask() -> None:
             module.random = random.Random()  # type: ignore[attr-defined]
 
 
-@contextlib.contextmanager
-def _forkserver_for_dask() -> Iterator[None]:
-    """Start a LocalCluster's workers from our forkserver (torch and qsfl preloaded) instead of spawning them:
-    they start faster and, unlike spawned workers that imported torch, exit at once when the cluster closes, and
-    (:func:`ensure_forkserver`) they start with SIGINT blocked: a Ctrl-C is this process's to handle. Workers
-    restarted later (after a worker died) are spawned, as Dask does by default."""
-    import dask
+def _start_forkserver_for_dask() -> bool:
+    """Start our forkserver (torch, qsfl and distributed preloaded) for a LocalCluster's workers; returns whether
+    there is one. Started before this process imports distributed, so that both imports run at once.
 
+    Forked from it, workers start faster and, unlike spawned workers that imported torch, exit at once when the
+    cluster closes, and (:func:`ensure_forkserver`) they start with SIGINT blocked: a Ctrl-C is this process's
+    to handle. Workers restarted later (after a worker died) are spawned, as Dask does by default."""
     if "forkserver" not in mp.get_all_start_methods():
-        yield
-        return
+        return False
     ctx = pool_context()
     ctx.set_forkserver_preload([*PRELOAD, "distributed"])   # no effect if the forkserver already runs
     ensure_forkserver()                                      # so Dask's own preload list does not replace ours
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        yield
+    return True
+
+
+def _dask_worker_config(forkserver: bool) -> dict[str, Any]:
+    """Dask settings for a LocalCluster's workers: forked from our forkserver where there is one, and no
+    statistical profiler (it samples every worker thread's stack every 10 ms, taking the GIL from the task)."""
+    config: dict[str, Any] = {"distributed.worker.profile.enabled": False}
+    if forkserver:
+        config["distributed.worker.multiprocessing-method"] = "forkserver"
+    return config
 
 
 def make_workers(workers: int = 1, cluster: str | None = None, base: SimConfig | None = None) -> Workers:
