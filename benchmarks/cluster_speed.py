@@ -4,6 +4,9 @@ each ``qsfl tune`` process (start-up, baseline and pool start included) and whet
     python benchmarks/cluster_speed.py            # studies/quickstart.toml as written (minutes on 2 cores)
     python benchmarks/cluster_speed.py --quick    # population 4, 1 generation, 3 rounds: checks the script
 
+Also prints the CPU share an idle pool and an idle LocalCluster use (Dask's housekeeping takes CPU the
+workers need on a small machine).
+
 Target (issue 15): ``--cluster local:2`` takes no more wall time than ``--workers 2``, and all three give
 the same trials table (params and fitness; durations and timestamps aside). Each run is its own process, run
 one after the other in the order given by --order (default: each mode once, then again in reverse order, and
@@ -13,6 +16,7 @@ the mean of the two is reported, so a machine that gets busier or quieter favour
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MODES = {"serial": ["--workers", "1"], "workers2": ["--workers", "2"], "cluster2": ["--cluster", "local:2"]}
-QUICK = ["--set", "ga.population=4", "--set", "ga.generations=1", "--set", "base.rounds=3"]
+QUICK = ["--set", "ga.population=4", "--set", "ga.generations=1", "--set", "base.rounds=3", "--set", "fidelity.min_rounds=1"]
 
 
 def run(spec: Path, out: Path, mode: str, extra: list[str]) -> float:
@@ -41,6 +45,38 @@ def table(out: Path):
     assert df is not None
     cols = ["trial", "generation", "individual"] + [c for c in df.columns if c.startswith(("param_", "fitness"))]
     return df[cols].reset_index(drop=True)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:   # exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def idle_cpu(mode: str, seconds: float = 10.0) -> float:
+    """Share of one core that the idle pool or LocalCluster (this process and every process it started) uses
+    over ``seconds`` after one round of tasks (Linux /proc; NaN elsewhere)."""
+    if not Path("/proc/self/stat").exists():
+        return float("nan")
+    from memory import children as descendants  # benchmarks/memory.py
+
+    from tuning.workers import make_workers
+
+    workers = make_workers(2, "local:2" if mode == "cluster2" else None)
+    try:
+        list(workers.map(abs, [1, 2]))
+        time.sleep(1.0)
+        pids = [os.getpid(), *descendants(os.getpid())]
+        before = _cpu_seconds(pids)
+        time.sleep(seconds)
+        return (_cpu_seconds(pids) - before) / seconds
+    finally:
+        workers.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m:>10} {sum(times[m]) / len(times[m]):8.1f}  {', '.join(f'{t:.1f}' for t in times[m]):<24} {same[m]}")
     w2, c2 = (sum(times[m]) / len(times[m]) for m in ("workers2", "cluster2"))
     print(f"--cluster local:2 / --workers 2: {c2 / w2:.2f}x ({'met' if c2 <= w2 else 'NOT met'}: target <= 1x)")
+    for mode in ("workers2", "cluster2"):
+        print(f"{mode}: idle for 10 s after one batch, its processes use {100 * idle_cpu(mode):.1f} % of one core")
     return 0 if all(same.values()) else 1
 
 

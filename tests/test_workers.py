@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import helpers
 import pandas as pd
 import pytest
 from helpers import alive, descendants, without_timing
@@ -375,46 +376,9 @@ def test_killed_dask_worker_tasks_are_rerun_and_each_result_comes_once(cluster2)
 
 
 # ----- studies on a cluster ------------------------------------------------------------------------------------
-GA_SPEC = """
-[study]
-name = "{name}"
-engine = "ga"
-seeds = [0]
-eval_seeds = []
-search_seed = 3
-save_histories = false
-
-[base]
-dataset = "digits"
-model = "logreg"
-clients = 4
-rounds = {rounds}
-batch_size = 50
-
-[base.strategy]
-name = "qsfl"
-
-[space.beta]
-low = 0.0
-high = 1.0
-[space.k]
-low = 1
-high = 4
-[space.ns]
-low = 1
-high = 4
-[space.p]
-low = 0.05
-high = 1.0
-
-[objective]
-formula = "final_accuracy - 0.5 * uplink_fraction"
-direction = "maximize"
-
-[ga]
-population = 6
-generations = 4
-"""
+# the reliability suite's tiny GA study (tests/helpers.py) with the rounds as a {rounds} field
+GA_SPEC = helpers.GA_SPEC.replace("rounds = 2\n", "rounds = {rounds}\n")
+assert "{rounds}" in GA_SPEC
 
 
 def tune(spec: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
