@@ -7,6 +7,7 @@ selections as its own simulate, and prints the time ratio (issue 10's target: si
 
     python benchmarks/simulate_many.py                   # the measurement
     python benchmarks/simulate_many.py --quick           # a correctness smoke run (3 configs, 3 rounds)
+    python benchmarks/simulate_many.py --breakdown       # also where the time goes (steps, aggregation, ...)
 """
 
 from __future__ import annotations
@@ -44,6 +45,45 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
+def breakdown(configs: list[SimConfig]) -> None:
+    """Where each run's time goes: the SGD steps, the rest of training (minibatch plan, data gather, layout), the
+    aggregation and the evaluation, summed over rounds (one instrumented run of each; the wrappers add a little)."""
+    import qsfl.engine.batched as batched
+    import qsfl.sim as sim
+
+    spent: dict[str, float] = {}
+
+    def timing(owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed_call(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+        setattr(owner, name, timed_call)
+
+    timing(batched._LinearStep, "sgd_", "SGD steps")
+    timing(batched.BatchedEngine, "train", "training")
+    timing(sim, "_aggregate", "aggregation")
+    timing(sim._Run, "finish_round", "evaluation and bookkeeping")
+    print("\n| seconds | simulate_many | separate |\n|---|---:|---:|")
+    rows = {}
+    for run, fn in (("many", lambda: qsfl.simulate_many(configs)), ("separate", lambda: [qsfl.simulate(c) for c in configs])):
+        spent.clear()
+        total, _ = timed(fn)
+        parts = dict(spent)
+        parts["training other than the steps"] = parts.pop("training") - parts["SGD steps"]
+        parts["total"] = total
+        rows[run] = parts
+    for label in ("SGD steps", "training other than the steps", "aggregation", "evaluation and bookkeeping",
+                  "total"):
+        print(f"| {label} | {rows['many'][label]:.2f} | {rows['separate'][label]:.2f} |")
+    print(f"\nthe lockstep SGD steps alone are {rows['many']['SGD steps'] / rows['separate']['total']:.2f} of the "
+          f"separate runs' total")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", type=int, default=10)
@@ -51,6 +91,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 configs, 3 rounds, 1 repeat (a smoke run)")
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts of one run of each")
     args = parser.parse_args()
     if args.quick:
         args.configs, args.rounds, args.repeats = 3, 3, 1
@@ -80,6 +121,8 @@ def main() -> None:
     print(f"| {args.configs} x simulate | {m_sep:.3f} |")
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
     print(f"\nsimulate_many / separate = {ratio:.3f} ({verdict} the <= {TARGET_RATIO} target)")
+    if args.breakdown:
+        breakdown(configs)
 
 
 if __name__ == "__main__":

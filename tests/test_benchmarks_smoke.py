@@ -21,7 +21,7 @@ SCRIPTS = {
     "qsfl_rounds": ["--quick"],
     "quickstart_speed": ["--quick"],
     "search": ["--quick", "--task", "quickstart", "--budget-s", "5", "--out", "{tmp}/search"],
-    "simulate_many": ["--quick"],
+    "simulate_many": ["--quick", "--breakdown"],
     "trials_journal": ["--quick", "--dir", "{tmp}"],
     "tuning": ["--quick", "--out", "{tmp}/tuning"],
 }
