@@ -47,6 +47,15 @@ def table(out: Path):
     return df[cols].reset_index(drop=True)
 
 
+def _evaluation_seconds(out: Path) -> float:
+    """Seconds spent inside the study's evaluations (as timed where they ran): the trials table's duration_s."""
+    from tuning.trials import read_trials
+
+    df = read_trials(out)
+    assert df is not None
+    return float(df["duration_s"].sum())
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in order if rep % 2 == 0 else order[::-1]:
                 out = Path(tmp) / f"{mode}_{rep}"
                 times[mode].append(run(args.spec, out, mode, extra))
+        busy = {m: [_evaluation_seconds(Path(tmp) / f"{m}_{r}") for r in range(args.repeats)] for m in MODES}
         reference = table(Path(tmp) / "serial_0")
         same = {m: all(table(Path(tmp) / f"{m}_{r}").equals(reference) for r in range(args.repeats)) for m in MODES}
     print(f"{args.spec.name}{' (quick)' if args.quick else ''}: wall seconds per `qsfl tune` process, "
@@ -100,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':>10} {'mean s':>8}  runs                     same table as serial")
     for m in MODES:
         print(f"{m:>10} {sum(times[m]) / len(times[m]):8.1f}  {', '.join(f'{t:.1f}' for t in times[m]):<24} {same[m]}")
+    print("seconds inside the evaluations (sum of the trials table's duration_s; the same evaluations in every mode):")
+    for m in MODES:
+        print(f"{m:>10} {sum(busy[m]) / len(busy[m]):8.1f}  {', '.join(f'{t:.1f}' for t in busy[m])}")
     w2, c2 = (sum(times[m]) / len(times[m]) for m in ("workers2", "cluster2"))
     print(f"--cluster local:2 / --workers 2: {c2 / w2:.2f}x ({'met' if c2 <= w2 else 'NOT met'}: target <= 1x)")
     for mode in ("workers2", "cluster2"):
