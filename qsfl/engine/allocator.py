@@ -3,8 +3,9 @@
 A round allocates and frees many tensors of a few MB (the cohort's updates, signs, masks). glibc serves
 blocks above its mmap threshold with fresh ``mmap`` pages and returns heap memory above its trim threshold
 to the OS, so every round pays page faults (the kernel zeroes each 4 KiB page on first touch) for memory it
-just gave back. Raising both thresholds keeps that memory mapped: measured on digits/mlp/50 clients, the
-QSFL aggregation's median went from 3.7-4.9 ms to 3.3-3.4 ms per round (``benchmarks/qsfl_rounds.py``).
+just gave back. Raising both thresholds keeps that memory mapped: ``benchmarks/qsfl_rounds.py`` (digits, mlp,
+50 clients, QSFL defaults) measured 12.3 and 13.7 ms per batched round against 13.5 and 15.3 ms with
+``QSFL_MALLOC_TUNING=0`` (two alternating pairs of runs; sequential/batched 10.2x against 9.0-9.4x).
 PyTorch's CPU performance guide suggests jemalloc/tcmalloc for the same reason; this needs no preload.
 
 The cost: up to ``TRIM_THRESHOLD`` of freed memory stays in the process. Set ``QSFL_MALLOC_TUNING=0`` to leave
