@@ -186,9 +186,9 @@ class SegmentLayout:
 def kth_largest(rows: torch.Tensor, k: int) -> torch.Tensor:
     """Each row's ``k``-th largest value, as a ``(rows, 1)`` column (NaN counts as the largest, as in topk).
 
-    On the CPU a numpy partition (introselect, O(n)) is ~7x faster than ``torch.topk`` for the QSFL segment
-    shapes (35 x 1602, k = 641: 0.12 ms vs 0.87 ms); on a GPU, or with a NaN in ``rows``, ``torch.topk``. Both
-    return the same value.
+    On the CPU a numpy partition (introselect, O(n)) is ~5.5x faster than ``torch.topk`` for the QSFL segment
+    shapes (35 x 1602, k = 641: 0.13 ms vs 0.73 ms, ``benchmarks/topk_cut.py``); on a GPU, or with a NaN in
+    ``rows``, ``torch.topk``. Both return the same value.
     """
     n = rows.shape[1]
     if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and not rows.requires_grad:

@@ -22,6 +22,7 @@ SCRIPTS = {
     "quickstart_speed": ["--quick"],
     "search": ["--quick", "--task", "quickstart", "--budget-s", "5", "--out", "{tmp}/search"],
     "simulate_many": ["--quick", "--breakdown"],
+    "topk_cut": ["--quick"],
     "trials_journal": ["--quick", "--dir", "{tmp}"],
     "tuning": ["--quick", "--out", "{tmp}/tuning"],
 }
