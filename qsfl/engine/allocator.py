@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,12 @@ def keep_freed_memory() -> bool:
     _done = False
     if os.environ.get("QSFL_MALLOC_TUNING", "1").strip() in ("0", "false", "no", "off"):
         return False
+    if platform.libc_ver()[0] != "glibc":   # musl has mallopt as a no-op stub; macOS and Windows have none
+        return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu = ctypes.CDLL(None).gnu_get_libc_version   # glibc only: musl has mallopt as a no-op stub
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    del gnu
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     log.debug("glibc malloc thresholds raised: %s", _done)
