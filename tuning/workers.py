@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import importlib.util
 import itertools
 import logging
 import multiprocessing as mp
@@ -429,13 +430,12 @@ class DaskWorkers(Workers):
 
     def __init__(self, cluster: str, base: SimConfig | None = None) -> None:
         check_cluster("--cluster", cluster)
+        if importlib.util.find_spec("distributed") is None:   # before a forkserver is started for nothing
+            raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"")
         n = local_workers(cluster)
         forkserver = n is not None and _start_forkserver_for_dask()
-        try:
-            import dask
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"") from None
+        import dask
+        from distributed import Client, LocalCluster
         _private_random_for_dask()
         self.address = cluster
         # distributed logs at INFO through its own handler, and tracebacks of closed connections while a
