@@ -735,7 +735,7 @@ class BatchedEngine:
             order = np.stack([orders[cid] for cid in ids[cols].tolist()])   # (k, epochs, n)
             if s * batch != n:   # pad a partial last batch with the client's own samples (weight 0)
                 order = order[:, :, _wrap(s * batch, n)]
-            start = self.starts[ids[cols]].astype(np.int64)
+            start = self.starts[ids[cols]]   # int64
             idx[:epochs * s, cols] = order.reshape(len(cols), epochs * s, batch).transpose(1, 0, 2) + start[:, None]
             idx[epochs * s:, cols] = start[:, None]
         step = np.arange(total)[:, None]
