@@ -11,6 +11,8 @@ the report after ``tune`` and the tables and figures after ``compare``, so that 
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import os
 import signal
@@ -243,12 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int, *, finish: bool = False) -> None:
     """Leave at once: flush what was printed and logged, skip the interpreter's teardown.
 
     After Ctrl-C every ``finally`` has run (workers terminated, files written atomically), and tearing down
     torch alone takes seconds on a busy machine; a user who pressed Ctrl-C wants the prompt back now.
+    ``finish``: after a command that finished, first collect garbage (a closed pool's semaphores are unlinked
+    when collected; left over, the resource tracker warns about them) and run the exit handlers (``atexit``:
+    multiprocessing's, Dask's, logging's). Only the teardown of every module's objects is skipped: 0.5-1.5 s with
+    torch, pandas and Dask loaded (benchmarks/cluster_speed.py prints it).
     """
+    if finish:
+        gc.collect()
+        run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)   # CPython's; elsewhere they are skipped
+        if run_exit_handlers is not None:
+            run_exit_handlers()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -272,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: this program's arguments) and return the exit code."""
     program = argv is None       # the `qsfl` program itself, not a caller in Python
     try:
-        return _run(argv)
+        code = _run(argv)
     except BaseException as exc:
         if not interrupted(exc):
             raise
@@ -280,8 +291,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("interrupted", file=sys.stderr)
         if program:
+            _stop_forkserver()
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
+    if program and not _observed():
+        _exit_now(code, finish=True)
+    return code
+
+
+def _stop_forkserver() -> None:
+    """Stop the forkserver this process started, if any (it may still be importing torch after a Ctrl-C at
+    start-up: it ignores SIGINT, and would otherwise outlive this process by seconds)."""
+    forkserver = sys.modules.get("tuning.forkserver")
+    if forkserver is not None:
+        forkserver.stop_forkserver()
+
+
+def _observed() -> bool:
+    """Whether a profiler, tracer or coverage tool watches this process: it writes its results after main()
+    returns or at the interpreter's exit, so the program must end the ordinary way."""
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)   # Python 3.12+: cProfile and coverage use sys.monitoring
+    return monitoring is not None and any(monitoring.get_tool(i) is not None for i in range(6))
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -295,6 +327,10 @@ def _run(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in ("tune", "compare"):
+            from tuning import cli as tuning_cli
+
+            tuning_cli.start_workers_early(args)   # torch is not imported yet: the forkserver imports it meanwhile
         return int(args.func(args) or 0)
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from qsfl.config import SimConfig, StrategyConfig, load_config
 from qsfl.errors import ConfigError
-from qsfl.history import History
-from qsfl.state import SimState
 
 if TYPE_CHECKING:
+    from qsfl.config import SimConfig, StrategyConfig, load_config
+    from qsfl.history import History
     from qsfl.sim import Simulation
+    from qsfl.state import SimState
 
 __version__ = "0.1.0"
 
@@ -46,11 +46,18 @@ def register_dataset(name: str, loader: Any, *, replace: bool = False) -> None:
     _register(name, loader, replace=replace)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Simulation":   # lazily: importing qsfl stays light (no torch engine until a run)
-        from qsfl.sim import Simulation
+#: names imported when first used, so that ``import qsfl`` (and the CLI's argument parsing) does not import torch
+_LAZY = {"SimConfig": "qsfl.config", "StrategyConfig": "qsfl.config", "load_config": "qsfl.config",
+         "History": "qsfl.history", "SimState": "qsfl.state", "Simulation": "qsfl.sim"}
 
-        return Simulation
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'qsfl' has no attribute {name!r}")
 
 

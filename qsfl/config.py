@@ -8,7 +8,6 @@ and the allowed range, so a CLI can print it and exit with code 2.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from qsfl.errors import (
     check_table,
     reject_unknown,
 )
+from qsfl.io import dump_toml, load_toml, parse_assignments, parse_value  # the TOML helpers, re-exported
 from qsfl.strategy_config import (
     AGGREGATES,
     AUTHORS_DEFAULTS,
@@ -234,39 +234,6 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
                       f"{'/'.join(_OPTION_TABLES)}.<option>")
 
 
-def parse_value(text: str) -> Any:
-    """Parse the right-hand side of ``--set key=value`` as a TOML value (bare words stay strings)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """Turn ["a.b=1", "c=x"] into {"a.b": 1, "c": "x"}; a malformed item raises ConfigError."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, text = item.split("=", 1)
-        out[key.strip()] = parse_value(text.strip())
-    return out
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing file or bad syntax raises ConfigError naming the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return data
-
-
 def load_config(path: str | Path) -> SimConfig:
     """Read a SimConfig from TOML (top-level fields plus a [strategy] table); an empty file is an error."""
     data = load_toml(path)
@@ -275,8 +242,3 @@ def load_config(path: str | Path) -> SimConfig:
     return SimConfig.from_dict(data)
 
 
-def dump_toml(data: Mapping[str, Any]) -> str:
-    """Serialise a nested dict as TOML text."""
-    import tomli_w
-
-    return tomli_w.dumps(dict(data))

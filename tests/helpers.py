@@ -125,8 +125,9 @@ HOOKS = '''
 """Test hooks for `qsfl` processes, active with QSFL_TEST_HOOKS=DIR (tests/helpers.py: interrupt_at).
 
 * DIR/importing: the `qsfl` process has started to import torch (inside qsfl_cli.main);
-* DIR/pool-start: a multiprocessing forkserver has started (a --workers pool is starting); it is then held for
-  QSFL_TEST_HOLD_FORKSERVER seconds, as a forkserver importing torch on a busy machine would be.
+* DIR/pool-start: the `qsfl` process asks its forkserver for a first worker (a --workers pool or a local
+  cluster is starting). The forkserver (started earlier, at the CLI's start) is held from its start until
+  QSFL_TEST_HOLD_FORKSERVER seconds after that moment, as a forkserver importing torch on a busy machine would be.
 """
 import os
 import sys
@@ -137,6 +138,8 @@ _DIR = os.environ.get("QSFL_TEST_HOOKS")
 
 def _mark(name):
     path = os.path.join(_DIR, name)
+    if os.path.exists(path):
+        return
     with open(path + ".tmp", "w") as fh:
         fh.write(str(os.getpid()))
     os.replace(path + ".tmp", path)
@@ -145,13 +148,19 @@ def _mark(name):
 if _DIR:
     with open("/proc/self/cmdline", "rb") as fh:
         _CMD = fh.read().replace(b"\\0", b" ").decode(errors="replace")
-    if "multiprocessing.forkserver" in _CMD:
-        _mark("pool-start")
-        time.sleep(float(os.environ.get("QSFL_TEST_HOLD_FORKSERVER", "0")))
-    elif "qsfl_cli" in _CMD:
+    _HOLD = float(os.environ.get("QSFL_TEST_HOLD_FORKSERVER", "0"))
+    if "multiprocessing.forkserver" in _CMD:   # its command line names qsfl_cli too (its main_path)
+        if _HOLD:
+            _deadline = time.monotonic() + 300
+            while not os.path.exists(os.path.join(_DIR, "pool-start")) and time.monotonic() < _deadline:
+                time.sleep(0.01)
+            time.sleep(_HOLD)
+    elif "qsfl_cli" in _CMD and "multiprocessing" not in _CMD:
         def _hook(event, args):
             if event == "import" and args[0] == "torch":
                 _mark("importing")
+            elif event == "socket.connect" and "listener-" in str(args[1]):   # the forkserver's socket
+                _mark("pool-start")
         sys.addaudithook(_hook)
 '''
 
@@ -164,8 +173,9 @@ def interrupt_at(argv: Sequence[str], moment: str | object, tmp: Path, *, hold_s
     """Run ``qsfl ARGV`` in a session of its own and send SIGINT to its process group (what a terminal's Ctrl-C
     does) at ``moment``: "importing" (torch, at start-up), "pool-start" (the --workers pool's forkserver has
     started, held ``hold_s`` seconds so the signal lands before any worker exists), or a callable that returns
-    True once the moment has come. Returns rc, stderr, the seconds from the signal to the exit, and the processes
-    below it at the signal that are still running half a second after its exit."""
+    True once the moment has come. Returns rc, stderr, the seconds from the signal to the end of its stderr (every
+    process of the command gone, e.g. no forkserver still importing torch), and the processes below it at the signal
+    that are still running half a second after that."""
     import signal
     import time
 
@@ -193,8 +203,8 @@ def interrupt_at(argv: Sequence[str], moment: str | object, tmp: Path, *, hold_s
         start = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
+        err = proc.stderr.read()   # to its end: until every process of the command has exited (or closed it)
         elapsed = time.monotonic() - start
-        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -23,6 +23,7 @@ from helpers import alive, descendants, without_timing
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError
+from tuning import interrupts
 from tuning import workers as W
 from tuning.workers import DaskWorkers, PoolWorkers, SerialWorkers, check_cluster, make_workers
 
@@ -188,14 +189,14 @@ def default_sigint():
 def test_ctrl_c_inside_the_pool_machinery_is_deferred_to_the_end_of_the_block():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     reached = []
-    with pytest.raises(KeyboardInterrupt), W.ctrl_c_deferred() as interrupted:
+    with pytest.raises(KeyboardInterrupt), interrupts.ctrl_c_deferred() as interrupted:
         assert not interrupted()
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)                       # the handler has run: a KeyboardInterrupt would be here
         reached.append(interrupted())
     assert reached == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # restored
-    with W.ctrl_c_deferred() as interrupted:     # no SIGINT: nothing raised
+    with interrupts.ctrl_c_deferred() as interrupted:     # no SIGINT: nothing raised
         pass
     assert not interrupted()
 
@@ -206,7 +207,7 @@ def test_ctrl_c_deferral_leaves_other_handlers_and_threads_alone():
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with W.ctrl_c_deferred() as interrupted:
+        with interrupts.ctrl_c_deferred() as interrupted:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
@@ -216,7 +217,7 @@ def test_ctrl_c_deferral_leaves_other_handlers_and_threads_alone():
     seen = []
 
     def other_thread():
-        with W.ctrl_c_deferred() as interrupted:
+        with interrupts.ctrl_c_deferred() as interrupted:
             seen.append(signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupted())
 
     t = threading.Thread(target=other_thread)

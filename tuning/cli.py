@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qsfl.errors import ConfigError
-from qsfl.io import atomic_write_text
+from qsfl.io import atomic_write_text, load_toml, parse_assignments
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,34 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     c.add_argument("--base", type=Path, metavar="FILE.toml",
                    help="base SimConfig when OUT_DIR has no spec.toml with a [base] table")
     c.add_argument("--topk-p", dest="topk_p", type=float, default=0.1, help="p of the topk baseline (default 0.1)")
+
+
+# ----- before torch is imported -----------------------------------------------------------------------
+def planned_workers(args: argparse.Namespace) -> tuple[int, str | None]:
+    """(workers, cluster) that this ``tune`` or ``compare`` command will run on, read without importing torch:
+    the flags, else (tune) the spec's ``study.workers`` / ``study.cluster`` with its --set overrides. (1, None)
+    where the spec cannot be read: the command's own checks report that."""
+    workers, cluster = args.workers, args.cluster
+    if args.command == "tune" and (workers is None or cluster is None):
+        try:
+            study = load_toml(args.spec).get("study", {})
+            overrides = parse_assignments(args.overrides)
+        except ConfigError:
+            study, overrides = {}, {}
+        study = dict(study) if isinstance(study, dict) else {}
+        study.update({key.split(".", 1)[1]: value for key, value in overrides.items()
+                      if key in ("study.workers", "study.cluster")})
+        workers = workers if workers is not None else study.get("workers")
+        cluster = cluster if cluster is not None else study.get("cluster")
+    return (workers if isinstance(workers, int) else 1), (cluster if isinstance(cluster, str) else None)
+
+
+def start_workers_early(args: argparse.Namespace) -> None:
+    """Start the forkserver of this command's pool or ``local:N`` cluster now (:func:`tuning.forkserver.start_early`),
+    before this process imports torch: both imports then run at once (benchmarks/cluster_speed.py)."""
+    from tuning.forkserver import start_early
+
+    start_early(*planned_workers(args))
 
 
 # ----- tune ----------------------------------------------------------------------------------------

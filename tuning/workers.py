@@ -29,14 +29,12 @@ Ctrl-C with a process pool, at any moment (docs/reliability.md):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import importlib.util
 import itertools
 import logging
 import multiprocessing as mp
-import os
 import re
 import signal
 import threading
@@ -46,6 +44,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qsfl.errors import ConfigError, check_range
+from tuning.forkserver import DASK_PRELOAD, available, ensure_forkserver, pool_context, stop_forkserver
+from tuning.interrupts import HAVE_SIGMASK, POLL_S, block_sigint_in_this_thread, ctrl_c_deferred
 
 if TYPE_CHECKING:
     from qsfl.config import SimConfig
@@ -55,12 +55,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: modules the forkserver imports once, so that every forked pool worker starts with them loaded
-PRELOAD = ["torch", "qsfl.sim", "tuning.objective"]
 LOCAL_PREFIX = "local:"
 CONNECT_TIMEOUT_S = 30.0   # how long to wait for a Dask scheduler that does not answer
-POLL_S = 0.1               # the longest a wait on a pool goes without looking for a deferred Ctrl-C
-_HAVE_SIGMASK = hasattr(signal, "pthread_sigmask")
 _ADDRESS = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 
 Warm = tuple[str, dict[str, Any]] | None   # (dataset name, dataset options) to load when a worker starts
@@ -112,7 +108,7 @@ def init_pool_worker(warm: Warm) -> None:
     The worker was started with SIGINT blocked (:func:`start_pool`): a Ctrl-C of its start-up is pending and
     is discarded when the signal is unblocked here, after it is ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if _HAVE_SIGMASK:
+    if HAVE_SIGMASK:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     setup_process(warm)
 
@@ -216,80 +212,6 @@ def _one_thread(results: Iterator[tuple[int, R]]) -> Iterator[tuple[int, R]]:
         torch.set_num_threads(threads)   # a library caller gets its setting back
 
 
-def pool_context() -> Any:
-    """The multiprocessing context of every pool: forkserver (with :data:`PRELOAD`) where available, else spawn.
-
-    Never fork: a forked child of a process that already ran torch can deadlock in its thread pools.
-    """
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
-        return ctx
-    return mp.get_context("spawn")
-
-
-# ----- Ctrl-C -------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
-    """Inside this block a SIGINT only sets a flag (the yielded callable tells whether one came); leaving the
-    block raises it as KeyboardInterrupt. For the main thread's calls into multiprocessing's code, which must not
-    be interrupted half-way; the calls inside wait at most :data:`POLL_S` at a time and check the flag.
-
-    Only where Python's own handler is installed (a KeyboardInterrupt at any bytecode); elsewhere (another
-    thread, SIGINT ignored or handled by the caller) nothing changes and the flag stays false.
-    """
-    main = threading.current_thread() is threading.main_thread()
-    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield lambda: False
-        return
-    hit: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
-    try:
-        yield lambda: bool(hit)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if hit:
-        raise KeyboardInterrupt
-
-
-def _block_sigint_in_this_thread() -> None:
-    """Block SIGINT in this (helper) thread, so that every process it starts inherits the blocked signal.
-
-    The resource tracker is started first: ``multiprocessing.resource_tracker`` unblocks SIGINT in the calling
-    thread after starting its process, which would undo the block for the forkserver started next.
-    """
-    if not _HAVE_SIGMASK:   # Windows: no signal masks (and no Ctrl-C sent to the workers' process group)
-        return
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-
-def _forkserver_pid() -> int | None:
-    """The process id of this process's forkserver, None if none runs. The standard library keeps it private
-    (unchanged from Python 3.4 to 3.14): without it an abandoned start leaves the forkserver to finish its
-    imports and exit by itself."""
-    import multiprocessing.forkserver as forkserver
-
-    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-
-
-def ensure_forkserver() -> None:
-    """Start the forkserver (if none runs) from a thread that blocks SIGINT, so that it and every process it
-    forks start with SIGINT blocked (see the module docstring)."""
-    import multiprocessing.forkserver
-
-    def start() -> None:
-        _block_sigint_in_this_thread()   # the thread ends here
-        multiprocessing.forkserver.ensure_running()
-
-    thread = threading.Thread(target=start, name="qsfl-forkserver-start", daemon=True)
-    with ctrl_c_deferred():
-        thread.start()
-        thread.join()    # a fork and exec: milliseconds
-
-
 #: the longest an abandoned pool start is waited for (it fails at once once its forkserver was stopped)
 ABANDON_WAIT_S = 5.0
 
@@ -298,19 +220,19 @@ def start_pool(workers: int, warm: Warm) -> Any:
     """A ``multiprocessing.Pool`` of ``workers`` processes (:func:`init_pool_worker`), started from a helper thread
     that blocks SIGINT while this thread waits for it, ready for a Ctrl-C (see the module docstring).
 
-    KeyboardInterrupt (or any exception) while waiting abandons the start: the forkserver it launched and the
-    workers already started are stopped (the start then fails at once), a pool that finished starting is
-    terminated, and its semaphores are released before the exception is re-raised (a CLI that exits with
-    ``os._exit`` would otherwise leave them to the resource tracker, which warns about them on stderr).
+    KeyboardInterrupt (or any exception) while waiting abandons the start: the forkserver (the one it launched, or
+    one started earlier that is still importing: :func:`tuning.forkserver.start_early`) and the workers already
+    started are stopped (the start then fails at once; a later pool starts a new forkserver), a pool that
+    finished starting is terminated, and its semaphores are released before the exception is re-raised (a CLI
+    that exits with ``os._exit`` would otherwise leave them to the resource tracker, which warns about them).
     """
     ctx = pool_context()
     lock = threading.Lock()
     box: dict[str, Any] = {}
-    forkserver_before = _forkserver_pid() if ctx.get_start_method() == "forkserver" else None
     children_before = set(mp.active_children())
 
     def start() -> None:
-        _block_sigint_in_this_thread()   # the pool's own threads started here inherit it too (harmless)
+        block_sigint_in_this_thread()   # the pool's own threads started here inherit it too (harmless)
         try:
             pool = ctx.Pool(workers, initializer=init_pool_worker, initargs=(warm,))
         except BaseException as exc:  # noqa: BLE001 - handed over to the waiting thread
@@ -339,7 +261,7 @@ def start_pool(workers: int, warm: Warm) -> Any:
             if pool is not None:
                 pool.terminate()
             else:
-                _stop_start(forkserver_before, children_before)
+                _stop_start(children_before, forkserver=ctx.get_start_method() == "forkserver")
                 thread.join(ABANDON_WAIT_S)
             del pool
             box.clear()
@@ -350,15 +272,13 @@ def start_pool(workers: int, warm: Warm) -> Any:
     return box.pop("pool")
 
 
-def _stop_start(forkserver_before: int | None, children_before: set[Any]) -> None:
-    """Stop what an abandoned pool start has started so far: its workers and the forkserver it launched."""
+def _stop_start(children_before: set[Any], *, forkserver: bool) -> None:
+    """Stop what an abandoned pool start has started so far (its workers) and the forkserver it waits for."""
     for child in mp.active_children():
         if child not in children_before:
             child.terminate()
-    pid = _forkserver_pid()
-    if pid is not None and pid != forkserver_before:
-        with contextlib.suppress(OSError):   # it may have just exited
-            os.kill(pid, signal.SIGTERM)      # it ignores SIGINT; imports of torch take seconds
+    if forkserver:
+        stop_forkserver()
 
 
 def _poll(source: list[Any]) -> Iterator[Any]:
@@ -553,11 +473,9 @@ def _start_forkserver_for_dask() -> bool:
     Forked from it, workers start faster and, unlike spawned workers that imported torch, exit at once when the
     cluster closes, and (:func:`ensure_forkserver`) they start with SIGINT blocked: a Ctrl-C is this process's
     to handle. Workers restarted later (after a worker died) are spawned, as Dask does by default."""
-    if "forkserver" not in mp.get_all_start_methods():
+    if not available():
         return False
-    ctx = pool_context()
-    ctx.set_forkserver_preload([*PRELOAD, "distributed"])   # no effect if the forkserver already runs
-    ensure_forkserver()                                      # so Dask's own preload list does not replace ours
+    ensure_forkserver(DASK_PRELOAD)   # no effect if one runs (qsfl's CLI starts it first: start_early)
     return True
 
 
