@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import gc
 import logging
 import os
 import signal
@@ -250,13 +249,11 @@ def _exit_now(code: int, *, finish: bool = False) -> None:
 
     After Ctrl-C every ``finally`` has run (workers terminated, files written atomically), and tearing down
     torch alone takes seconds on a busy machine; a user who pressed Ctrl-C wants the prompt back now.
-    ``finish``: after a command that finished, first collect garbage (a closed pool's semaphores are unlinked
-    when collected; left over, the resource tracker warns about them) and run the exit handlers (``atexit``:
-    multiprocessing's, Dask's, logging's). Only the teardown of every module's objects is skipped: 0.5-1.5 s with
-    torch, pandas and Dask loaded (benchmarks/cluster_speed.py prints it).
+    ``finish``: after a command that finished, first run the exit handlers (``atexit``: multiprocessing's, Dask's,
+    logging's). Only the teardown of every module's objects is skipped: about a second with torch, pandas and
+    Dask loaded (benchmarks/startup.py measures it).
     """
     if finish:
-        gc.collect()
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)   # CPython's; elsewhere they are skipped
         if run_exit_handlers is not None:
             run_exit_handlers()

@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPTS = {
+    "cli_startup": ["--quick"],
     "cluster_speed": ["--quick", "--repeats", "1"],
     "communication": ["--quick", "--datasets", "digits", "--seeds", "0"],
     "engine": ["--quick", "--cases", "mlp_digits_c50", "mlp_digits_c20_dirichlet"],
