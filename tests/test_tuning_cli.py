@@ -223,3 +223,29 @@ def test_resume_without_a_study_is_an_error(tiny_spec, tmp_path, capsys):
     assert main(["tune", str(tiny_spec), "--out", str(out), "--resume", "-q"]) == 2
     assert "holds no study" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())      # --out stays usable
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_histories_of_the_best_and_the_baseline_equal_direct_runs_wherever_they_ran(tmp_path, workers):
+    """histories/best and histories/baseline (re-run on the pool's workers when there is one) are the Histories of
+    the best config and the authors' defaults on the first seed, exactly as a direct ``simulate`` gives them."""
+    import qsfl
+    from qsfl.history import History
+    from tuning.spec import load_spec
+    from tuning.study import baseline_point
+
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(spec_text(save_histories=True, population=3, generations=1))
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--no-report", "--quiet", "--workers", str(workers)]) == 0
+    spec = load_spec(spec_path)
+    best = load_toml(out / "best.toml")["best"][0]["params"]
+    seed = spec.study.seeds[0]
+    expected = {"best": spec.base.with_overrides({**spec.space.overrides(best), "seed": seed}),
+                "baseline": spec.base.with_overrides({**(baseline_point(spec).overrides or {}), "seed": seed})}
+    for name, config in expected.items():
+        saved = History.load(out / "histories" / name)
+        direct = qsfl.simulate(config)
+        assert saved.config == config.to_dict()
+        cols = [c for c in direct.df.columns if "time" not in c]
+        pd.testing.assert_frame_equal(saved.df[cols], direct.df[cols], check_dtype=False)

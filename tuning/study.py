@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -28,7 +28,11 @@ from tuning.space import authors_k, baseline_overrides
 from tuning.spec import StudySpec, parse_spec
 from tuning.trials import TrialsTable, fitness_columns
 from tuning.validate import check_resume, validate_study
-from tuning.workers import Workers, make_workers
+from tuning.workers import SerialWorkers, Workers, make_workers
+
+if TYPE_CHECKING:
+    from qsfl.config import SimConfig
+    from qsfl.history import History
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +181,30 @@ def write_best(out_dir: Path, spec: StudySpec, best: list[dict[str, Any]]) -> No
     atomic_write_text(out_dir / "best.toml", dump_toml(doc))
 
 
-def write_histories(spec: StudySpec, out_dir: Path, best: list[dict[str, Any]]) -> None:
-    """Re-run the best config and the baseline on the first seed and save their Histories for plots."""
-    from qsfl.sim import simulate
-
+def write_histories(spec: StudySpec, out_dir: Path, best: list[dict[str, Any]], pool: Workers | None = None) -> None:
+    """Re-run the best config and the baseline on the first seed and save their Histories for plots; on ``pool``'s
+    workers at once where given (each run is seeded and single-threaded: the same History wherever it runs)."""
     seed = spec.study.seeds[0]
     runs = {}
     if best:
         runs["best"] = spec.base.with_overrides({**spec.space.overrides(best[0]["params"]), "seed": seed})
     runs["baseline"] = spec.base.with_overrides({**(baseline_point(spec).overrides or {}), "seed": seed})
-    for name, cfg in runs.items():
-        try:
-            simulate(cfg).save(out_dir / "histories" / name)
-        except Exception as exc:  # noqa: BLE001 - plots are optional; the study's results are already written
-            log.warning("could not save the %s history: %s", name, exc)
+    pool = pool if pool is not None else SerialWorkers()
+    for name, history in zip(runs, pool.map(simulate_or_reason, list(runs.values())), strict=True):
+        if isinstance(history, str):   # plots are optional; the study's results are already written
+            log.warning("could not save the %s history: %s", name, history)
+        else:
+            history.save(out_dir / "histories" / name)
+
+
+def simulate_or_reason(config: SimConfig) -> History | str:
+    """``simulate(config)``, or why it failed (a worker's task: the error as text)."""
+    from qsfl.sim import simulate
+
+    try:
+        return simulate(config)
+    except Exception as exc:  # noqa: BLE001 - reported by the caller
+        return f"{type(exc).__name__}: {exc}"
 
 
 # ----- the whole study ---------------------------------------------------------------------------------
@@ -284,7 +298,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
                              simulated_rounds=simulated, completed=completed)
         write_summary(result)
         if spec.study.save_histories and stop_after is None:
-            write_histories(spec, out, best)
+            write_histories(spec, out, best, pool)
         ok = True
     finally:
         if bar is not None:
