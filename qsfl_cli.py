@@ -291,14 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stop_forkserver()
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-    if program and not _observed():
-        _exit_now(code, finish=True)
+    if program:
+        _stop_forkserver()   # idle now; left alone it would tear down torch for most of a second after we exit
+        if not _observed():
+            _exit_now(code, finish=True)
     return code
 
 
 def _stop_forkserver() -> None:
-    """Stop the forkserver this process started, if any (it may still be importing torch after a Ctrl-C at
-    start-up: it ignores SIGINT, and would otherwise outlive this process by seconds)."""
+    """Stop the forkserver this process started, if any. After a Ctrl-C at start-up it may still be importing torch
+    (it ignores SIGINT); after a finished command it is idle. Either way, left alone it outlives this process by
+    up to seconds (a pipe such as ``qsfl tune ... | tee log`` stays open that long)."""
     forkserver = sys.modules.get("tuning.forkserver")
     if forkserver is not None:
         forkserver.stop_forkserver()
