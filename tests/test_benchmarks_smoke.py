@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPTS = {
-    "cli_startup": ["--quick"],
+    "cli_startup": ["--quick", "--repeats", "1"],
     "cluster_speed": ["--quick", "--repeats", "1"],
     "communication": ["--quick", "--datasets", "digits", "--seeds", "0"],
     "engine": ["--quick", "--cases", "mlp_digits_c50", "mlp_digits_c20_dirichlet"],
