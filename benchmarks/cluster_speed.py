@@ -3,6 +3,7 @@ each ``qsfl tune`` process (start-up, baseline and pool start included) and whet
 
     python benchmarks/cluster_speed.py            # studies/quickstart.toml as written (minutes on 2 cores)
     python benchmarks/cluster_speed.py --quick    # population 4, 1 generation, 3 rounds: checks the script
+    python benchmarks/cluster_speed.py --no-fidelity   # the same study without [fidelity]: all rounds, longer
 
 Also prints the CPU share an idle pool and an idle LocalCluster use (Dask's housekeeping takes CPU the
 workers need on a small machine).
@@ -88,15 +89,36 @@ def idle_cpu(mode: str, seconds: float = 10.0) -> float:
         workers.close()
 
 
+def without_fidelity(spec: Path, directory: Path) -> Path:
+    """A copy of ``spec`` without its [fidelity] table (in ``directory``; relative data paths made absolute)."""
+    from qsfl.io import dump_toml, load_toml
+    from tuning.spec import resolve_data_paths
+
+    raw = load_toml(spec)
+    resolve_data_paths(raw, spec.parent)
+    raw.pop("fidelity", None)
+    raw.setdefault("study", {})["name"] = f"{raw.get('study', {}).get('name', spec.stem)}_no_fidelity"
+    path = directory / f"{spec.stem}_no_fidelity.toml"
+    path.write_text(dump_toml(raw))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=REPO / "studies" / "quickstart.toml")
     ap.add_argument("--quick", action="store_true", help="a tiny study: checks that the script works")
     ap.add_argument("--repeats", type=int, default=2, help="runs per mode, alternating the order (default 2)")
+    ap.add_argument("--no-fidelity", action="store_true",
+                    help="without the spec's [fidelity] table: every evaluation runs all rounds (a longer study)")
     args = ap.parse_args(argv)
     extra = QUICK if args.quick else []
+    if args.no_fidelity:   # drop the pairs "--set fidelity.*"
+        extra = [x for flag, value in zip(extra[::2], extra[1::2], strict=True) if not value.startswith("fidelity.")
+                 for x in (flag, value)]
     times: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.no_fidelity:
+            args.spec = without_fidelity(args.spec, Path(tmp))
         order = list(MODES)
         for rep in range(args.repeats):
             for mode in order if rep % 2 == 0 else order[::-1]:
