@@ -250,7 +250,7 @@ def _exit_now(code: int, *, finish: bool = False) -> None:
     After Ctrl-C every ``finally`` has run (workers terminated, files written atomically), and tearing down
     torch alone takes seconds on a busy machine; a user who pressed Ctrl-C wants the prompt back now.
     ``finish``: after a command that finished, first run the exit handlers (``atexit``: multiprocessing's, Dask's,
-    logging's). Only the teardown of every module's objects is skipped: about a second with torch, pandas and
+XX
     Dask loaded (benchmarks/startup.py measures it).
     """
     if finish:
