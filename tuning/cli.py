@@ -82,7 +82,7 @@ def planned_workers(args: argparse.Namespace) -> tuple[int, str | None]:
 
 def start_workers_early(args: argparse.Namespace) -> None:
     """Start the forkserver of this command's pool or ``local:N`` cluster now (:func:`tuning.forkserver.start_early`),
-    before this process imports torch: both imports then run at once (benchmarks/cluster_speed.py)."""
+    before this process imports torch: both imports then run at once (benchmarks/cli_startup.py)."""
     from tuning.forkserver import start_early
 
     start_early(*planned_workers(args))
