@@ -1,7 +1,7 @@
 """What the CLI's process handling saves on a whole ``qsfl tune`` with ``--workers 2`` and ``--cluster local:2``:
 
 * the early forkserver start: the forkserver of the pool (or of the LocalCluster's workers) is started before the
-  ``qsfl`` process imports torch, so that both imports run at once (tuning/forkserver.py: start_early);
+  ``qsfl`` process imports torch, so that both imports run at once (tuning/workers.py: start_forkserver_early);
 * the fast exit: after a finished command the exit handlers run and the interpreter's teardown of every module's
   objects is skipped (qsfl_cli.py: _exit_now).
 

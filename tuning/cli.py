@@ -81,11 +81,12 @@ def planned_workers(args: argparse.Namespace) -> tuple[int, str | None]:
 
 
 def start_workers_early(args: argparse.Namespace) -> None:
-    """Start the forkserver of this command's pool or ``local:N`` cluster now (:func:`tuning.forkserver.start_early`),
-    before this process imports torch: both imports then run at once (benchmarks/cli_startup.py)."""
-    from tuning.forkserver import start_early
+    """Start the forkserver of this command's pool or ``local:N`` cluster now
+    (:func:`tuning.workers.start_forkserver_early`), before this process imports torch: both imports then run at
+    once (benchmarks/cli_startup.py)."""
+    from tuning.workers import start_forkserver_early
 
-    start_early(*planned_workers(args))
+    start_forkserver_early(*planned_workers(args))
 
 
 # ----- tune ----------------------------------------------------------------------------------------

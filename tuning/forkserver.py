@@ -1,7 +1,7 @@
 """The forkserver every local worker process is forked from (a ``--workers`` pool, a ``local:N`` Dask cluster):
 one process that imports torch and qsfl once, so that a worker starts in a fraction of a second.
-Standard library only: the CLI starts it before it imports torch itself (:func:`start_early`), so that both
-imports run at once.
+Standard library only: the CLI starts it before it imports torch itself
+(:func:`tuning.workers.start_forkserver_early`), so that both imports run at once.
 
 It and every process it forks start with SIGINT blocked (:func:`ensure_forkserver`): a Ctrl-C is the main
 process's to handle, which stops the forkserver (:func:`stop_forkserver`) before it exits.
@@ -67,32 +67,10 @@ def ensure_forkserver(preload: list[str] | None = None) -> None:
         thread.join()    # a fork and exec: milliseconds
 
 
-def start_early(workers: int, cluster: str | None) -> bool:
-    """Start the forkserver now for a command that will use ``workers`` pool processes or ``cluster`` (a
-    ``local:N`` cluster; a remote scheduler needs none), so that it imports torch while this process still
-    does. Returns whether it started one. Nothing for a serial run: that import would only take CPU from
-    this process's own."""
-    if not available():
-        return False
-    if cluster is not None:
-        if not cluster.startswith("local:"):
-            return False
-        import importlib.util
-
-        if importlib.util.find_spec("distributed") is None:   # the cluster will fail with its own message
-            return False
-        ensure_forkserver(DASK_PRELOAD)
-        return True
-    if workers > 1:
-        ensure_forkserver(PRELOAD)
-        return True
-    return False
-
-
-def stop_forkserver(pid: int | None = None) -> None:
-    """SIGTERM the forkserver (``pid``, default this process's). It ignores SIGINT and may still be importing
-    torch (seconds on a busy machine); an idle one exits by itself when this process does."""
-    pid = forkserver_pid() if pid is None else pid
+def stop_forkserver() -> None:
+    """SIGTERM this process's forkserver, if one runs. It ignores SIGINT and may still be importing torch (seconds
+    on a busy machine); an idle one exits by itself when this process does, after tearing torch down."""
+    pid = forkserver_pid()
     if pid is not None:
         with contextlib.suppress(OSError):   # it may have just exited
             os.kill(pid, signal.SIGTERM)

@@ -221,7 +221,7 @@ def start_pool(workers: int, warm: Warm) -> Any:
     that blocks SIGINT while this thread waits for it, ready for a Ctrl-C (see the module docstring).
 
     KeyboardInterrupt (or any exception) while waiting abandons the start: the forkserver (the one it launched, or
-    one started earlier that is still importing: :func:`tuning.forkserver.start_early`) and the workers already
+    one started earlier that is still importing: :func:`start_forkserver_early`) and the workers already
     started are stopped (the start then fails at once; a later pool starts a new forkserver), a pool that
     finished starting is terminated, and its semaphores are released before the exception is re-raised (a CLI
     that exits with ``os._exit`` would otherwise leave them to the resource tracker, which warns about them).
@@ -350,7 +350,7 @@ class DaskWorkers(Workers):
 
     def __init__(self, cluster: str, base: SimConfig | None = None) -> None:
         check_cluster("--cluster", cluster)
-        if importlib.util.find_spec("distributed") is None:   # before a forkserver is started for nothing
+        if not _have_distributed():   # before a forkserver is started for nothing
             raise ConfigError(f"--cluster {cluster}: needs Dask distributed; pip install -e \".[dask]\"")
         n = local_workers(cluster)
         forkserver = n is not None and _start_forkserver_for_dask()
@@ -466,6 +466,25 @@ def _private_random_for_dask() -> None:
             module.random = random.Random()  # type: ignore[attr-defined]
 
 
+def _have_distributed() -> bool:
+    """Whether Dask distributed is installed (the ``[dask]`` extra), without importing it."""
+    return importlib.util.find_spec("distributed") is not None
+
+
+def start_forkserver_early(workers: int, cluster: str | None) -> bool:
+    """Start the forkserver now for a command that will use ``workers`` pool processes or ``cluster``, so that it
+    imports torch while this process still does (the CLI calls it before it imports torch). Returns whether it
+    started one: only for a pool or a ``local:N`` cluster (a remote scheduler's workers are elsewhere); nothing for
+    a serial run, where that import would only take CPU from this process's own."""
+    if cluster is not None:
+        # not validated yet (the command does that next): any local:... value is meant for this machine
+        return cluster.startswith(LOCAL_PREFIX) and _have_distributed() and _start_forkserver_for_dask()
+    if workers > 1 and available():
+        ensure_forkserver()
+        return True
+    return False
+
+
 def _start_forkserver_for_dask() -> bool:
     """Start our forkserver (torch, qsfl and distributed preloaded) for a LocalCluster's workers; returns whether
     there is one. Started before this process imports distributed, so that both imports run at once.
@@ -475,7 +494,7 @@ def _start_forkserver_for_dask() -> bool:
     to handle. Workers restarted later (after a worker died) are spawned, as Dask does by default."""
     if not available():
         return False
-    ensure_forkserver(DASK_PRELOAD)   # no effect if one runs (qsfl's CLI starts it first: start_early)
+    ensure_forkserver(DASK_PRELOAD)   # no effect if one runs (the CLI starts it first: start_forkserver_early)
     return True
 
 
