@@ -176,8 +176,8 @@ def run_tune(args: argparse.Namespace) -> int:
     from qsfl.errors import ConfigError
     from tuning import cli as tuning_cli
 
-    out, code = tuning_cli.tune(args)
-    if args.no_report:
+    out, code, ran = tuning_cli.tune(args)
+    if args.no_report or not ran:
         return code
     from reports.report import write_report
 
@@ -198,13 +198,19 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     """``qsfl compare``: the simulations (tuning), then the tables and figures (reports)."""
-    from reports.compare import display_table, write_compare
+    from reports.compare import display_table, objective_texts, summary_note, verdicts, write_compare
     from reports.format import md_table
     from tuning import cli as tuning_cli
+    from tuning.results import read_compare
 
     out = tuning_cli.compare(args)
     summary = write_compare(out)
-    print(md_table(display_table(summary).drop(columns=["setting"])))
+    compare = read_compare(out)
+    assert compare is not None   # write_compare just read it
+    print(md_table(display_table(summary, objective_texts(compare)).drop(columns=["setting"])))
+    print(summary_note(compare, summary))
+    for line in verdicts(compare, summary):
+        print(f"- {line}")
     print(f"written to {out}/compare.csv, compare_tests.csv, compare.md, compare/, figures/compare_convergence.png")
     if (out / "spec.toml").is_file():
         print(f"include it in the report: qsfl report {out}")

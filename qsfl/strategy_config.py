@@ -39,6 +39,9 @@ class StrategyConfig:
     name: str = "fedavg"
 
     strategy_name: ClassVar[str] = ""   # the registered name of a concrete config class
+    # Fields a tuning study's baseline ("the defaults") always resets to this class's defaults, searched or not
+    # (QSFL: the authors' beta, alpha, ns and p, K from alpha); a searched field not listed is reset as well.
+    baseline_fields: ClassVar[tuple[str, ...]] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StrategyConfig:
         if cls is not StrategyConfig:
@@ -59,6 +62,32 @@ class StrategyConfig:
 
     def validate(self) -> None:
         """Check this strategy's own fields (ConfigError naming ``strategy.<field>``)."""
+
+    @classmethod
+    def parameters(cls) -> list[str]:
+        """This strategy's own parameters (the keys of its ``[strategy]`` table after ``name``)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+
+    @classmethod
+    def field_default(cls, field: str) -> Any:
+        """The default of one of this strategy's fields; ConfigError naming the strategy if it has no such field."""
+        found = next((f for f in dataclasses.fields(cls) if f.name == field and f.name != "name"), None)
+        if found is None:
+            raise ConfigError(f"strategy.{field}: not a parameter of strategy {cls.strategy_name!r}; its parameters: "
+                              f"{', '.join(cls.parameters()) or 'none'}")
+        return found.default
+
+    @classmethod
+    def baseline_overrides(cls, searched: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+        """Dotted overrides that put this strategy's defaults on a config: every :attr:`baseline_fields` field and
+        every ``searched`` one back to its class default (the baseline of a tuning study)."""
+        fields = dict.fromkeys([*cls.baseline_fields, *searched])
+        return {f"strategy.{name}": cls.field_default(name) for name in fields}
+
+    @classmethod
+    def defaults_label(cls) -> str:
+        """How tables and reports name this strategy's defaults (the baseline of a study tuning it)."""
+        return f"{cls.strategy_name} with its own defaults"
 
     def check_simulation(self, clients: int, system: Any = None) -> None:
         """Check the fields that depend on the simulation (e.g. a count of at most ``clients``; ``system``: the
@@ -199,6 +228,11 @@ class QSFLConfig(StrategyConfig):
     ns_max: int | None = None     # None: no upper bound (a count is at most the parameter count)
 
     strategy_name: ClassVar[str] = "qsfl"
+    baseline_fields: ClassVar[tuple[str, ...]] = ("k", "beta", "alpha", "ns", "p")
+
+    @classmethod
+    def defaults_label(cls) -> str:
+        return "QSFL with the authors' defaults"
 
     def validate(self) -> None:
         check_bool("strategy.use_qj", self.use_qj)

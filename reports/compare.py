@@ -22,7 +22,7 @@ from qsfl.errors import ConfigError
 from qsfl.io import atomic_write_text
 from reports import plots
 from reports.format import DASH, NA, md_table
-from reports.stats import LEVEL, compare_means, mean_ci
+from reports.stats import LEVEL, MIN_N, TestResult, compare_means, mean_ci, paired_compare
 from tuning.results import CompareResults, read_compare
 
 # metric names of tuning's METRICS summarised per label; the *_to_target ones over the seeds that reached it
@@ -31,15 +31,47 @@ METRICS = ("final_accuracy", "best_accuracy", "compression_ratio", "uplink_mb", 
 TESTED = ("final_accuracy", "uplink_mb")      # tested between every tuned config and every baseline
 CLIENTS_FILE = "clients.csv"
 LABELS = {"final_accuracy": "final accuracy", "best_accuracy": "best accuracy", "uplink_mb": "uplink MB"}
+# the range each metric can take: its confidence interval is clipped to it (None: the study's rounds)
+BOUNDS: dict[str, tuple[float, float | None]] = {
+    "final_accuracy": (0.0, 1.0), "best_accuracy": (0.0, 1.0), "compression_ratio": (0.0, math.inf),
+    "uplink_mb": (0.0, math.inf), "rounds_to_target": (1.0, None), "uplink_bytes_to_target": (0.0, math.inf)}
+
+
+def _bounds(metric: str, rounds: float) -> tuple[float, float]:
+    lo, hi = BOUNDS.get(metric, (-math.inf, math.inf))
+    return lo, (rounds if hi is None else hi)
 
 
 def _ok(g: pd.DataFrame) -> pd.DataFrame:
     return g[g["status"] != "failed"] if "status" in g.columns else g
 
 
+def _rounds(compare: CompareResults) -> float:
+    rounds = compare.plan.get("base", {}).get("rounds")
+    return float(rounds) if rounds else math.inf
+
+
+def _runs_with_objective(compare: CompareResults) -> pd.DataFrame:
+    """runs.csv with the study's per-seed objective values and constraint flag joined on."""
+    return compare.runs.join(compare.objective_values())
+
+
+def objective_columns(compare: CompareResults) -> list[str]:
+    """``objective_0``, ... for the study's objectives (none without an [objective] in plan.toml)."""
+    objective = compare.objective()
+    return [f"objective_{j}" for j in range(objective.n)] if objective is not None else []
+
+
 def summarise(compare: CompareResults, *, method: str = "auto") -> pd.DataFrame:
-    """One row per label: runs, failures, and mean, sample std and CI over seeds of every metric."""
-    runs = compare.runs
+    """One row per label: runs, failures, and mean, sample std and CI over seeds of every metric and of the study's
+    objective (per seed; ``objective_<j>_study`` is the study's own value over all the seeds), how many seeds
+    reached the target and met the constraint. Intervals need at least ``MIN_N`` seeds and stay in each metric's
+    range."""
+    runs = _runs_with_objective(compare)
+    rounds = _rounds(compare)
+    ocols = objective_columns(compare)
+    objective = compare.objective()
+    has_constraint = objective is not None and objective.constraint is not None
     rows = []
     for label in compare.labels:
         g = runs[runs["label"] == label]
@@ -47,13 +79,17 @@ def summarise(compare: CompareResults, *, method: str = "auto") -> pd.DataFrame:
         row: dict[str, Any] = {"label": label, "kind": compare.kind(label), "setting": compare.description(label),
                                "seeds": ",".join(str(int(s)) for s in g["seed"]), "runs": len(ok),
                                "failed": len(g) - len(ok)}
-        for m in METRICS:
+        for m in (*METRICS, *ocols):
             vals = pd.to_numeric(ok[m], errors="coerce").dropna().to_numpy(dtype=float) if m in ok else np.array([])
-            mean, lo, hi = mean_ci(vals, method=method)
+            mean, lo, hi = mean_ci(vals, method=method, bounds=_bounds(m, rounds))
             row[f"{m}_mean"] = mean
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
+        for j, value in enumerate(compare.study_fitness(label)):
+            row[f"objective_{j}_study"] = value
         row["reached"] = int(pd.to_numeric(ok["rounds_to_target"], errors="coerce").notna().sum()) if len(ok) else 0
+        if "constraint_met" in ok and has_constraint:
+            row["constraint_met"] = int(pd.to_numeric(ok["constraint_met"], errors="coerce").fillna(0).sum())
         row["diverged"] = int((ok["status"] == "diverged").sum()) if "status" in ok else 0
         row["target_accuracy"] = float(ok["target_accuracy"].iloc[0]) if len(ok) else math.nan
         rows.append(row)
@@ -62,17 +98,24 @@ def summarise(compare: CompareResults, *, method: str = "auto") -> pd.DataFrame:
 
 def significance(compare: CompareResults, *, metrics: Sequence[str] = TESTED, method: str = "auto",
                  seed: int = 0) -> pd.DataFrame:
-    """Each tuned config against each baseline, per metric: difference of means over seeds, its CI and p."""
-    runs = compare.runs
+    """Each tuned config against each baseline, per metric: difference of means over seeds, its CI and p (Welch's
+    t or a bootstrap; ``exact`` and no statistic where neither side varies); on the study's objective a paired
+    t-test over the shared seeds."""
+    runs = _runs_with_objective(compare)
     tuned = [lab for lab in compare.labels if compare.kind(lab) == "tuned"]
     baselines = [lab for lab in compare.labels if compare.kind(lab) == "baseline"]
     rows = []
     for t in tuned:
         for b in baselines:
-            for m in metrics:
-                a = pd.to_numeric(_ok(runs[runs["label"] == t]).get(m), errors="coerce").dropna().to_numpy(float)
-                c = pd.to_numeric(_ok(runs[runs["label"] == b]).get(m), errors="coerce").dropna().to_numpy(float)
-                res = compare_means(a, c, method=method, seed=seed)
+            for m in (*objective_columns(compare), *metrics):
+                if m.startswith("objective_"):
+                    a, c = _paired(runs, t, b, m)
+                    res = paired_compare(a, c)
+                    a, c = a[np.isfinite(a) & np.isfinite(c)], c[np.isfinite(a) & np.isfinite(c)]
+                else:
+                    a = pd.to_numeric(_ok(runs[runs["label"] == t]).get(m), errors="coerce").dropna().to_numpy(float)
+                    c = pd.to_numeric(_ok(runs[runs["label"] == b]).get(m), errors="coerce").dropna().to_numpy(float)
+                    res = compare_means(a, c, method=method, seed=seed)
                 rows.append({"tuned": t, "baseline": b, "metric": m, "n_tuned": len(a), "n_baseline": len(c),
                              "mean_tuned": float(a.mean()) if len(a) else math.nan,
                              "mean_baseline": float(c.mean()) if len(c) else math.nan,
@@ -81,6 +124,65 @@ def significance(compare: CompareResults, *, metrics: Sequence[str] = TESTED, me
     return pd.DataFrame(rows, columns=["tuned", "baseline", "metric", "n_tuned", "n_baseline", "mean_tuned",
                                        "mean_baseline", "diff", "diff_ci_low", "diff_ci_high", "statistic",
                                        "p_value", "method"])
+
+
+def _paired(runs: pd.DataFrame, a: str, b: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """``column`` of labels ``a`` and ``b`` on their shared seeds, in seed order (NaN for a failed run)."""
+    x = runs[runs["label"] == a].set_index("seed")[column]
+    y = runs[runs["label"] == b].set_index("seed")[column]
+    shared = sorted(set(x.index) & set(y.index))
+    return (pd.to_numeric(x.loc[shared], errors="coerce").to_numpy(float),
+            pd.to_numeric(y.loc[shared], errors="coerce").to_numpy(float))
+
+
+def verdicts(compare: CompareResults, summary: pd.DataFrame) -> list[str]:
+    """One plain sentence per tuned config and reference (the tuned strategy's defaults, FedAvg) on the study's
+    objective over the fresh seeds (paired, 95 %), and a warning for every tuned config that missed the target
+    accuracy or the constraint on some seed."""
+    objective = compare.objective()
+    if objective is None:
+        return []
+    runs = _runs_with_objective(compare)
+    rows = {str(r["label"]): r for _, r in summary.iterrows()}
+    refs = [lab for lab in (compare.defaults, "fedavg") if lab in rows]
+    out = []
+    for label in (lab for lab in compare.labels if compare.kind(lab) == "tuned"):
+        for j, (text, direction) in enumerate(zip((f.text for f in objective.formulas), objective.directions)):
+            for ref in refs:
+                a, b = _paired(runs, label, ref, f"objective_{j}")
+                out.append(_verdict(label, ref, f"{direction} {text}", direction, paired_compare(a, b),
+                                    int((np.isfinite(a) & np.isfinite(b)).sum()), compare.description(ref)))
+        r = rows[label]
+        n, reached = int(r["runs"]), int(r["reached"])
+        ref_reached = int(rows[compare.defaults]["reached"]) if compare.defaults in rows else None
+        if reached < n:
+            out.append(f"WARNING: {label} reached the target accuracy {float(r['target_accuracy']):g} on only "
+                       f"{reached} of {n} fresh seeds" + (f" ({compare.defaults}: {ref_reached} of "
+                                                         f"{int(rows[compare.defaults]['runs'])})"
+                                                         if ref_reached is not None else "") + ".")
+        if objective.constraint is not None and int(r.get("constraint_met", n)) < n:
+            out.append(f"WARNING: {label} met the constraint {objective.constraint.text} on only "
+                       f"{int(r['constraint_met'])} of {n} fresh seeds.")
+    return out
+
+
+def _verdict(label: str, ref: str, what: str, direction: str, res: TestResult, n: int, ref_text: str) -> str:
+    ref_name = f"{ref} ({ref_text})" if ref_text else ref
+    if n == 0 or not math.isfinite(res.diff):
+        return f"{label} vs {ref_name}: no seed where both completed; nothing to compare."
+    means = f"mean difference {res.diff:+.4g} over {n} fresh seed{'s' if n > 1 else ''}"
+    if res.method != "exact" and not math.isfinite(res.low):
+        return (f"{label} vs {ref_name} on {what}: {means}; too few seeds to tell at {LEVEL:.0%} confidence "
+                f"(at least {MIN_N} needed; pass --seeds with 5 or more).")
+    sign = -1.0 if direction == "minimize" else 1.0
+    if res.method == "exact":
+        better, worse, how = sign * res.diff > 0, sign * res.diff < 0, "the same on every seed: exact"
+    else:
+        better, worse = sign * (res.low if sign > 0 else res.high) > 0, sign * (res.high if sign > 0 else res.low) < 0
+        how = f"{LEVEL:.0%} interval [{res.low:+.4g}, {res.high:+.4g}], paired t-test p = {res.p_value:.3g}"
+    word = "better than" if better else ("worse than" if worse else "not better than")
+    tail = "" if better or worse else "; no difference at this confidence"
+    return f"{label} is {word} {ref_name} on {what}: {means} ({how}{tail})."
 
 
 def fairness_summary(compare: CompareResults) -> pd.DataFrame:
@@ -103,26 +205,34 @@ def _cell(r: pd.Series, m: str, fmt: str, suffix: str = "", scale: float = 1.0) 
         return NA
     if not math.isfinite(mean):
         return DASH
-    if int(r["runs"]) < 2 or not math.isfinite(lo) or f"{lo:{fmt}}" == f"{hi:{fmt}}":
-        return f"{mean:{fmt}}{suffix}"    # one seed, or no spread at the shown precision
+    if not math.isfinite(lo) or f"{lo:{fmt}}" == f"{hi:{fmt}}":
+        return f"{mean:{fmt}}{suffix}"    # too few seeds for an interval, or no spread at the shown precision
     return f"{mean:{fmt}}{suffix} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
-def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """compare.csv as readable cells: mean and, with several seeds, its confidence interval."""
+def display_table(summary: pd.DataFrame, objectives: Sequence[str] = ()) -> pd.DataFrame:
+    """compare.csv as readable cells: the study's objective(s) (``objectives``: their texts) with how many seeds
+    reached the target and met the constraint, then each metric's mean and, with enough seeds, its interval."""
     rows = []
     for _, r in summary.iterrows():
         n, reached = int(r["runs"]), int(r["reached"])
         target = float(r["target_accuracy"]) if math.isfinite(float(r["target_accuracy"])) else math.nan
-        rows.append({
-            "config": r["label"],
-            "setting": r.get("setting", "") if isinstance(r.get("setting", ""), str) else "",
+        row: dict[str, Any] = {"config": r["label"],
+                               "setting": r.get("setting", "") if isinstance(r.get("setting", ""), str) else ""}
+        for j, text in enumerate(objectives):
+            row[f"objective: {text}" if len(objectives) == 1 else f"objective {j}: {text}"] = \
+                _cell(r, f"objective_{j}", ".4g")
+        row[f"reached {target:g}"] = f"{reached}/{n}"
+        if "constraint_met" in r and objectives and pd.notna(r["constraint_met"]):
+            row["constraint met"] = f"{int(r['constraint_met'])}/{n}"
+        row.update({
             "final accuracy": _cell(r, "final_accuracy", ".4f"),
             "compression": _cell(r, "compression_ratio", ".2f", "x"),
             "uplink MB": _cell(r, "uplink_mb", ".3f"),
-            f"rounds to {target:g}": (_cell(r, "rounds_to_target", ".1f") if reached else DASH) + f" ({reached}/{n})",
+            f"rounds to {target:g}": _cell(r, "rounds_to_target", ".1f") if reached else DASH,
             f"uplink MB to {target:g}": _cell(r, "uplink_bytes_to_target", ".3f", scale=1e-6) if reached else DASH,
         })
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -138,8 +248,8 @@ def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
     for (tuned, base), g in tests.groupby(["tuned", "baseline"], sort=False):
         row: dict[str, Any] = {"tuned": tuned, "vs": base}
         for _, t in g.iterrows():
-            fmt = ".4f" if "accuracy" in t["metric"] else ".3f"
-            name = LABELS.get(str(t["metric"]), str(t["metric"]))
+            fmt = ".4f" if "accuracy" in t["metric"] else (".4g" if str(t["metric"]).startswith("objective") else ".3f")
+            name = LABELS.get(str(t["metric"]), str(t["metric"]).replace("_", " "))
             diff = f"{t['diff']:+{fmt}}" if math.isfinite(t["diff"]) else DASH
             if math.isfinite(t["diff_ci_low"]) and f"{t['diff_ci_low']:{fmt}}" != f"{t['diff_ci_high']:{fmt}}":
                 diff += f" [{t['diff_ci_low']:+{fmt}}, {t['diff_ci_high']:+{fmt}}]"
@@ -166,14 +276,19 @@ def fairness_display(table: pd.DataFrame) -> pd.DataFrame:
 def summary_note(compare: CompareResults, summary: pd.DataFrame) -> str:
     """What the comparison's cells are (the seeds, the interval, what 'reached' counts)."""
     seeds = compare.seeds
-    if len(seeds) > 1:
-        note = (f"Mean over seeds {', '.join(map(str, seeds))} (not used by the search) with its {LEVEL:.0%} "
-                "confidence interval in brackets.")
+    if len(seeds) >= MIN_N:
+        note = (f"Mean over the {len(seeds)} seeds {', '.join(map(str, seeds))} (not used by the search) with its "
+                f"{LEVEL:.0%} confidence interval in brackets (Student t, clipped to the metric's range).")
     else:
-        note = f"One run per configuration, seed {seeds[0] if seeds else '?'} (not used by the search): no interval."
+        note = (f"Mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))} (not used "
+                f"by the search): too few for a {LEVEL:.0%} interval (at least {MIN_N} needed; pass --seeds with 5 "
+                "or more).")
+    if compare.objective() is not None:
+        note += (" The objective is the study's fitness on each seed alone (its stand-ins where the target was not "
+                 "reached, its constraint penalty included), averaged.")
     if len(summary) and "target_accuracy" in summary.columns:
         note += (f" Rounds and uplink MB to the target accuracy {summary['target_accuracy'].iloc[0]:g} average the "
-                 "runs that reached it; (reached/runs) counts them. Compression is vs FedAvg on the same rounds.")
+                 "runs that reached it; reached counts them. Compression is vs FedAvg on the same rounds.")
     if compare.stale:
         note += (" STALE: best.toml changed since this comparison ran (the study was resumed or extended); "
                  "run `qsfl compare` again.")
@@ -182,17 +297,23 @@ def summary_note(compare: CompareResults, summary: pd.DataFrame) -> str:
 
 def tests_note(tests: pd.DataFrame) -> str:
     """How the p-values were computed."""
-    method = str(tests["method"].iloc[0]) if len(tests) else "welch"
-    how = "Welch's unequal-variance t-test" if method == "welch" else "a seeded bootstrap of Welch's statistic"
+    methods = set(tests["method"]) if len(tests) else {"welch"}
+    how = "Welch's unequal-variance t-test" if "bootstrap" not in methods else "a seeded bootstrap of Welch's statistic"
     return (f"\u0394: difference of means (tuned minus baseline) over seeds with its {LEVEL:.0%} interval in "
-            f"brackets; p: the two-sided p-value of {how}; n/a with fewer than two runs per side or no spread at "
-            "all. Not corrected for multiple comparisons.")
+            f"brackets; p: the two-sided p-value of {how} (the objective: a paired t-test over the shared seeds); "
+            f"n/a with fewer than {MIN_N} runs per side, and where neither side varies (e.g. byte counts: the "
+            "difference is then exact). Not corrected for multiple comparisons.")
 
 
 FAIRNESS_NOTE = ("Per-client accuracy of the final global model on each client's own label distribution "
                  "(qsfl.fairness), averaged over seeds: its mean, spread, minimum and 10th percentile; uploads "
                  "per client is the range of rounds each client was qualified; left out by QJ is the share of "
                  "sampled client-rounds that QJ did not qualify.")
+
+
+def objective_texts(compare: CompareResults) -> list[str]:
+    objective = compare.objective()
+    return [f"{d} {f.text}" for f, d in zip(objective.formulas, objective.directions)] if objective else []
 
 
 def compare_markdown(compare: CompareResults, summary: pd.DataFrame, tests: pd.DataFrame,
@@ -202,11 +323,14 @@ def compare_markdown(compare: CompareResults, summary: pd.DataFrame, tests: pd.D
     lines = ["# Comparison of tuned configurations with baselines", "",
              f"{base.get('dataset', '?')}/{base.get('model', '?')}, {base.get('clients', '?')} clients, "
              f"{base.get('rounds', '?')} rounds. " + summary_note(compare, summary), "",
-             md_table(display_table(summary)), ""]
+             md_table(display_table(summary, objective_texts(compare))), ""]
+    said = verdicts(compare, summary)
+    if said:
+        lines += ["## Verdict", "", *[f"- {v}" for v in said], ""]
     if len(tests):
         lines += ["## Tuned vs baselines", "", tests_note(tests), "", md_table(tests_display(tests)), ""]
     if len(fair):
-        lines += ["## Per-client fairness", "", FAIRNESS_NOTE, "", md_table(fairness_display(fair)), ""]
+        lines += ["## Per-client accuracy and uploads", "", FAIRNESS_NOTE, "", md_table(fairness_display(fair)), ""]
     lines += ["![accuracy vs uplink](figures/compare_convergence.png)", ""]
     for _, r in summary[summary["failed"] > 0].iterrows():
         lines.append(f"- {r['label']}: {int(r['failed'])} run(s) failed; see compare/runs.csv")

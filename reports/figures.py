@@ -6,6 +6,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -46,9 +47,23 @@ def _seeds_text(runs: dict[str, list[History]], source: str) -> str:
     return f"{source}, mean \u00b1 std over seeds" if several else f"{source}, one seed"
 
 
+def _full_rounds_note(study: Study) -> str:
+    """What the trials figures show when the study has lower-rung rows: the full-rounds rows only."""
+    r = study.results
+    if not r.rung_rows:
+        return ""
+    return (f" Evaluations at the full {r.full_rounds} rounds only ({len(r.trials)} of {len(r.all_trials)} rows; "
+            "lower [fidelity] rungs left out).")
+
+
 def _search_figures(study: Study, add: Callable[..., None]) -> None:
     r = study.results
     trials, fcols, maximize = r.trials, r.fitness_columns, r.maximize
+    note = _full_rounds_note(study)
+    plain_add = add
+
+    def add(name: str, section: str, caption: str, *args: Any, **kwargs: Any) -> None:
+        plain_add(name, section, caption + note if not name.startswith("ga_fitness") else caption, *args, **kwargs)
     labels = [r.objective_label(j) for j in range(len(fcols))]
     search = "Search"
     if r.logbook is not None and len(r.logbook):
@@ -74,9 +89,9 @@ def _search_figures(study: Study, add: Callable[..., None]) -> None:
         marks = {}
         if r.baseline and {"uplink_mb", "final_accuracy"} <= set(r.baseline.get("metrics", {})):
             m = r.baseline["metrics"]
-            marks["qsfl-default"] = (float(m["uplink_mb"]), float(m["final_accuracy"]))
+            marks[f"{r.strategy}-default"] = (float(m["uplink_mb"]), float(m["final_accuracy"]))
         add("pareto_front", search, "Final accuracy vs uplink MB of every complete evaluation: non-dominated "
-            "configurations joined, dominated ones faint" + ("; the star is QSFL with the authors' defaults."
+            "configurations joined, dominated ones faint" + (f"; the star is the {r.defaults_name}."
                                                              if marks else "."),
             lambda: plots.pareto_front(trials, marks=marks, title="Accuracy vs uplink: Pareto front"))
     params = "Parameters"
@@ -94,7 +109,8 @@ def _search_figures(study: Study, add: Callable[..., None]) -> None:
 
 def _run_figures(study: Study, add: Callable[..., None]) -> None:
     target = _target(study)
-    names = {"best": "best", "baseline": "qsfl-default"}  # tuning's histories/ keys -> plot labels
+    strategy = study.results.strategy if getattr(study, "results", None) is not None else "qsfl"
+    names = {"best": "best", "baseline": f"{strategy}-default"}  # tuning's histories/ keys -> plot labels
     ordered = sorted(study.histories.items(), key=lambda kv: (kv[0] != "best", kv[0]))  # best first
     runs = study.compare_runs or {names.get(k, k): [h] for k, h in ordered}
     conv = "Convergence and communication"

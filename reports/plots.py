@@ -709,7 +709,7 @@ def parallel_coordinates(trials: pd.DataFrame, *, fitness: str | None = None, pa
     if not params or df.empty:
         return _empty(fig, ax, "no complete evaluations with varying parameters")
     cols = params + [fitness]
-    data = df[cols].to_numpy(dtype=float)
+    data = df[cols].to_numpy(dtype=float, copy=True)   # pandas may hand out a read-only view
     rng = robust_range(data[:, -1], maximize=maximize)
     if rng is not None:  # far-off penalised values would squash every other line onto one end
         data[:, -1] = np.clip(data[:, -1], *rng)

@@ -15,11 +15,13 @@ from reports.compare import (
     display_table,
     fairness_display,
     fairness_summary,
+    objective_texts,
     significance,
     summarise,
     summary_note,
     tests_display,
     tests_note,
+    verdicts,
 )
 from reports.figures import FigureEntry
 from reports.format import html_table, md_table
@@ -65,14 +67,20 @@ def _comparison(study: Study) -> list[tuple[str, str, pd.DataFrame]]:
     if c is None:
         return []
     summary = summarise(c)
-    blocks = [("", summary_note(c, summary), display_table(summary))]
+    blocks = [("", summary_note(c, summary), display_table(summary, objective_texts(c)))]
     tests = significance(c)
     if len(tests):
         blocks.append(("Tuned vs baselines", tests_note(tests), tests_display(tests)))
     fair = fairness_summary(c)
     if len(fair):
-        blocks.append(("Per-client fairness", FAIRNESS_NOTE, fairness_display(fair)))
+        blocks.append(("Per-client accuracy and uploads", FAIRNESS_NOTE, fairness_display(fair)))
     return blocks
+
+
+def _verdicts(study: Study) -> list[str]:
+    """The comparison's verdict sentences (empty without a comparison or an objective)."""
+    c = study.compare
+    return verdicts(c, summarise(c)) if c is not None else []
 
 
 def _sections(study: Study, figures: Sequence[FigureEntry]) -> list[str]:
@@ -103,6 +111,9 @@ def build_html(study: Study, figures: Sequence[FigureEntry], pngs: dict[str, byt
         for title, note, table in blocks:
             parts.append((f"<h3>{e(title)}</h3>" if title else "") + html_table(table)
                          + f'<p class="note">{e(note)}</p>')
+            if not title and _verdicts(study):
+                parts.append("<h3>Verdict</h3><ul>" + "".join(f"<li>{e(v)}</li>" for v in _verdicts(study))
+                             + "</ul>")
     section = None
     for f in figures:
         if f.section != section:
@@ -132,6 +143,8 @@ def build_markdown(study: Study, figures: Sequence[FigureEntry]) -> str:
         lines += ["", "## Comparison with baselines"]
         for title, note, table in blocks:
             lines += ([""] + [f"### {title}", ""] * bool(title)) + [md_table(table), "", note]
+            if not title and _verdicts(study):
+                lines += ["", "### Verdict", ""] + [f"- {v}" for v in _verdicts(study)]
     section = None
     for f in figures:
         if f.section != section:

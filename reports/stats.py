@@ -17,6 +17,8 @@ from numpy.typing import ArrayLike
 
 N_BOOT = 10_000
 LEVEL = 0.95
+MIN_N = 3            # fewer values give no interval: t with 1 degree of freedom is 12.7 standard errors wide
+DETERMINISTIC_CV = 1e-4   # a group whose std is below this share of its mean does not vary (e.g. byte counts)
 
 
 def have_scipy() -> bool:
@@ -42,23 +44,35 @@ def _clean(values: ArrayLike) -> np.ndarray:
 
 
 def mean_ci(values: ArrayLike, *, level: float = LEVEL, method: str = "auto", seed: int = 0,
-            n_boot: int = N_BOOT) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean over seeds; low/high NaN with fewer than two values."""
+            n_boot: int = N_BOOT, bounds: tuple[float, float] = (-math.inf, math.inf),
+            min_n: int = MIN_N) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean over seeds. low/high are NaN with fewer than ``min_n`` values (no interval
+    worth printing); the interval is clipped to ``bounds``, the range the metric can take (an accuracy lies in
+    [0, 1], a byte count is never negative)."""
     v = _clean(values)
     if len(v) == 0:
         return math.nan, math.nan, math.nan
     mean = float(v.mean())
-    if len(v) < 2:
+    if len(v) < max(min_n, 2):
         return mean, math.nan, math.nan
     if _method(method) == "t":
         from scipy import stats
 
         half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
-        return mean, mean - half, mean + half
-    rng = np.random.default_rng(seed)
-    boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    lo, hi = np.quantile(boots, [0.5 - level / 2, 0.5 + level / 2])
-    return mean, float(lo), float(hi)
+        lo, hi = mean - half, mean + half
+    else:
+        rng = np.random.default_rng(seed)
+        boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+        lo, hi = (float(q) for q in np.quantile(boots, [0.5 - level / 2, 0.5 + level / 2]))
+    return mean, float(min(max(lo, bounds[0]), bounds[1])), float(min(max(hi, bounds[0]), bounds[1]))
+
+
+def deterministic(values: ArrayLike, cv: float = DETERMINISTIC_CV) -> bool:
+    """Do the values not vary, beyond ``cv`` of their mean (byte counts that differ in the last bytes)?"""
+    v = _clean(values)
+    if len(v) < 2:
+        return False
+    return float(v.std(ddof=1)) <= cv * max(abs(float(v.mean())), 1e-300)
 
 
 @dataclass(frozen=True)
@@ -96,9 +110,11 @@ def compare_means(a: ArrayLike, b: ArrayLike, *, level: float = LEVEL, method: s
     diff = float(x.mean() - y.mean())
     if len(x) < 2 or len(y) < 2:
         return TestResult(diff, math.nan, math.nan, math.nan, math.nan, name)
+    if deterministic(x) and deterministic(y):   # nothing to test: the difference is exact
+        return TestResult(diff, diff, diff, math.nan, math.nan, "exact")
     t, se, df = _welch_t(x, y)
     if se == 0.0:
-        return TestResult(diff, diff, diff, math.nan, math.nan, name)
+        return TestResult(diff, diff, diff, math.nan, math.nan, "exact")
     if how == "t":
         from scipy import stats
 
@@ -120,3 +136,28 @@ def compare_means(a: ArrayLike, b: ArrayLike, *, level: float = LEVEL, method: s
     diffs = x[bx].mean(axis=1) - y[by].mean(axis=1)
     lo, hi = np.quantile(diffs, [0.5 - level / 2, 0.5 + level / 2])
     return TestResult(diff, float(lo), float(hi), t, p, name)
+
+
+def paired_compare(a: ArrayLike, b: ArrayLike, *, level: float = LEVEL, min_n: int = MIN_N) -> TestResult:
+    """Paired comparison of two configurations on the same seeds (``a[i]`` and ``b[i]`` from seed i): the mean
+    difference a - b with its Student-t interval and the paired t-test's two-sided p-value. Pairs with a
+    non-finite value are dropped; fewer than ``min_n`` pairs give NaN interval and p; differences that do not vary
+    give an exact result (method ``exact``, no statistic)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = x[keep] - y[keep]
+    if len(d) == 0:
+        return TestResult(math.nan, math.nan, math.nan, math.nan, math.nan, "paired")
+    diff = float(d.mean())
+    if len(d) < max(min_n, 2):
+        return TestResult(diff, math.nan, math.nan, math.nan, math.nan, "paired")
+    sd = float(d.std(ddof=1))
+    if sd <= DETERMINISTIC_CV * max(abs(diff), float(np.abs(x[keep]).mean()), 1e-300):
+        return TestResult(diff, diff, diff, math.nan, 0.0 if diff else 1.0, "exact")
+    from scipy import stats
+
+    se = sd / math.sqrt(len(d))
+    t = diff / se
+    p = float(2.0 * stats.t.sf(abs(t), len(d) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1)) * se
+    return TestResult(diff, diff - half, diff + half, float(t), p, "paired")

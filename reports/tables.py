@@ -30,9 +30,14 @@ def _metric_cells(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def match_trial(trials: pd.DataFrame, params: Mapping[str, Any]) -> pd.Series | None:
-    """The first complete trials row whose ``param_*`` values equal ``params`` (floats within 1e-9), or None."""
+def match_trial(trials: pd.DataFrame, params: Mapping[str, Any], trial: Any = None) -> pd.Series | None:
+    """The complete row of ``trials`` (pass the full-rounds view) of trial number ``trial`` when given and present,
+    else the first whose ``param_*`` values equal ``params`` (floats within 1e-9), else None."""
     df = trials[trials["state"] == "complete"] if "state" in trials.columns else trials
+    if trial is not None and "trial" in df.columns:
+        hit = df[pd.to_numeric(df["trial"], errors="coerce") == int(trial)]
+        if len(hit):
+            return hit.iloc[0]
     mask = np.ones(len(df), dtype=bool)
     for k, v in params.items():
         col = f"param_{k}"
@@ -64,14 +69,14 @@ def _entries(study: Study, limit: int) -> list[dict[str, Any]]:
 
 def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
     """Best configurations, one row per distinct simulation (params that simulate identically share a row),
-    with fitness and metrics; then the authors' defaults from baseline.toml."""
+    with fitness and metrics; then the strategy's defaults from baseline.toml."""
     r = study.results
     keys = simulation_keys(r.trials) if len(r.trials) else pd.Series(dtype=object)
     rows: list[dict[str, Any]] = []
     by_key: dict[str, dict[str, Any]] = {}
     for entry in _entries(study, limit):
         params = dict(entry.get("params", {}))
-        match = match_trial(r.trials, params) if params else None
+        match = match_trial(r.trials, params, entry.get("trial")) if params else None
         key = str(keys.loc[match.name]) if match is not None else f"entry-{len(rows)}"
         if key in by_key:  # another point of the same simulation: list its params, no new row
             by_key[key]["params"] += f"; same simulation: {params_text(params)}"
@@ -89,7 +94,7 @@ def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
     if r.baseline:
         fitness = r.baseline.get("fitness", [])
         fitness = fitness if isinstance(fitness, list) else [fitness]
-        rows.append({"rank": "authors' defaults", "params": params_text(r.baseline.get("params", {})),
+        rows.append({"rank": r.defaults_name, "params": params_text(r.baseline.get("params", {})),
                      "fitness": ", ".join(fmt_num(f) for f in fitness),
                      **_metric_cells(r.baseline.get("metrics", {}))})
     return pd.DataFrame(rows)
@@ -142,8 +147,12 @@ def _hardware(env: Mapping[str, Any]) -> str:
 def facts(study: Study, now: dt.datetime | None = None) -> list[tuple[str, str]]:
     """The summary section: what ran, for how long, on what, with which versions."""
     r = study.results
-    t = study_timing(r.trials)
+    t = study_timing(r.all_trials)
     states = ", ".join(f"{t[k]} {k[2:]}" for k in ("n_complete", "n_pruned", "n_failed") if t.get(k))
+    if r.rung_rows:
+        states += (f"; {len(r.trials)} at the full {r.full_rounds} rounds, {r.rung_rows} at lower [fidelity] rungs "
+                   f"({', '.join(map(str, sorted(set(int(x) for x in r.all_trials['rounds']) - {r.full_rounds})))} "
+                   "rounds), which no table or figure about configurations shows")
     base = r.spec.get("base", {}) if isinstance(r.spec.get("base"), dict) else {}
     sessions = f"in {t['sessions']} sessions" if t["sessions"] > 1 else "in one session"
     out = [("study", r.name), ("engine", r.engine),

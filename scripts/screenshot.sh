@@ -3,12 +3,14 @@
 #
 #   scripts/screenshot.sh            qsfl tune studies/quickstart.toml, qsfl compare --top 3, qsfl report, then a
 #                                    1280 x 2400 headless-Chromium screenshot of report.html -> docs/report_screenshot.png
-#   scripts/screenshot.sh --quick    the same on a tiny budget (3 rounds, one GA generation of 4, one comparison
-#                                    seed) into $WORK/report_screenshot.png: checks the pipeline, docs/ untouched
+#   scripts/screenshot.sh --quick    the same on a tiny budget (6 rounds with rungs 2 and 6, one GA generation of
+#                                    4, three comparison seeds) into $WORK/report_screenshot.png: checks the
+#                                    pipeline, docs/ untouched (tests/e2e/test_screenshot.py runs it)
 #
 # Needs Chromium (`apt-get install chromium`; the script installs it with apt-get when it is missing and it may).
 # Environment: WORK (scratch directory, default a new temp dir; a WORK that holds the study of an earlier run is
-# reused, so only the report is redrawn), WORKERS (default 2), CHROMIUM (the browser binary).
+# reused, so only the report is redrawn), WORKERS (default 2), CHROMIUM (the browser binary), NO_BROWSER=1 (stop
+# after the report: no Chromium needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,7 @@ find_chromium() {
     return 1
 }
 BROWSER=$(find_chromium || true)
-if [ -z "$BROWSER" ]; then
+if [ -z "$BROWSER" ] && [ "${NO_BROWSER:-0}" != 1 ]; then
     echo "== installing chromium (apt-get)" >&2
     if [ "$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null; else sudo apt-get install -y -q chromium >/dev/null; fi
     BROWSER=$(find_chromium)
@@ -35,8 +37,9 @@ fi
 
 TUNE=(); COMPARE=()
 if [ "$QUICK" = 1 ]; then
-    TUNE=(--set base.rounds=3 --set ga.population=4 --set ga.generations=1)
-    COMPARE=(--rounds 3 --seeds 100)
+    # the budget must fit the quickstart's [fidelity] (min_rounds < rounds): rungs 2 and 6
+    TUNE=(--set base.rounds=6 --set fidelity.min_rounds=2 --set ga.population=4 --set ga.generations=1)
+    COMPARE=(--rounds 6 --seeds 100,101,102)
 fi
 
 if [ -f "$OUT/trials.parquet" ]; then
@@ -49,6 +52,10 @@ echo "== qsfl compare" >&2
 python3 -m qsfl_cli compare "$OUT" --top 3 --workers "$WORKERS" -q "${COMPARE[@]}" >/dev/null
 echo "== qsfl report" >&2
 python3 -m qsfl_cli report "$OUT" -q
+if [ "${NO_BROWSER:-0}" = 1 ]; then
+    echo "== NO_BROWSER=1: report written to $OUT/report.html, no screenshot" >&2
+    exit 0
+fi
 
 echo "== $BROWSER --headless --screenshot -> $PNG" >&2
 # --no-sandbox: Chromium refuses to run as root otherwise (containers, CI)

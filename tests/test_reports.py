@@ -6,6 +6,8 @@ format (docs/study_output.md), so these tests do not depend on the tuning packag
 
 from __future__ import annotations
 
+import math
+
 import datetime as dt
 import hashlib
 import json
@@ -124,7 +126,7 @@ def one_torch_thread():
 def runs(one_torch_thread) -> dict[str, list[History]]:
     """Small real runs: two labels over two seeds, one over one seed."""
     return {"qsfl-default": [evaluate({}, seed=0), evaluate({}, seed=1)],
-            "tuned-1": [evaluate({"beta": 0.5, "k": 4, "ns": 2, "p": 0.2}, seed=0),
+            "qsfl-tuned-1": [evaluate({"beta": 0.5, "k": 4, "ns": 2, "p": 0.2}, seed=0),
                         evaluate({"beta": 0.5, "k": 4, "ns": 2, "p": 0.2}, seed=1)],
             "fedavg": [qsfl.simulate(SimConfig.from_dict({**BASE, "strategy": {"name": "fedavg"}}))]}
 
@@ -162,7 +164,7 @@ def test_accuracy_vs_uplink_one_line_and_band_per_label(runs):
     assert ax.get_xlabel().startswith("cumulative uplink (MB)")
     assert ax.get_ylabel() == "test accuracy"
     assert ax.get_xscale() == "log"
-    assert series_labels(ax) == ["qsfl-default (n=2)", "tuned-1 (n=2)", "fedavg"]
+    assert series_labels(ax) == ["qsfl-default (n=2)", "qsfl-tuned-1 (n=2)", "fedavg"]
     assert len(ax.collections) == 2  # +-std bands only where there are several seeds
     x, y = ax.get_lines()[0].get_data()
     stats = plots.align_seeds(runs["qsfl-default"])
@@ -187,7 +189,7 @@ def test_align_seeds_drops_rounds_missing_in_a_seed(runs):
 
 
 def test_uplink_breakdown_stacks_the_four_parts(runs):
-    h = runs["tuned-1"][0]
+    h = runs["qsfl-tuned-1"][0]
     fig = plots.uplink_breakdown(h)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "round" and ax.get_ylabel().startswith("uplink per round (")
@@ -207,7 +209,7 @@ def test_uplink_composition_one_bar_per_label(runs):
 
 
 def test_selection_and_coverage_heatmaps(runs):
-    h = runs["tuned-1"][0]
+    h = runs["qsfl-tuned-1"][0]
     fig = plots.selection_heatmap(h)
     ax, bx = fig.axes[:2]
     assert ax.get_xlabel() == "round" and ax.get_ylabel() == "client"
@@ -305,7 +307,7 @@ def test_save_figure_writes_png_and_svg(runs, tmp_path):
 # ----- compare ---------------------------------------------------------------------------------------
 def test_compare_table_equals_recomputation_from_saved_histories(compared):
     table = pd.read_csv(compared / "compare.csv")
-    assert list(table["label"]) == ["tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"]
+    assert list(table["label"]) == ["qsfl-tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"]
     for _, row in table.iterrows():
         hs = [History.load(compared / "compare" / row["label"] / f"seed{s}") for s in (5, 6)]
         assert [h.config["seed"] for h in hs] == [5, 6] and all(h.config["rounds"] == 2 for h in hs)
@@ -327,7 +329,7 @@ def test_compare_runs_the_right_configs(compared):
     def cfg(label):
         return History.load(compared / "compare" / label / "seed5").config["strategy"]
     best = dict(__import__("tomllib").loads((compared / "best.toml").read_text())["best"][0]["params"])
-    tuned = cfg("tuned-1")
+    tuned = cfg("qsfl-tuned-1")
     assert {k: tuned[k] for k in best} == best and tuned["name"] == "qsfl"
     assert cfg("fedavg")["name"] == "fedavg"
     assert cfg("topk")["name"] == "topk" and cfg("topk")["p"] == 0.1
@@ -339,9 +341,9 @@ def test_compare_runs_the_right_configs(compared):
 
 def test_compare_md_and_figure(compared):
     md = (compared / "compare.md").read_text()
-    for label in ("tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"):
+    for label in ("qsfl-tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"):
         assert f"| {label} |" in md
-    assert "confidence interval" in md and "seeds 5, 6" in md
+    assert "too few for a 95% interval" in md and "seeds 5, 6" in md
     assert (compared / "figures" / "compare_convergence.png").is_file()
     assert (compared / "figures" / "compare_convergence.svg").is_file()
     assert len(pd.read_csv(compared / "compare" / "runs.csv")) == 12
@@ -368,9 +370,9 @@ def test_compare_refuses_search_seeds(study_dir):
 def test_default_seeds_skip_the_search_seeds():
     from tuning.compare import choose_seeds, parse_seeds
 
-    assert choose_seeds(None, {0, 1, 3}) == [2, 4, 5]
+    assert choose_seeds(None, {0, 1, 3}) == [2, 4, 5, 6, 7]                  # five by default
     assert choose_seeds(None, {0}, preferred=[100, 101]) == [100, 101]
-    assert choose_seeds(None, {0, 100}, preferred=[100, 101]) == [1, 2, 3]
+    assert choose_seeds(None, {0, 100}, preferred=[100, 101]) == [1, 2, 3, 4, 5]
     assert parse_seeds("100-102,7") == [100, 101, 102, 7]
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds("1,x")
@@ -430,9 +432,12 @@ def test_report_html_is_self_contained_and_complete(compared):
     assert "Comparison with baselines" in text
     for _, row in table.iterrows():
         assert f"<td>{row['label']}</td>" in text
-        cell = (f"{row['final_accuracy_mean']:.4f}<br><span class=\"ci\">[{row['final_accuracy_ci_low']:.4f}, "
-                f"{row['final_accuracy_ci_high']:.4f}]</span>")
-        assert cell in text
+        if math.isnan(row["final_accuracy_ci_low"]):      # two seeds: too few for an interval, the mean alone
+            assert f">{row['final_accuracy_mean']:.4f}<" in text and '[nan' not in text
+        else:
+            cell = (f"{row['final_accuracy_mean']:.4f}<br><span class=\"ci\">[{row['final_accuracy_ci_low']:.4f}, "
+                    f"{row['final_accuracy_ci_high']:.4f}]</span>")
+            assert cell in text
     # best configs, timing and the spec
     assert "Best configurations" in text and "authors&#x27; defaults" in text
     assert "wall clock" in text and "test-study" in text and "[base]" in text
@@ -583,7 +588,7 @@ def test_cli_compare(study_dir, capsys):
 
     assert main(["compare", str(study_dir), "--top", "1", "--seeds", "9", "--rounds", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| tuned-1 |" in out and "| qsfl-default |" in out
+    assert "| qsfl-tuned-1 |" in out and "| qsfl-default |" in out
     assert (study_dir / "compare.csv").is_file()
 
 
@@ -711,9 +716,9 @@ def test_ga_fitness_says_which_direction_is_better(study_template):
 
 def test_overlapping_lines_stay_distinguishable(runs):
     """Two labels with the very same run (identical simulations) draw lines with different markers and dashes."""
-    same = runs["tuned-1"][0]
-    for fig in (plots.accuracy_vs_round({"tuned-1": [same], "tuned-2": [same], "qsfl-default": [same]}),
-                plots.accuracy_vs_uplink({"tuned-1": [same], "tuned-2": [same]})):
+    same = runs["qsfl-tuned-1"][0]
+    for fig in (plots.accuracy_vs_round({"qsfl-tuned-1": [same], "qsfl-tuned-2": [same], "qsfl-default": [same]}),
+                plots.accuracy_vs_uplink({"qsfl-tuned-1": [same], "qsfl-tuned-2": [same]})):
         lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
         styles = {(line.get_marker(), str(line.get_linestyle()), str(line.get_dashes() if hasattr(line, "get_dashes")
                                                                       else "")) for line in lines}

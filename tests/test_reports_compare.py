@@ -164,22 +164,23 @@ def test_compare_tables_have_intervals_tests_and_fairness(tmp_path):
     compare_study(out, top=1, seeds=[5, 6, 7], rounds=2)
     summary = pd.read_csv(out / "compare.csv")
     runs = pd.read_csv(out / "compare" / "runs.csv")
-    acc = runs.loc[runs["label"] == "tuned-1", "final_accuracy"].to_numpy()
-    row = summary[summary["label"] == "tuned-1"].iloc[0]
+    acc = runs.loc[runs["label"] == "qsfl-tuned-1", "final_accuracy"].to_numpy()
+    row = summary[summary["label"] == "qsfl-tuned-1"].iloc[0]
     mean, lo, hi = stats.mean_ci(acc)
     assert (row["final_accuracy_mean"], row["final_accuracy_ci_low"], row["final_accuracy_ci_high"]) == \
         pytest.approx((mean, lo, hi))
     tests = pd.read_csv(out / "compare_tests.csv")
-    assert len(tests) == 5 * 2 and set(tests["baseline"]) == {"fedavg", "topk", "qj-only", "scss-only", "qsfl-default"}
+    assert len(tests) == 5 * 3 and set(tests["baseline"]) == {"fedavg", "topk", "qj-only", "scss-only", "qsfl-default"}
     t = tests[(tests["baseline"] == "fedavg") & (tests["metric"] == "final_accuracy")].iloc[0]
     base = runs.loc[runs["label"] == "fedavg", "final_accuracy"].to_numpy()
     assert t["p_value"] == pytest.approx(stats.compare_means(acc, base).p_value, nan_ok=True)
     fair = pd.read_csv(out / "compare_fairness.csv")
     assert list(fair["label"]) == list(summary["label"]) and (fair["runs"] == 3).all()
-    clients = pd.read_csv(out / "compare" / "tuned-1" / "seed5" / "clients.csv")
+    clients = pd.read_csv(out / "compare" / "qsfl-tuned-1" / "seed5" / "clients.csv")
     assert list(clients.columns) == list(fairness.COLUMNS) and len(clients) == 8
     md = (out / "compare.md").read_text()
-    assert "## Tuned vs baselines" in md and "## Per-client fairness" in md and "Welch" in md
+    assert "## Tuned vs baselines" in md and "## Per-client accuracy and uploads" in md and "Welch" in md
+    assert "## Verdict" in md and "qsfl-tuned-1 is " in md
 
 
 @pytest.mark.slow

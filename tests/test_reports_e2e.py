@@ -35,7 +35,7 @@ def test_tune_compare_report(tmp_path, capsys):
     capsys.readouterr()
 
     table = pd.read_csv(out / "compare.csv")
-    assert list(table["label"]) == ["tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"]
+    assert list(table["label"]) == ["qsfl-tuned-1", "fedavg", "topk", "qj-only", "scss-only", "qsfl-default"]
     assert (table["seeds"].astype(str) == "100").all()  # the spec's eval_seeds, unused by the search
     for _, row in table.iterrows():
         h = History.load(out / "compare" / row["label"] / "seed100")

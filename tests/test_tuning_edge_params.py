@@ -89,7 +89,7 @@ def test_bad_space_tables_name_the_key(space, fragment):
 
 
 def test_qsfl_only_parameters_need_a_qsfl_base():
-    with pytest.raises(ConfigError, match="has no beta/k/alpha/ns/downlink_p/segmentation"):
+    with pytest.raises(ConfigError, match="space.segmentation: 'segmentation' is not a parameter of strategy 'fedavg'"):
         build_space({"segmentation": {}}, BASE.replace(strategy=StrategyConfig(name="fedavg")))
 
 

@@ -121,7 +121,7 @@ _DELETE = object()
     ("study.seeds", [], "study.seeds: expected a non-empty list"),
     ("study.eval_seeds", [0, 5], "study.eval_seeds: [0] also in study.seeds"),
     ("base.clients", 0, "base.clients: 0 is out of range"),
-    ("base.strategy", {"name": "fedavg"}, "base.strategy.name: 'fedavg' has no beta/k/alpha/ns"),
+    ("base.strategy", {"name": "fedavg"}, "space.beta: 'beta' is not a parameter of strategy 'fedavg'"),
     ("base.nonsense", 1, "base.nonsense: unknown key"),
     ("objective.formula", "__import__('os').system('true')", "objective.formula: call of"),
     ("objective.direction", "up", "objective.direction: unknown value 'up'; valid: maximize, minimize"),

@@ -106,9 +106,10 @@ def _record_session(out: Path, started: dt.datetime, argv: list[str], status: st
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2))
 
 
-def tune(args: argparse.Namespace) -> tuple[Path, int]:
-    """Run (or resume) the study of ``qsfl tune``; return its output directory and exit code (1: every evaluation
-    failed). ConfigError for user mistakes."""
+def tune(args: argparse.Namespace) -> tuple[Path, int, bool]:
+    """Run (or resume) the study of ``qsfl tune``; return its output directory, exit code (1: every evaluation
+    failed) and whether anything new ran (False: ``--resume`` of a study whose budget was spent). ConfigError for
+    user mistakes."""
     from tuning.results import defaults_verdict
     from tuning.spec import load_spec
     from tuning.study import format_summary, run_study
@@ -136,6 +137,11 @@ def tune(args: argparse.Namespace) -> tuple[Path, int]:
     finally:
         if (out / "spec.toml").is_file():  # the study started: say what ran it, even when it stopped early
             _record_session(out, started, list(getattr(args, "argv", sys.argv[1:])), status)
+    if args.resume and not result.new_evaluations and not result.rewritten:
+        print(f"nothing to resume: the study in {out} already ran its whole budget ({result.evaluations} evaluations); "
+              "its outputs and report are unchanged (raise ga.generations, optuna.n_trials or random.n_trials in the "
+              "spec to extend it, or `qsfl report` to redraw the report)", file=sys.stderr)
+        return out, result.exit_code, False
     if not args.quiet:
         print(format_summary(result))
         verdict = defaults_verdict(result.best, result.baseline, list(spec.objective.directions))
@@ -144,7 +150,7 @@ def tune(args: argparse.Namespace) -> tuple[Path, int]:
     if result.exit_code:
         print(f"error: all {result.evaluations} evaluations failed; see the reason column of {out / 'trials.csv'}",
               file=sys.stderr)
-    return out, result.exit_code
+    return out, result.exit_code, True
 
 
 def _check_cluster(args: argparse.Namespace) -> None:

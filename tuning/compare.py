@@ -1,8 +1,9 @@
 """Run a study's best configs next to the baselines over fresh seeds (the running half of ``qsfl compare``).
 
-Labels: ``tuned-1..N`` (best first, or the labels of a ``--configs`` TOML), ``fedavg``, ``topk``, ``qj-only``
-and ``scss-only`` (QSFL ablations with the authors' defaults) and ``qsfl-default`` (QSFL with the authors'
-defaults). Every run's History is saved under ``OUT/compare/<label>/seed<k>/`` (a run whose saved config equals
+Labels: ``<strategy>-tuned-1..N`` (best first, run with the strategy the study tuned, or the labels of a
+``--configs`` TOML), ``fedavg``, ``topk``, ``qj-only`` and ``scss-only`` (QSFL ablations with the authors'
+defaults), ``qsfl-default`` (QSFL with the authors' defaults) and, for a study of another strategy,
+``<strategy>-default`` (that strategy with its own defaults). Every run's History is saved under ``OUT/compare/<label>/seed<k>/`` (a run whose saved config equals
 the requested one is reused), one row per run goes to ``OUT/compare/runs.csv`` and what was run to
 ``OUT/compare/plan.toml``. Tables, statistics and figures are drawn from those files by ``reports.compare``.
 """
@@ -40,15 +41,28 @@ DESCRIPTIONS = {
     "scss-only": "QSFL, SCSS only (no QJ): authors' defaults",
     "qsfl-default": f"QSFL with the authors' defaults ({_DEFAULTS_TEXT})",
 }
-DEFAULT_SEEDS = 3
+DEFAULT_SEEDS = 5      # enough for a t interval that means something (the report says so)
 CLIENTS_FILE = "clients.csv"
 
 
 # ----- which configs -------------------------------------------------------------------------------
-def baseline_configs(base: SimConfig, *, topk_p: float = 0.1) -> dict[str, SimConfig]:
-    """The five baselines built on ``base`` (same data, model, training and seed)."""
-    qsfl = {"strategy.name": "qsfl", **baseline_overrides(base)}
-    return {
+def defaults_label(base: SimConfig) -> str:
+    """The label of the tuned strategy's own defaults: ``qsfl-default``, ``topk-default``, ..."""
+    return f"{base.strategy.name}-default"
+
+
+def baseline_configs(base: SimConfig, *, topk_p: float = 0.1,
+                     space: Mapping[str, Any] | None = None) -> dict[str, SimConfig]:
+    """The baselines built on ``base`` (same data, model, training and seed): FedAvg, top-k, the QSFL ablations and
+    QSFL with the authors' defaults, and, for a study of another strategy, that strategy with its own defaults
+    (``<name>-default``, with the study's ``[space]`` table to know which fields it searched)."""
+    qsfl_base = base if base.strategy.name == "qsfl" else base.with_overrides({"strategy.name": "qsfl"})
+    qsfl = {"strategy.name": "qsfl", **baseline_overrides(qsfl_base)}
+    own: dict[str, SimConfig] = {}
+    if base.strategy.name != "qsfl":
+        searched = build_space(space, base) if space else None
+        own[defaults_label(base)] = base.with_overrides(baseline_overrides(base, searched))
+    return own | {
         "fedavg": base.with_overrides({"strategy.name": "fedavg"}),
         "topk": base.with_overrides({"strategy.name": "topk", "strategy.p": topk_p}),
         "qj-only": base.with_overrides({**qsfl, "strategy.use_qj": True, "strategy.use_scss": False}),
@@ -63,8 +77,9 @@ _INT_KEYS = ("k", "ns", "local_epochs", "batch_size", "strategy.k", "strategy.ns
 
 
 def params_to_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Search-space params (beta, k, ns, p, lr, ...) or dotted keys -> SimConfig overrides."""
-    out: dict[str, Any] = {"strategy.name": "qsfl"}
+    """Search-space params (beta, k, ns, p, lr, ...) or dotted keys -> SimConfig overrides (the strategy stays the
+    base config's unless the params name one with ``strategy.name``)."""
+    out: dict[str, Any] = {}
     for key, value in params.items():
         if isinstance(value, float) and value.is_integer() and key in _INT_KEYS:
             value = int(value)
@@ -132,9 +147,10 @@ def read_configs_file(path: str | Path) -> list[tuple[str | None, dict[str, Any]
         if not overrides:
             raise ConfigError(f"{where}: needs params = {{...}} or set = {{...}}")
         label = entry.get("label")
-        if label is not None and (not isinstance(label, str) or not label or "/" in label or label in BASELINES):
-            raise ConfigError(f"{where}: label {label!r} must be a non-empty name without '/' "
-                              f"and not one of {', '.join(BASELINES)}")
+        if label is not None and (not isinstance(label, str) or not label or "/" in label or label in BASELINES
+                                  or label.endswith("-default")):
+            raise ConfigError(f"{where}: label {label!r} must be a non-empty name without '/', not one of "
+                              f"{', '.join(BASELINES)} and not ending in -default")
         out.append((label, overrides))
     return out
 
@@ -186,6 +202,11 @@ def _candidates(out_dir: Path, top: int) -> tuple[list[dict[str, Any]], str]:
     return best, "ranked"
 
 
+def tuned_label(config: SimConfig, rank: int) -> str:
+    """``<strategy>-tuned-<rank>``: the label says which strategy runs (``qsfl-tuned-1``, ``topk-tuned-1``)."""
+    return f"{config.strategy.name}-tuned-{rank}"
+
+
 def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str | Path | None,
                   spec: Mapping[str, Any] | None = None) -> dict[str, tuple[SimConfig, dict[str, Any]]]:
     """label -> (config, params) of the configs to compare: from --configs, else best.toml / trials."""
@@ -193,7 +214,7 @@ def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str
     out: dict[str, tuple[SimConfig, dict[str, Any]]] = {}
     if configs_file is not None:
         for label, params in read_configs_file(configs_file):
-            label = label or f"tuned-{len(out) + 1}"
+            label = label or tuned_label(to_config(params), len(out) + 1)
             if label in out:
                 raise ConfigError(f"{configs_file}: label {label!r} appears twice")
             out[label] = (to_config(params), params)
@@ -205,7 +226,7 @@ def tuned_configs(out_dir: Path, base: SimConfig, *, top: int, configs_file: str
         if config.to_dict() in seen:  # two genomes can repair to the same config (ns > k): compare it once
             continue
         seen.append(config.to_dict())
-        out[f"tuned-{len(out) + 1}"] = (config, params)
+        out[tuned_label(config, len(out) + 1)] = (config, params)
         if len(out) == top:
             break
     return out
@@ -308,7 +329,8 @@ def run_row(label: str, kind: str, history: History) -> dict[str, Any]:
         metrics["compression_ratio"] = math.nan  # no uplink at all (a run that diverged at once): undefined
     return {"label": label, "kind": kind, "seed": int(history.config.get("seed", -1)), "status": s["status"],
             "reason": s.get("reason") or "", **metrics, "target_accuracy": s["target_accuracy"],
-            "rounds_run": s["rounds_run"], "wall_time_s": s["wall_time_s"]}
+            "rounds_run": s["rounds_run"], "fedavg_uplink_bytes": float(s["fedavg_uplink_bytes"]),
+            "wall_time_s": s["wall_time_s"]}
 
 
 def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = False,
@@ -343,6 +365,8 @@ class ComparePlan:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "best.toml"
     best_digest: str = ""
+    defaults: str = "qsfl-default"                             # the label of the tuned strategy's own defaults
+    objective: dict[str, Any] = field(default_factory=dict)    # the study's [objective] table (empty: none)
 
     def jobs(self) -> list[Job]:
         """One job per (label, seed), labels in plan order."""
@@ -353,6 +377,7 @@ class ComparePlan:
     def to_toml(self) -> dict[str, Any]:
         """plan.toml: seeds, source (best.toml digest or the configs file), and each label's kind and setting."""
         return {"seeds": self.seeds, "source": self.source, "best_digest": self.best_digest,
+                "defaults": self.defaults, "objective": self.objective,
                 "base": {k: v for k, v in self.base.to_dict().items() if k != "strategy"},
                 "config": [{"label": label, "kind": self.kinds[label], "setting": self.settings[label],
                             "params": self.params.get(label, {})} for label in self.configs]}
@@ -360,6 +385,12 @@ class ComparePlan:
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _fields_text(config: SimConfig, fields: Sequence[str]) -> str:
+    """``p=0.4, ...``: the values of ``fields`` in ``config``'s strategy (what a strategy's defaults are)."""
+    strategy = config.to_dict()["strategy"]
+    return ", ".join(f"{k}={_short(strategy[k])}" for k in dict.fromkeys(fields) if k in strategy) or "no parameters"
 
 
 def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Path | None = None,
@@ -383,14 +414,22 @@ def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Pa
     used = set(study.search_seeds()) if study is not None else set()
     preferred = study.spec_seeds()[1] if study is not None else []
     chosen = choose_seeds(seeds, used, preferred=preferred)
-    configs = {label: cfg for label, (cfg, _) in tuned.items()} | baseline_configs(base, topk_p=topk_p)
-    settings = {label: ", ".join(f"{k}={_short(v)}" for k, v in params.items()) for label, (_, params) in
-                tuned.items()} | {k: v.format(p=topk_p) for k, v in DESCRIPTIONS.items()}
+    baselines = baseline_configs(base, topk_p=topk_p, space=(spec or {}).get("space"))
+    configs = {label: cfg for label, (cfg, _) in tuned.items()} | baselines
+    own = type(base.strategy).defaults_label()
+    searched = [*type(base.strategy).baseline_fields,
+                *(build_space(spec["space"], base).strategy_fields() if spec and "space" in spec else [])]
+    settings = {label: f"{cfg.strategy.name}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+                for label, (cfg, params) in tuned.items()} \
+        | {label: f"{own} ({_fields_text(cfg, searched)})" for label, cfg in baselines.items()
+           if label not in DESCRIPTIONS} \
+        | {k: v.format(p=topk_p) for k, v in DESCRIPTIONS.items()}
     return ComparePlan(out_dir=out, base=base, seeds=chosen, configs=configs,
-                       kinds={label: "baseline" if label in BASELINES else "tuned" for label in configs},
+                       kinds={label: "baseline" if label in baselines else "tuned" for label in configs},
                        settings=settings, params={label: p for label, (_, p) in tuned.items()},
                        source="configs" if configs_file is not None else "best.toml",
-                       best_digest=best_digest(study.best) if study is not None and configs_file is None else "")
+                       best_digest=best_digest(study.best) if study is not None and configs_file is None else "",
+                       defaults=defaults_label(base), objective=dict((spec or {}).get("objective", {})))
 
 
 def run_comparison(plan: ComparePlan, *, workers: int = 1, progress: bool = False,

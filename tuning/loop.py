@@ -223,6 +223,7 @@ class StudyLoop:
             text = f"batch {self.state.batches}: {step}{of} points"
         new = sum(ev.new_rows for ev in evaluations)
         failed = sum(1 for ev in evaluations if ev.state == "failed")
+        self.progress.revise_total(step, steps)
         self.progress.batch(text, new, failed)
 
     # ----- one batch ----------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ class Progress:
     """Bar + log lines for one session of a study; see the module docstring."""
 
     def __init__(self, *, bar: bool, total: int | None, desc: str, signs: Sequence[float], full_rounds: int,
-                 baseline: Sequence[float] | None = None) -> None:
+                 baseline: Sequence[float] | None = None, exact: bool = True) -> None:
+        self.exact = exact               # False: ``total`` is an estimate, printed as "/~N" and revised per batch
         self.signs = tuple(signs)
         self.full_rounds = full_rounds
         self.baseline = list(baseline) if baseline else None
@@ -85,7 +86,8 @@ class Progress:
 
     def batch(self, text: str, new: int, failed: int) -> None:
         """A finished batch (a GA generation, an Optuna / random batch), described by ``text``."""
-        log.info("%s: %d new evaluations, %d failed | %s", text, new, failed, self._status())
+        log.info("%s: %d new evaluations, %d failed, %d%s so far | %s", text, new, failed, self.done, self._of(),
+                 self._status())
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -104,7 +106,20 @@ class Progress:
         self.front = [f for f in self.front if not dominates(fit, f, self.signs)] + [fit]
 
     def _of(self) -> str:
-        return f"/{self.total}" if self.total else ""
+        if not self.total:
+            return ""
+        return f"/{self.total}" if self.exact else f"/~{self.total}"
+
+    def revise_total(self, steps_done: int, steps: int | None) -> None:
+        """Re-estimate the row count from the rows per step so far (exact once no step is left)."""
+        if not steps or steps_done <= 0:
+            return
+        left = max(steps - steps_done, 0)
+        if left == 0:
+            self.exact = True
+            self.set_total(self.done)
+        elif not self.exact:
+            self.set_total(self.done + round(left * self.done / steps_done))
 
     def _status(self) -> str:
         if len(self.signs) > 1:

@@ -23,12 +23,12 @@ import pandas as pd
 from qsfl.config import SimConfig, load_toml
 from qsfl.errors import ConfigError
 from qsfl.history import History
-from tuning.objective import METRICS, Metric, build_objective, dominates
-from tuning.spec import parse_base
+from tuning.objective import METRICS, RUN_METRICS, Metric, Objective, SeedResult, build_objective, combine, dominates
+from tuning.spec import DEFAULT_EVAL_SEEDS, parse_base
 from tuning.trials import read_trials as _read_trials
 
 __all__ = ["COMPARE_DIR", "METRICS", "CompareResults", "Metric", "StudyResults", "best_digest", "check_study_dir",
-           "defaults_verdict", "load_histories", "load_study", "metric_direction", "missing_files", "read_compare",
+           "defaults_name", "defaults_verdict", "load_histories", "load_study", "metric_direction", "missing_files", "read_compare",
            "read_trials", "simulation_keys"]
 
 TRIALS_FILES = ("trials.parquet", "trials.csv")
@@ -147,7 +147,7 @@ class StudyResults:
 
     out_dir: Path
     spec: dict[str, Any]
-    trials: pd.DataFrame
+    all_trials: pd.DataFrame
     objectives: list[str] = field(default_factory=list)
     directions: list[str] = field(default_factory=list)
     fitness_columns: list[str] = field(default_factory=list)
@@ -155,6 +155,33 @@ class StudyResults:
     best: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def full_rounds(self) -> int | None:
+        """The study's rounds (``base.rounds``): the fidelity of every number shown about a configuration."""
+        base = self.spec.get("base")
+        if isinstance(base, dict) and isinstance(base.get("rounds"), int):
+            return int(base["rounds"])
+        if "rounds" in self.all_trials.columns and len(self.all_trials):
+            return int(pd.to_numeric(self.all_trials["rounds"], errors="coerce").max())
+        return None
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """The full-rounds view: the rows evaluated at the study's rounds (every row without ``[fidelity]``).
+
+        Rows of lower ``[fidelity]`` rungs are left out: their metrics are those of a shorter run and their fitness
+        a projection, so a table or figure about configurations must not show them. ``all_trials`` has every row
+        (with ``rounds`` and ``rung`` columns) for what is about the search itself (counts, time, rungs)."""
+        t, full = self.all_trials, self.full_rounds
+        if full is None or "rounds" not in t.columns:
+            return t
+        return t[pd.to_numeric(t["rounds"], errors="coerce") == full]
+
+    @property
+    def rung_rows(self) -> int:
+        """How many rows of the trials table are lower-rung evaluations (left out of :attr:`trials`)."""
+        return len(self.all_trials) - len(self.trials)
 
     @property
     def name(self) -> str:
@@ -166,10 +193,24 @@ class StudyResults:
     @property
     def engine(self) -> str:
         """``ga`` or ``optuna`` (from the trials table, else the spec)."""
-        if "engine" in self.trials.columns and len(self.trials):
-            return str(self.trials["engine"].iloc[0])
+        if "engine" in self.all_trials.columns and len(self.all_trials):
+            return str(self.all_trials["engine"].iloc[0])
         study = self.spec.get("study")
         return str(study.get("engine", "ga")) if isinstance(study, dict) else "ga"
+
+    @property
+    def strategy(self) -> str:
+        """The tuned strategy (baseline.toml's, else the spec's ``[base.strategy]``, else qsfl)."""
+        if self.baseline and self.baseline.get("strategy"):
+            return str(self.baseline["strategy"])
+        base = self.spec.get("base")
+        table = base.get("strategy") if isinstance(base, dict) else None
+        return str(table.get("name", "qsfl")) if isinstance(table, dict) else "qsfl"
+
+    @property
+    def defaults_name(self) -> str:
+        """What the baseline is called in tables: "authors' defaults" (QSFL) or "<strategy> defaults"."""
+        return defaults_name(self.strategy)
 
     @property
     def maximize(self) -> list[bool]:
@@ -179,12 +220,12 @@ class StudyResults:
     @property
     def param_columns(self) -> list[str]:
         """The ``param_*`` columns of the trials table."""
-        return [c for c in self.trials.columns if c.startswith("param_")]
+        return [c for c in self.all_trials.columns if c.startswith("param_")]
 
     @property
     def metric_columns(self) -> list[str]:
         """The ``metric_<name>`` columns (not the ``_std`` ones) of the trials table, in METRICS order."""
-        return [f"metric_{m}" for m in METRICS if f"metric_{m}" in self.trials.columns]
+        return [f"metric_{m}" for m in METRICS if f"metric_{m}" in self.all_trials.columns]
 
     def objective_label(self, j: int) -> str:
         """What fitness column ``j`` is: its formula (a metric name for plain objectives)."""
@@ -209,18 +250,18 @@ class StudyResults:
         """Seeds the search simulated: the spec's study.seeds and every seed in the trials table."""
         study = self.spec.get("study", {}) if isinstance(self.spec.get("study"), dict) else {}
         used = {int(s) for s in study.get("seeds", [0])}
-        if "seeds" in self.trials.columns:
-            for cell in self.trials["seeds"].dropna().astype(str):
+        if "seeds" in self.all_trials.columns:
+            for cell in self.all_trials["seeds"].dropna().astype(str):
                 used.update(int(s) for s in re.split(r"[,;]", cell) if s.strip().lstrip("-").isdigit())
         return sorted(used)
 
     def spec_seeds(self) -> tuple[list[int], list[int]]:
-        """(study.seeds, study.eval_seeds) as declared (tuning's defaults [0] and [100, 101, 102])."""
+        """(study.seeds, study.eval_seeds) as declared (tuning's defaults [0] and [100, ..., 104])."""
         study = self.spec.get("study", {}) if isinstance(self.spec.get("study"), dict) else {}
-        return [int(s) for s in study.get("seeds", [0])], [int(s) for s in study.get("eval_seeds", [100, 101, 102])]
+        return [int(s) for s in study.get("seeds", [0])], [int(s) for s in study.get("eval_seeds", DEFAULT_EVAL_SEEDS)]
 
     def complete(self) -> pd.DataFrame:
-        """Rows with state ``complete`` (all rows when the table has no state column)."""
+        """Full-rounds rows with state ``complete`` (all full-rounds rows when the table has no state column)."""
         t = self.trials
         return t[t["state"] == "complete"] if "state" in t.columns else t
 
@@ -247,7 +288,9 @@ def _read_sessions(out_dir: Path) -> list[dict[str, Any]]:
 
 
 def load_study(out_dir: str | Path) -> StudyResults:
-    """Read a study output directory; ConfigError naming the missing files if it is not one."""
+    """Read a study output directory; ConfigError naming the missing files if it is not one.
+
+    ``.trials`` is the full-rounds view (lower ``[fidelity]`` rungs left out); ``.all_trials`` has every row."""
     d = check_study_dir(out_dir)
     spec = load_toml(d / "spec.toml")
     trials = read_trials(d)
@@ -259,7 +302,7 @@ def load_study(out_dir: str | Path) -> StudyResults:
         raise ConfigError(f"{d}: cannot tell the objective's direction: spec.toml's [objective] is unreadable "
                           "and there is no best.toml or baseline.toml with `directions`")
     logbook = pd.read_csv(d / "logbook.csv") if (d / "logbook.csv").is_file() else None
-    return StudyResults(out_dir=d, spec=spec, trials=trials, objectives=objectives, directions=directions,
+    return StudyResults(out_dir=d, spec=spec, all_trials=trials, objectives=objectives, directions=directions,
                         fitness_columns=fcols, logbook=logbook, best=list(best_doc.get("best", [])),
                         baseline=baseline, sessions=_read_sessions(d))
 
@@ -303,6 +346,56 @@ class CompareResults:
     def seeds(self) -> list[int]:
         return [int(s) for s in self.plan.get("seeds", [])]
 
+    @property
+    def defaults(self) -> str:
+        """The label of the tuned strategy's own defaults (``qsfl-default`` for QSFL)."""
+        return str(self.plan.get("defaults", "qsfl-default"))
+
+    def objective(self) -> Objective | None:
+        """The study's objective (plan.toml's copy of spec.toml's ``[objective]``), or None without one."""
+        table = self.plan.get("objective")
+        if not table:
+            return None
+        try:
+            return build_objective(table)
+        except ConfigError:
+            return None
+
+    def objective_values(self) -> pd.DataFrame:
+        """Per run (the rows of ``runs``): the study's fitness on that seed alone (``objective_<j>``, the study's
+        stand-ins where the target was not reached, the constraint's penalty included; NaN for a failed run) and
+        ``constraint_met`` (1/0). Empty columns without an objective."""
+        objective = self.objective()
+        out = pd.DataFrame(index=self.runs.index)
+        if objective is None:
+            return out
+        rounds = int(self.plan.get("base", {}).get("rounds", 0)) or None
+        values: list[list[float]] = []
+        met: list[float] = []
+        for _, row in self.runs.iterrows():
+            ev = combine({}, [int(row["seed"])], [_seed_result(row, rounds)], objective,
+                         rounds or int(row.get("rounds_run", 0) or 0))
+            values.append([float(f) if ev.ok else math.nan for f in ev.fitness])
+            met.append(float(ev.metrics["constraint_violation"] == 0) if ev.ok else math.nan)
+        for j in range(objective.n):
+            out[f"objective_{j}"] = [v[j] for v in values]
+        out["constraint_met"] = met
+        return out
+
+    def study_fitness(self, label: str) -> list[float]:
+        """The study's fitness of ``label`` over all its seeds, computed as the search computes it (metrics averaged
+        over the seeds, then the formula and the constraint); NaN when any run failed or there is no objective."""
+        objective = self.objective()
+        if objective is None:
+            return []
+        rows = self.runs[self.runs["label"] == label]
+        if not len(rows):
+            return [math.nan] * objective.n
+        rounds = int(self.plan.get("base", {}).get("rounds", 0)) or int(rows["rounds_run"].max())
+        ev = combine({}, [int(s) for s in rows["seed"]], [_seed_result(r, rounds) for _, r in rows.iterrows()],
+                     objective, rounds)
+        return [float(f) if ev.ok else math.nan for f in ev.fitness]
+
     def kind(self, label: str) -> str:
         """``tuned`` or ``baseline``."""
         return next((str(c.get("kind", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
@@ -325,6 +418,18 @@ class CompareResults:
         return out
 
 
+def _seed_result(row: pd.Series, rounds: int | None) -> SeedResult:
+    """A runs.csv row as the SeedResult the objective takes (failed unless its status is complete)."""
+    ok = str(row.get("status", "complete")) == "complete"
+    metrics = {m: float(row[m]) if m in row and pd.notna(row[m]) else math.nan for m in RUN_METRICS}
+    fedavg = float(row.get("fedavg_uplink_bytes", math.nan))
+    if math.isnan(fedavg) and metrics["uplink_fraction"] > 0:   # a runs.csv of an older version: from the ratio
+        fedavg = metrics["uplink_bytes"] / metrics["uplink_fraction"]
+    return SeedResult(seed=int(row["seed"]), status="complete" if ok else "failed", reason=str(row.get("reason", "")),
+                      metrics=metrics, duration_s=0.0, rounds=int(rounds or row.get("rounds_run", 0) or 0),
+                      fedavg_uplink_bytes=fedavg)
+
+
 def read_compare(out_dir: str | Path) -> CompareResults | None:
     """The comparison of ``qsfl compare`` in ``out_dir`` (None when it has not run); ``stale`` is True when
     best.toml changed since (a resumed or extended study found other best configs)."""
@@ -345,16 +450,22 @@ def nan_to_none(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
-# ----- tuned vs the authors' defaults ------------------------------------------------------------------
+# ----- tuned vs the defaults -------------------------------------------------------------------------------
+def defaults_name(strategy: str) -> str:
+    """"authors' defaults" for QSFL, "<strategy> defaults" for any other strategy's own defaults."""
+    return "authors' defaults" if strategy == "qsfl" else f"{strategy} defaults"
+
+
 def defaults_verdict(best: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None,
                      directions: Sequence[str]) -> str | None:
-    """A warning when the search found nothing better than the authors' defaults, else None.
+    """A warning when the search found nothing better than the strategy's defaults, else None.
 
     One objective: the best fitness is worse than (or equal to) the defaults'. Several: no point of the front
     dominates the defaults (the defaults would sit on the front themselves).
     """
     if not baseline or baseline.get("state", "complete") != "complete" or not directions:
         return None
+    name = defaults_name(str(baseline.get("strategy", "qsfl")))
     base = [float(f) for f in baseline.get("fitness", [])]
     if len(base) != len(directions) or not all(math.isfinite(f) for f in base):
         return None
@@ -362,13 +473,13 @@ def defaults_verdict(best: Sequence[Mapping[str, Any]], baseline: Mapping[str, A
     fronts = [[float(f) for f in b.get("fitness", [])] for b in best]
     fronts = [f for f in fronts if len(f) == len(base)]
     if not fronts:
-        return "no tuned configuration completed; the authors' defaults are the only result"
+        return f"no tuned configuration completed; the {name} are the only result"
     if len(base) == 1:
         top = max(f[0] for f in fronts) if maximize[0] else min(f[0] for f in fronts)
         if (top > base[0]) if maximize[0] else (top < base[0]):
             return None
-        return (f"the best tuned fitness {top:.4g} is not better than the authors' defaults' {base[0]:.4g} "
+        return (f"the best tuned fitness {top:.4g} is not better than the {name}' {base[0]:.4g} "
                 f"({directions[0]}); the search did not beat the defaults on this budget")
     if any(dominates(f, base, [1.0 if m else -1.0 for m in maximize]) for f in fronts):
         return None
-    return "no tuned configuration dominates the authors' defaults: they lie on (or beyond) the Pareto front"
+    return f"no tuned configuration dominates the {name}: they lie on (or beyond) the Pareto front"

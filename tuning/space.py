@@ -58,8 +58,6 @@ CATEGORICAL_FIELDS: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
 }
 
-QSFL_ONLY = ("beta", "k", "alpha", "ns", "downlink_p", "segmentation")
-
 PARAM_KEYS = ("low", "high", "type", "log", "step", "key", "choices")
 
 Value = float | int | str   # a searched parameter's value
@@ -221,16 +219,15 @@ class SearchSpace:
         return params, f"ns {ns}->{k}", ""
 
     def defaults(self, base: SimConfig) -> dict[str, Any]:
-        """The authors' default values of the searched parameters (base config values for the others)."""
-        out: dict[str, Any] = {}
-        for p in self.params:
-            if p.key == f"strategy.{p.name}" and p.name in AUTHORS_DEFAULTS:
-                out[p.name] = AUTHORS_DEFAULTS[p.name]
-            elif p.name == "k" and p.key == "strategy.k":
-                out["k"] = authors_k(base)
-            else:
-                out[p.name] = _get_dotted(base, p.key)
-        return out
+        """The searched parameters' values at the study's baseline: the strategy's own defaults (for QSFL the
+        authors', K from their alpha) for its parameters, the base config's values for the others."""
+        config = base.with_overrides(baseline_overrides(base, self))
+        return {p.name: effective_k({}, config) if p.key == "strategy.k" else _get_dotted(config, p.key)
+                for p in self.params}
+
+    def strategy_fields(self) -> list[str]:
+        """The strategy fields this space searches (``strategy.<field>`` keys)."""
+        return [p.key.split(".", 1)[1] for p in self.params if p.key.startswith("strategy.")]
 
     def contains(self, params: Mapping[str, Any]) -> bool:
         """Are all of the space's params given and inside their bounds?"""
@@ -243,9 +240,21 @@ def authors_k(base: SimConfig) -> int:
     return ceil_fraction(float(AUTHORS_DEFAULTS["alpha"]), base.cohort_size)
 
 
-def baseline_overrides(base: SimConfig) -> dict[str, Any]:
-    """Dotted overrides that put the authors' QSFL defaults on ``base`` (K from their alpha)."""
-    return {"strategy.k": None, **{f"strategy.{name}": value for name, value in AUTHORS_DEFAULTS.items()}}
+def baseline_overrides(base: SimConfig, space: SearchSpace | None = None) -> dict[str, Any]:
+    """Dotted overrides that put the base strategy's own defaults on ``base`` (QSFL: the authors', K from their
+    alpha), for its :attr:`~qsfl.strategy_config.StrategyConfig.baseline_fields` and the fields ``space`` searches."""
+    return type(base.strategy).baseline_overrides(space.strategy_fields() if space is not None else ())
+
+
+def baseline_params(base: SimConfig, space: SearchSpace) -> dict[str, Any]:
+    """The values the baseline simulates: the strategy's baseline fields (K as the qualified count it implies),
+    then every searched parameter (:meth:`SearchSpace.defaults`)."""
+    config = base.with_overrides(baseline_overrides(base, space))
+    fields = [f for f in type(base.strategy).baseline_fields if f != "k"]
+    out: dict[str, Any] = {f: getattr(config.strategy, f) for f in fields}
+    if "k" in type(base.strategy).baseline_fields:
+        out["k"] = effective_k({}, config)
+    return {**out, **space.defaults(base)}
 
 
 def ns_limited(base: SimConfig) -> bool:
@@ -314,6 +323,7 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
     if key is None:
         raise ConfigError(f"{where}: unknown parameter {name!r}; valid: {', '.join(KNOWN_PARAMS)}, "
                           f"or any name with key = \"<numeric SimConfig field>\"")
+    check_strategy_key(where, key, base)
     if key in CATEGORICAL_FIELDS or table.get("type") == "categorical":
         return _categorical_param(name, table, key)
     if "choices" in table:
@@ -345,6 +355,17 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
             raise ConfigError(f"{where}.step: only for linear float parameters (type = \"float\", log = false)")
     return Param(name=name, key=key, low=low, high=high, type=ptype, log=log,
                  step=float(step) if step is not None else None)
+
+
+def check_strategy_key(where: str, key: str, base: SimConfig) -> None:
+    """ConfigError naming ``where`` and the strategy when ``key`` is a ``strategy.<field>`` the base strategy lacks."""
+    if not key.startswith("strategy."):
+        return
+    field = key.split(".", 1)[1]
+    strategy = type(base.strategy)
+    if field not in strategy.parameters():
+        raise ConfigError(f"{where}: {field!r} is not a parameter of strategy {strategy.strategy_name!r} "
+                          f"(base.strategy.name); its parameters: {', '.join(strategy.parameters()) or 'none'}")
 
 
 def _categorical_names() -> list[str]:
@@ -388,10 +409,6 @@ def build_space(table: Any, base: SimConfig, constraint: str = "repair") -> Sear
     table = dict(table)
     constraint = table.pop("constraint", constraint)
     check_choice("space.constraint", constraint, CONSTRAINT_MODES)
-    qsfl_only = [n for n, sub in table.items() if n in QSFL_ONLY and not (isinstance(sub, Mapping) and "key" in sub)]
-    if qsfl_only and base.strategy.name != "qsfl":
-        raise ConfigError(f"base.strategy.name: {base.strategy.name!r} has no {'/'.join(QSFL_ONLY)}; "
-                          f"allowed: qsfl (the searched parameters are QSFL's)")
     params = tuple(build_param(name, sub, base) for name, sub in table.items())
     names = [p.name for p in params]
     if "k" in names and "alpha" in names:

@@ -37,6 +37,8 @@ from tuning.space import SearchSpace, build_space
 from tuning.workers import check_cluster
 
 BASE_SECTIONS = ("study", "base", "space", "objective")
+# the test seeds of `qsfl compare` and the benchmarks when a spec names none: five, so a t interval means something
+DEFAULT_EVAL_SEEDS = (100, 101, 102, 103, 104)
 STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers",
               "population_batch", "start_defaults", "start", "time_budget_s", "cluster")
 # keys that may change when a study is resumed (a longer run, another storage URL, more workers, a cluster)
@@ -55,7 +57,7 @@ class StudyInfo:
     name: str
     engine: str = "ga"
     seeds: tuple[int, ...] = (0,)
-    eval_seeds: tuple[int, ...] = (100, 101, 102)
+    eval_seeds: tuple[int, ...] = DEFAULT_EVAL_SEEDS
     search_seed: int = 0
     description: str = ""
     save_histories: bool = True
@@ -122,7 +124,7 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     engine = t.get("engine", "ga")
     check_choice("study.engine", engine, tuple(searchers()))
     seeds = _seed_list("study.seeds", t.get("seeds", [0]))
-    eval_seeds = _seed_list("study.eval_seeds", t.get("eval_seeds", [100, 101, 102]), allow_empty=True)
+    eval_seeds = _seed_list("study.eval_seeds", t.get("eval_seeds", list(DEFAULT_EVAL_SEEDS)), allow_empty=True)
     overlap = sorted(set(seeds) & set(eval_seeds))
     if overlap:
         raise ConfigError(f"study.eval_seeds: {overlap} also in study.seeds; re-evaluation seeds must not be "

@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from qsfl.config import AUTHORS_DEFAULTS, dump_toml, load_toml
+from qsfl.config import dump_toml, load_toml
 from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
 from tuning.evaluate import Evaluator, Point
 from tuning.loop import StudyLoop
 from tuning.objective import SUMMARY_METRICS, Evaluation, dominates
 from tuning.progress import LogSetup, Progress
+from tuning.results import defaults_name
 from tuning.search import SearchContext, Searcher, searchers
-from tuning.space import authors_k, baseline_overrides
+from tuning.space import baseline_overrides
+from tuning.space import baseline_params as space_baseline_params
 from tuning.spec import StudySpec, parse_spec
 from tuning.trials import TrialsTable, fitness_columns
 from tuning.validate import check_resume, validate_study
@@ -52,6 +54,8 @@ class StudyResult:
     extra: dict[str, Any] = field(default_factory=dict)
     simulated_rounds: int = 0
     completed: int = 0
+    new_evaluations: int = 0        # rows this session added (0 when --resume found the budget spent)
+    rewritten: bool = True          # False: a --resume found a finished study and left its outputs alone
 
     @property
     def exit_code(self) -> int:
@@ -82,24 +86,28 @@ def prepare_out(spec: StudySpec, out_dir: Path, resume: bool) -> None:
     raw = dict(spec.raw)
     raw.setdefault("study", {})
     raw["study"] = {**raw["study"], "name": spec.name}
-    atomic_write_text(out_dir / "spec.toml", dump_toml(raw))
+    text = dump_toml(raw)
+    path = out_dir / "spec.toml"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:   # a resume leaves an unchanged spec alone
+        atomic_write_text(path, text)
 
 
 # ----- the authors' defaults on the same budget --------------------------------------------------------------
 def baseline_params(spec: StudySpec) -> dict[str, Any]:
-    """The authors' defaults (qsfl.config.AUTHORS_DEFAULTS, K = ceil(alpha * C)) plus the base values of other
-    searched params."""
-    defaults = spec.space.defaults(spec.base)
-    return {**dict(AUTHORS_DEFAULTS), "k": authors_k(spec.base),
-            **{n: v for n, v in defaults.items() if n not in (*AUTHORS_DEFAULTS, "k")}}
+    """The values the baseline simulates: the study strategy's own defaults (for QSFL the authors', K = ceil(alpha
+    * C)) plus the base values of searched params that are not the strategy's."""
+    return space_baseline_params(spec.base, spec.space)
 
 
 def baseline_point(spec: StudySpec) -> Point:
-    """The baseline as a point: the authors' strategy defaults on the base config (searched params that are
-    not theirs keep the base values)."""
-    params = baseline_params(spec)
-    others = {p.key: params[p.name] for p in spec.space.params if not p.key.startswith("strategy.")}
-    return Point(params, overrides={**baseline_overrides(spec.base), **others})
+    """The baseline as a point: the study strategy's own defaults on the base config (searched params that are
+    not the strategy's keep the base values)."""
+    return Point(baseline_params(spec), overrides=baseline_overrides(spec.base, spec.space))
+
+
+def defaults_label(spec: StudySpec) -> str:
+    """What the baseline is, in words: "QSFL with the authors' defaults", "topk with its own defaults"."""
+    return type(spec.base.strategy).defaults_label()
 
 
 def evaluate_baseline(spec: StudySpec, evaluator: Evaluator | None = None) -> dict[str, Any]:
@@ -127,7 +135,8 @@ def evaluate_on_seeds(spec: StudySpec, point: Point, seeds: Sequence[int], pool:
 
 def baseline_dict(spec: StudySpec, ev: Evaluation) -> dict[str, Any]:
     """baseline.toml content from an evaluation."""
-    return {"study": spec.name, "description": "the QSFL authors' default parameters on the study's budget",
+    return {"study": spec.name, "description": f"{defaults_label(spec)} on the study's budget",
+            "strategy": spec.base.strategy.name,
             "params": ev.params, "seeds": list(ev.seeds), "state": ev.state, "reason": ev.reason,
             "metrics": ev.metrics, "metrics_std": ev.metrics_std,
             "fitness": [float(f) if ev.ok else math.nan for f in ev.fitness],
@@ -274,28 +283,34 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
         baseline_path = out / "baseline.toml"
         baseline = load_toml(baseline_path) if resume and baseline_path.is_file() else None
         if baseline is None:
-            echo("evaluating the authors' defaults (baseline) ...")
+            echo(f"evaluating the baseline: {defaults_label(spec)} ...")
             baseline = evaluate_baseline(spec, evaluator)
             atomic_write_text(baseline_path, dump_toml(baseline))
         base_fit = baseline["fitness"] if baseline.get("state") == "complete" else None
         table = TrialsTable(out, spec.space.names, spec.objective.n, {p.name: p.type for p in spec.space.params})
         bar = Progress(bar=progress, total=_expected_rows(spec, searcher), desc=f"{searcher.name} {spec.name}",
-                       signs=spec.objective.weights, full_rounds=spec.base.rounds, baseline=base_fit)
+                       signs=spec.objective.weights, full_rounds=spec.base.rounds, baseline=base_fit,
+                       exact=spec.fidelity is None and searcher.exact_evaluations())
         loop = StudyLoop(spec, out, searcher, evaluator, table, bar,
                          on_batch=lambda: write_logbook(out, searcher, spec.objective.n))
         try:
             state = loop.run(resume=resume, stop_after=stop_after)
         finally:
             table.close()   # the journal's last rows into trials.parquet / trials.csv
-        write_logbook(out, searcher, spec.objective.n)
         rows = table.rows
         limit = spec.ga.hof_size if spec.study.engine == "ga" else 5
         best = best_entries(rows, spec, limit=limit)
-        write_best(out, spec, best)
         simulated = int(sum(int(r.get("simulated_rounds") or 0) for r in rows))
         completed = sum(1 for r in rows if r.get("state") == "complete")
         result = StudyResult(spec, out, best, baseline, len(rows), state.elapsed_s,
-                             simulated_rounds=simulated, completed=completed)
+                             simulated_rounds=simulated, completed=completed,
+                             new_evaluations=bar.done - bar.resumed_at)
+        if resume and not result.new_evaluations and _finished(out, len(rows)):
+            ok = True   # the budget was spent and every output written by an earlier session: nothing to rewrite
+            result.rewritten = False
+            return result
+        write_logbook(out, searcher, spec.objective.n)
+        write_best(out, spec, best)
         write_summary(result)
         if spec.study.save_histories and stop_after is None:
             write_histories(spec, out, best, pool)
@@ -312,6 +327,15 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
         torch.set_num_threads(threads)  # a library caller gets its thread setting back
         logs.close()
     return result
+
+
+def _finished(out: Path, rows: int) -> bool:
+    """Did an earlier session write every output of a study of ``rows`` evaluations (summary.json last)?"""
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (out / "best.toml").is_file() and summary.get("evaluations") == rows
 
 
 def _expected_rows(spec: StudySpec, searcher: Searcher) -> int | None:
@@ -389,7 +413,8 @@ def format_summary(result: StudyResult) -> str:
     for i, b in enumerate(result.best[:5]):
         lines.append(line("best" if i == 0 else f"#{i + 1}", b["metrics"], b["fitness"]))
     if result.baseline:
-        lines.append(line("authors' defaults", result.baseline.get("metrics", {}), result.baseline.get("fitness", [])))
+        lines.append(line(defaults_name(spec.base.strategy.name), result.baseline.get("metrics", {}),
+                          result.baseline.get("fitness", [])))
     if result.best:
         lines.append("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.best[0]["params"].items())
                      + (f" (repaired: {result.best[0]['repair']})" if result.best[0].get("repair") else ""))

@@ -19,6 +19,7 @@ def validate_study(spec: Any) -> int:
     simulator accepts. Returns the model's parameter count; raises ConfigError naming what is wrong."""
     from qsfl.sim import Simulation
     from qsfl.strategies import make_strategy
+    from tuning.space import baseline_overrides
 
     n_params = 0
     for seed in spec.study.seeds:
@@ -42,6 +43,11 @@ def validate_study(spec: Any) -> int:
                 make_strategy(config, n_params)
             except ConfigError as exc:
                 raise ConfigError(f"space.{p.name}.{bound}: {value!r} cannot be simulated: {exc}") from None
+    label = type(spec.base.strategy).defaults_label()
+    try:   # the baseline (the strategy's own defaults) is simulated first: it must be a valid config too
+        make_strategy(spec.base.with_overrides(baseline_overrides(spec.base, spec.space)), n_params)
+    except ConfigError as exc:
+        raise ConfigError(f"baseline ({label}): cannot be simulated: {exc}") from None
     return n_params
 
 

@@ -119,6 +119,10 @@ class Searcher(ABC):
         """(steps done, steps in the budget): generations for the GA, trials for the others."""
         return 0, None
 
+    def exact_evaluations(self) -> bool:
+        """Is :meth:`expected_evaluations` exact (every asked point is one evaluation) rather than a ceiling?"""
+        return True
+
     # ----- hooks for searchers that keep the trials themselves (Optuna) -----------------------------------
     def record(self, candidate: Candidate, rows: Sequence[Mapping[str, Any]]) -> None:
         """The candidate's trials rows (one per rung it reached, the last is its final one), just before ``tell``;

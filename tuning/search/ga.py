@@ -505,6 +505,9 @@ class GASearcher(Searcher):
     def expected_evaluations(self) -> int:
         return self.settings.population * (self.settings.generations + 1)
 
+    def exact_evaluations(self) -> bool:
+        return False   # offspring that neither crossover nor mutation changed keep their fitness: fewer evaluations
+
     def progress(self) -> tuple[int, int | None]:
         s = self.core.state
         return (0 if s is None else s.generation + 1), self.settings.generations + 1
