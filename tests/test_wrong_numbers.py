@@ -309,3 +309,26 @@ def test_resume_of_a_finished_study_says_so_and_rewrites_nothing(tmp_path: Path)
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
     changed = {k for k in before if before[k] != after.get(k)} - {"environment.json", "study.log", "checkpoint.pkl"}
     assert not changed, changed
+
+
+@pytest.mark.slow
+def test_readme_quickstart_report_shows_the_numbers_of_best_toml(tmp_path: Path):
+    """The README's quickstart (with its [fidelity]): every "Best configurations" row of report.md equals its
+    best.toml entry (fitness, final accuracy, uplink MB), and the defaults' row equals baseline.toml."""
+    import tomllib
+
+    out = tmp_path / "quickstart"
+    res = run_qsfl("tune", "studies/quickstart.toml", "--out", str(out), "-q")
+    assert res.returncode == 0, res.stderr
+    best = tomllib.loads((out / "best.toml").read_text())["best"]
+    baseline = tomllib.loads((out / "baseline.toml").read_text())
+    md = (out / "report.md").read_text()
+    table = md.split("## Best configurations", 1)[1].split("\n\n")[1].splitlines()[2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert len(cells) == len(best) + 1
+    for entry, row in zip(best, cells):
+        assert float(row[2]) == pytest.approx(entry["fitness"][0], rel=1e-3)
+        assert float(row[3]) == pytest.approx(entry["metrics"]["final_accuracy"], rel=1e-3)
+        assert float(row[4]) == pytest.approx(entry["metrics"]["uplink_mb"], rel=1e-3)
+    assert cells[-1][0] == "authors' defaults"
+    assert float(cells[-1][3]) == pytest.approx(baseline["metrics"]["final_accuracy"], rel=1e-3)
