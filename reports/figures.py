@@ -6,8 +6,8 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -62,8 +62,9 @@ def _search_figures(study: Study, add: Callable[..., None]) -> None:
     note = _full_rounds_note(study)
     plain_add = add
 
-    def add(name: str, section: str, caption: str, *args: Any, **kwargs: Any) -> None:
+    def noted(name: str, section: str, caption: str, *args: Any, **kwargs: Any) -> None:
         plain_add(name, section, caption + note if not name.startswith("ga_fitness") else caption, *args, **kwargs)
+    add = noted
     labels = [r.objective_label(j) for j in range(len(fcols))]
     search = "Search"
     if r.logbook is not None and len(r.logbook):

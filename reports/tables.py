@@ -87,25 +87,44 @@ def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
         fitness = fitness if isinstance(fitness, list) else [fitness]
         metrics = {c[len("metric_"):]: match[c] for c in match.index if c.startswith("metric_")} \
             if match is not None else dict(entry.get("metrics", {}))
-        row = {"rank": len(rows) + 1, "params": params_text(params), "fitness": ", ".join(fmt_num(f) for f in fitness),
-               **_metric_cells(metrics)}
+        row = {"rank": len(rows) + 1, "params": params_text(params),
+               "search fitness": ", ".join(fmt_num(f) for f in fitness)}
+        if r.validation:
+            row["validation fitness"] = ", ".join(fmt_num(f) for f in entry.get("validation_fitness", []))
+            if entry.get("defaults"):
+                row["rank"] = f"{len(rows) + 1} ({r.defaults_name})"
+        row.update(_metric_cells(metrics))
         rows.append(row)
         by_key[key] = row
-    if r.baseline:
+    if r.baseline and not any(e.get("defaults") for e in r.best):
         fitness = r.baseline.get("fitness", [])
         fitness = fitness if isinstance(fitness, list) else [fitness]
-        rows.append({"rank": r.defaults_name, "params": params_text(r.baseline.get("params", {})),
-                     "fitness": ", ".join(fmt_num(f) for f in fitness),
-                     **_metric_cells(r.baseline.get("metrics", {}))})
+        row = {"rank": r.defaults_name, "params": params_text(r.baseline.get("params", {})),
+               "search fitness": ", ".join(fmt_num(f) for f in fitness)}
+        if r.validation:
+            row["validation fitness"] = ", ".join(fmt_num(f) for f in r.validation.get("defaults_validation_fitness",
+                                                                                       []))
+        row.update(_metric_cells(r.baseline.get("metrics", {})))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def seeds_note(study: Study) -> str:
-    """What the best table's metrics are: one search seed, or the mean over several."""
-    seeds, _ = study.results.spec_seeds()
+    """What the best table's numbers are: search seeds (one or the mean over several), validation seeds."""
+    r = study.results
+    seeds, _ = r.spec_seeds()
     if len(seeds) > 1:
-        return f"Metrics are the search's own (mean over its {len(seeds)} seeds {', '.join(map(str, seeds))})"
-    return f"Metrics are the search's own (seed {seeds[0] if seeds else 0})"
+        text = (f"Metrics and search fitness are the search's own (mean over its {len(seeds)} seeds "
+                f"{', '.join(map(str, seeds))})")
+    else:
+        text = f"Metrics and search fitness are the search's own (seed {seeds[0] if seeds else 0})"
+    if r.validation:
+        vseeds = r.validation.get("validation_seeds", [])
+        text += (f"; validation fitness is the same configuration re-simulated on the validation seeds "
+                 f"{', '.join(map(str, vseeds))}, which the search never used, and ranks the table. "
+                 f"{str(r.validation.get('verdict', '')).capitalize()}. The test seeds (study.eval_seeds) are "
+                 "left for `qsfl compare`")
+    return text
 
 
 def top_trials(study: Study, n: int = 10) -> pd.DataFrame:
@@ -163,9 +182,9 @@ def facts(study: Study, now: dt.datetime | None = None) -> list[tuple[str, str]]
         out.append(("ran", f"{t['started']:%Y-%m-%d %H:%M:%S} \u2013 {t['finished']:%Y-%m-%d %H:%M:%S} UTC"))
     if r.objectives:
         out.append(("objective", "; ".join(r.describe_objectives())))
-    verdict = defaults_verdict(r.best, r.baseline, r.directions)
+    verdict = r.validation.get("verdict") if r.validation else defaults_verdict(r.best, r.baseline, r.directions)
     if verdict:
-        out.append(("note", verdict[0].upper() + verdict[1:] + "."))
+        out.append(("answer" if r.validation else "note", str(verdict)[0].upper() + str(verdict)[1:] + "."))
     if base:
         keys = ("dataset", "model", "partition", "clients", "client_fraction", "rounds", "local_epochs", "lr",
                 "target_accuracy")

@@ -6,11 +6,10 @@ format (docs/study_output.md), so these tests do not depend on the tuning packag
 
 from __future__ import annotations
 
-import math
-
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 import shutil
 from pathlib import Path

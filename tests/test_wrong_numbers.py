@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +17,6 @@ from helpers import run_qsfl
 
 from qsfl.config import SimConfig, dump_toml
 from qsfl.errors import ConfigError
-
-import tomllib
 
 loads = tomllib.loads
 
@@ -72,7 +71,7 @@ def test_best_table_shows_the_full_rounds_row_of_best_toml(hand_study: Path):
     study = load_report_study(hand_study)
     row = best_table(study).iloc[0]
     assert row["final acc."] == pytest.approx(0.8858) and row["uplink MB"] == pytest.approx(0.2202)
-    assert row["rounds to target"] == 20.0 and row["fitness"] == "0.1688"
+    assert row["rounds to target"] == 20.0 and row["search fitness"] == "0.1688"
     top = top_trials(study)
     assert list(top["trial"]) == [3]          # the 4-round rows (fitness 0.01, 0.03) are not "top evaluations"
     said = dict(facts(study))["evaluations"]
@@ -325,10 +324,15 @@ def test_readme_quickstart_report_shows_the_numbers_of_best_toml(tmp_path: Path)
     md = (out / "report.md").read_text()
     table = md.split("## Best configurations", 1)[1].split("\n\n")[1].splitlines()[2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
-    assert len(cells) == len(best) + 1
+    defaults_row = not any(e.get("defaults") for e in best)    # else the defaults are the answer, a ranked row
+    assert len(cells) == len(best) + defaults_row
     for entry, row in zip(best, cells):
         assert float(row[2]) == pytest.approx(entry["fitness"][0], rel=1e-3)
-        assert float(row[3]) == pytest.approx(entry["metrics"]["final_accuracy"], rel=1e-3)
-        assert float(row[4]) == pytest.approx(entry["metrics"]["uplink_mb"], rel=1e-3)
-    assert cells[-1][0] == "authors' defaults"
-    assert float(cells[-1][3]) == pytest.approx(baseline["metrics"]["final_accuracy"], rel=1e-3)
+        assert float(row[3]) == pytest.approx(entry["validation_fitness"][0], rel=1e-3)
+        assert float(row[4]) == pytest.approx(entry["metrics"]["final_accuracy"], rel=1e-3)
+        assert float(row[5]) == pytest.approx(entry["metrics"]["uplink_mb"], rel=1e-3)
+    if defaults_row:
+        assert cells[-1][0] == "authors' defaults"
+        assert float(cells[-1][4]) == pytest.approx(baseline["metrics"]["final_accuracy"], rel=1e-3)
+    validation = (out / "validation.csv").read_text()
+    assert "answer" in validation and "per_seed_fitness" in validation

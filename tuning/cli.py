@@ -144,7 +144,8 @@ def tune(args: argparse.Namespace) -> tuple[Path, int, bool]:
         return out, result.exit_code, False
     if not args.quiet:
         print(format_summary(result))
-        verdict = defaults_verdict(result.best, result.baseline, list(spec.objective.directions))
+        verdict = None if "validation" in result.extra else \
+            defaults_verdict(result.best, result.baseline, list(spec.objective.directions))
         if verdict:
             print(f"note: {verdict}")
     if result.exit_code:

@@ -3,9 +3,10 @@
 Labels: ``<strategy>-tuned-1..N`` (best first, run with the strategy the study tuned, or the labels of a
 ``--configs`` TOML), ``fedavg``, ``topk``, ``qj-only`` and ``scss-only`` (QSFL ablations with the authors'
 defaults), ``qsfl-default`` (QSFL with the authors' defaults) and, for a study of another strategy,
-``<strategy>-default`` (that strategy with its own defaults). Every run's History is saved under ``OUT/compare/<label>/seed<k>/`` (a run whose saved config equals
-the requested one is reused), one row per run goes to ``OUT/compare/runs.csv`` and what was run to
-``OUT/compare/plan.toml``. Tables, statistics and figures are drawn from those files by ``reports.compare``.
+``<strategy>-default`` (that strategy with its own defaults). Every run's History is saved under
+``OUT/compare/<label>/seed<k>/`` (a run whose saved config equals the requested one is reused), one row per run
+goes to ``OUT/compare/runs.csv`` and what was run to ``OUT/compare/plan.toml``. Tables, statistics and figures
+are drawn from those files by ``reports.compare``.
 """
 
 from __future__ import annotations
@@ -419,7 +420,10 @@ def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Pa
     own = type(base.strategy).defaults_label()
     searched = [*type(base.strategy).baseline_fields,
                 *(build_space(spec["space"], base).strategy_fields() if spec and "space" in spec else [])]
+    answered_defaults = [dict(b.get("params", {})) for b in (study.best if study is not None else [])
+                         if b.get("defaults")]
     settings = {label: f"{cfg.strategy.name}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+                + (" (the defaults: validation found nothing better)" if params in answered_defaults else "")
                 for label, (cfg, params) in tuned.items()} \
         | {label: f"{own} ({_fields_text(cfg, searched)})" for label, cfg in baselines.items()
            if label not in DESCRIPTIONS} \

@@ -178,10 +178,12 @@ class Evaluator:
 
     # ----- a batch at one fidelity ----------------------------------------------------------------------
     def evaluate(self, points: Sequence[Point], rounds: int, *, keep_states: bool = False, curve: bool = False,
-                 on_done: Callable[[int, Evaluation], None] | None = None) -> list[Evaluation]:
-        """Evaluate ``points`` after ``rounds`` rounds on every seed; ``on_done(i, ev)`` sees each evaluation
-        as soon as it and every point before it are finished (so rows are written in order)."""
-        seeds = list(self.spec.study.seeds)
+                 on_done: Callable[[int, Evaluation], None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Evaluation]:
+        """Evaluate ``points`` after ``rounds`` rounds on every seed (``seeds``, default the study's search seeds:
+        racing adds seeds, validation uses its own); ``on_done(i, ev)`` sees each evaluation as soon as it and
+        every point before it are finished (so rows are written in order)."""
+        seeds = list(self.spec.study.seeds if seeds is None else seeds)
         full = self.spec.base.rounds
         slots = [_Slot(pt) for pt in points]
         jobs: dict[tuple[str, int], list[int]] = {}          # (key, seed) -> slots waiting for that simulation

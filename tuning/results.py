@@ -28,10 +28,11 @@ from tuning.spec import DEFAULT_EVAL_SEEDS, parse_base
 from tuning.trials import read_trials as _read_trials
 
 __all__ = ["COMPARE_DIR", "METRICS", "CompareResults", "Metric", "StudyResults", "best_digest", "check_study_dir",
-           "defaults_name", "defaults_verdict", "load_histories", "load_study", "metric_direction", "missing_files", "read_compare",
-           "read_trials", "simulation_keys"]
+           "defaults_name", "defaults_verdict", "load_histories", "load_study", "metric_direction", "missing_files",
+           "read_compare", "read_trials", "simulation_keys"]
 
 TRIALS_FILES = ("trials.parquet", "trials.csv")
+VALIDATION_FIELDS = ("answer", "verdict", "validation_seeds", "defaults_validation_fitness")
 REQUIRED = ("spec.toml",)
 COMPARE_DIR = "compare"
 ENVIRONMENT_FILE = "environment.json"
@@ -155,6 +156,7 @@ class StudyResults:
     best: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)   # best.toml's answer, verdict, validation_seeds, ...
 
     @property
     def full_rounds(self) -> int | None:
@@ -247,9 +249,10 @@ class StudyResults:
             raise ConfigError(f"{self.out_dir / 'spec.toml'}: {exc}") from None
 
     def search_seeds(self) -> list[int]:
-        """Seeds the search simulated: the spec's study.seeds and every seed in the trials table."""
+        """Seeds the study simulated: the spec's study.seeds, every seed in the trials table and the validation
+        seeds (a comparison must use none of them)."""
         study = self.spec.get("study", {}) if isinstance(self.spec.get("study"), dict) else {}
-        used = {int(s) for s in study.get("seeds", [0])}
+        used = {int(s) for s in study.get("seeds", [0])} | {int(s) for s in self.validation.get("validation_seeds", [])}
         if "seeds" in self.all_trials.columns:
             for cell in self.all_trials["seeds"].dropna().astype(str):
                 used.update(int(s) for s in re.split(r"[,;]", cell) if s.strip().lstrip("-").isdigit())
@@ -304,7 +307,8 @@ def load_study(out_dir: str | Path) -> StudyResults:
     logbook = pd.read_csv(d / "logbook.csv") if (d / "logbook.csv").is_file() else None
     return StudyResults(out_dir=d, spec=spec, all_trials=trials, objectives=objectives, directions=directions,
                         fitness_columns=fcols, logbook=logbook, best=list(best_doc.get("best", [])),
-                        baseline=baseline, sessions=_read_sessions(d))
+                        baseline=baseline, sessions=_read_sessions(d),
+                        validation={k: best_doc[k] for k in VALIDATION_FIELDS if k in best_doc})
 
 
 # ----- histories -----------------------------------------------------------------------------------

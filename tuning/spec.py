@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from tuning.objective import Objective, build_objective
 from tuning.search import searchers
 from tuning.search.fidelity import FidelitySettings, parse_fidelity
 from tuning.space import SearchSpace, build_space
+from tuning.validation import VALIDATION_KEYS, ValidationSettings, parse_validation
 from tuning.workers import check_cluster
 
 BASE_SECTIONS = ("study", "base", "space", "objective")
@@ -47,7 +48,7 @@ RESUMABLE_STUDY_KEYS = ("description", "eval_seeds", "save_histories", "workers"
 
 def sections() -> tuple[str, ...]:
     """Every section a spec may have: the study's own and one per registered searcher."""
-    return BASE_SECTIONS + tuple(cls.section for cls in searchers().values()) + ("fidelity",)
+    return BASE_SECTIONS + tuple(cls.section for cls in searchers().values()) + ("fidelity", "validation")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class StudySpec:
     fidelity: FidelitySettings | None
     raw: Mapping[str, Any]
     fingerprint: str = ""
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     @property
     def name(self) -> str:
@@ -203,8 +205,9 @@ def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec
     if fidelity is not None and study.engine == "optuna" and settings["optuna"].pruner != "none":
         raise ConfigError(f"optuna.pruner: {settings['optuna'].pruner!r} and [fidelity] both stop evaluations "
                           f"early; allowed with [fidelity]: none")
+    validation = parse_validation(raw.get("validation"), study.seeds, study.eval_seeds)
     spec = StudySpec(study=study, base=base, space=space, objective=objective, settings=settings,
-                     fidelity=fidelity, raw=copy.deepcopy(dict(raw)))
+                     fidelity=fidelity, raw=copy.deepcopy(dict(raw)), validation=validation)
     return StudySpec(**{**spec.__dict__, "fingerprint": _fingerprint(spec.raw)})
 
 
@@ -254,7 +257,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
 def _fingerprint(raw: Mapping[str, Any]) -> str:
     """A hash of what determines a study's results (used to refuse resuming a changed spec)."""
     # a longer run (more generations / trials), another storage URL, more workers may resume the same study
-    skip: dict[str, tuple[str, ...]] = {"study": RESUMABLE_STUDY_KEYS}
+    skip: dict[str, tuple[str, ...]] = {"study": RESUMABLE_STUDY_KEYS, "validation": VALIDATION_KEYS}
     for cls in searchers().values():
         skip[cls.section] = cls.resumable_keys
     data = {section: ({k: v for k, v in table.items() if k not in skip[section]}

@@ -21,7 +21,7 @@ from qsfl.errors import ConfigError
 from qsfl.io import atomic_write, atomic_write_text
 from tuning.evaluate import Evaluator, Point
 from tuning.loop import StudyLoop
-from tuning.objective import SUMMARY_METRICS, Evaluation, dominates
+from tuning.objective import SUMMARY_METRICS, Evaluation, dominates, params_id
 from tuning.progress import LogSetup, Progress
 from tuning.results import defaults_name
 from tuning.search import SearchContext, Searcher, searchers
@@ -30,6 +30,7 @@ from tuning.space import baseline_params as space_baseline_params
 from tuning.spec import StudySpec, parse_spec
 from tuning.trials import TrialsTable, fitness_columns
 from tuning.validate import check_resume, validate_study
+from tuning.validation import Validated, ValidationResult, validate
 from tuning.workers import SerialWorkers, Workers, make_workers
 
 if TYPE_CHECKING:
@@ -183,10 +184,66 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def write_best(out_dir: Path, spec: StudySpec, best: list[dict[str, Any]]) -> None:
-    """best.toml: ``[[best]]`` tables (params, fitness, metrics), best first."""
+# ----- validation before the answer (tuning.validation) ----------------------------------------------------
+def defaults_entry(spec: StudySpec, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The baseline as a best.toml entry (``defaults = true``), its search-seed fitness and metrics."""
+    params = baseline_params(spec)
+    return {"individual": params_id(params), "trial": -1, "generation": -1, "defaults": True, "params": params,
+            "fitness": [float(f) for f in baseline.get("fitness", [])],
+            "metrics": {k: float(v) for k, v in baseline.get("metrics", {}).items()}, "repair": ""}
+
+
+def run_validation(spec: StudySpec, evaluator: Evaluator, candidates: Sequence[Mapping[str, Any]],
+                   baseline: Mapping[str, Any]) -> ValidationResult:
+    """Re-simulate ``candidates`` and the baseline on the validation seeds and choose the answer."""
+    return validate(evaluator, spec.objective, spec.validation, spec.base.rounds, candidates,
+                    defaults_entry(spec, baseline), baseline_point(spec), defaults_name(spec.base.strategy.name))
+
+
+def _validated_entry(v: Validated) -> dict[str, Any]:
+    ev = v.evaluation
+    return {**v.entry, "validation_fitness": v.fitness, "validation_state": ev.state,
+            "validation_metrics": {k: float(x) for k, x in ev.metrics.items()}}
+
+
+def validated_best(result: ValidationResult) -> list[dict[str, Any]]:
+    """best.toml's entries after validation: the answer first (the defaults when they were not beaten), then the
+    other validated configurations by validation fitness."""
+    tuned = [_validated_entry(v) for v in result.ranked]
+    if result.answer == "defaults":
+        return [_validated_entry(result.defaults)] + tuned
+    return tuned
+
+
+def write_validation(out_dir: Path, spec: StudySpec, result: ValidationResult) -> None:
+    """validation.csv: one row per validated configuration (the defaults first): params, search and validation
+    fitness, the fitness on each validation seed alone, the mean metrics there, and which is the answer."""
+    rows = []
+    answer = result.defaults if result.answer == "defaults" else (result.ranked[0] if result.ranked else None)
+    rank = {id(v): i + 1 for i, v in enumerate(result.ranked)}
+    for v in [result.defaults, *result.ranked]:
+        ev = v.evaluation
+        row: dict[str, Any] = {"label": v.label, "validation_rank": rank.get(id(v), 0), "answer": v is answer,
+                               "trial": int(v.entry.get("trial", -1)), "seeds": ",".join(map(str, result.seeds)),
+                               "state": ev.state, "reason": ev.reason}
+        row.update({f"param_{k}": _plain(x) for k, x in v.entry.get("params", {}).items()})
+        for j, cols in enumerate(fitness_columns(spec.objective.n)):
+            search = v.entry.get("fitness", [])
+            row[f"search_{cols}"] = float(search[j]) if j < len(search) else math.nan
+            row[f"validation_{cols}"] = v.fitness[j]
+            row[f"per_seed_{cols}"] = json.dumps(v.per_seed[j])
+        row.update({f"metric_{k}": float(x) for k, x in ev.metrics.items()})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    atomic_write(out_dir / "validation.csv", lambda p: df.to_csv(p, index=False))
+
+
+def write_best(out_dir: Path, spec: StudySpec, best: list[dict[str, Any]],
+               answer: Mapping[str, Any] | None = None) -> None:
+    """best.toml: ``answer``, ``verdict`` and ``validation_seeds`` (when validated), then ``[[best]]`` tables (params,
+    search fitness and metrics, validation fitness and metrics), best first."""
     doc = {"study": spec.name, "objectives": spec.objective.describe(),
-           "directions": list(spec.objective.directions), "best": best}
+           "directions": list(spec.objective.directions), **dict(answer or {}), "best": best}
     atomic_write_text(out_dir / "best.toml", dump_toml(doc))
 
 
@@ -299,7 +356,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
             table.close()   # the journal's last rows into trials.parquet / trials.csv
         rows = table.rows
         limit = spec.ga.hof_size if spec.study.engine == "ga" else 5
-        best = best_entries(rows, spec, limit=limit)
+        best = best_entries(rows, spec, limit=max(limit, spec.validation.top))
         simulated = int(sum(int(r.get("simulated_rounds") or 0) for r in rows))
         completed = sum(1 for r in rows if r.get("state") == "complete")
         result = StudyResult(spec, out, best, baseline, len(rows), state.elapsed_s,
@@ -310,7 +367,22 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
             result.rewritten = False
             return result
         write_logbook(out, searcher, spec.objective.n)
-        write_best(out, spec, best)
+        answer: dict[str, Any] = {}
+        if spec.validation.enabled and stop_after is None:
+            echo(f"validating the best {min(len(best), spec.validation.top)} and the defaults on seeds "
+                 f"{list(spec.validation.seeds)} ...")
+            validation = run_validation(spec, evaluator, best[:spec.validation.top], baseline)
+            write_validation(out, spec, validation)
+            best = validated_best(validation)
+            answer = {"answer": validation.answer, "verdict": validation.verdict,
+                      "validation_seeds": validation.seeds,
+                      "defaults_validation_fitness": validation.defaults.fitness}
+            result.best = best
+            result.extra["validation"] = answer
+        else:
+            best = best[:limit]
+            result.best = best
+        write_best(out, spec, best, answer)
         write_summary(result)
         if spec.study.save_histories and stop_after is None:
             write_histories(spec, out, best, pool)
@@ -360,6 +432,7 @@ def write_summary(result: StudyResult) -> None:
                                                             "eta": spec.fidelity.eta,
                                                             "rungs": spec.fidelity.rungs(spec.base.rounds)},
            "best": result.best[0] if result.best else None,
+           "validation": result.extra.get("validation"),
            "baseline_fitness": (result.baseline or {}).get("fitness"),
            "versions": versions()}
     atomic_write_text(result.out_dir / "summary.json", json.dumps(doc, indent=2, default=_jsonable))
@@ -397,32 +470,43 @@ def _fmt(v: Any) -> str:
 
 
 def format_summary(result: StudyResult) -> str:
-    """Best params, their metrics and fitness, and the authors' defaults' on the same budget."""
+    """Best params, their search and validation fitness and metrics, and the defaults' on the same budget."""
     spec = result.spec
+    validation = result.extra.get("validation")
     lines = [f"study {spec.name} ({spec.study.engine}): {result.evaluations} evaluations, "
-             f"{result.simulated_rounds} simulated rounds, {result.wall_time_s:.1f} s of compute; seeds "
+             f"{result.simulated_rounds} simulated rounds, {result.wall_time_s:.1f} s of compute; search seeds "
              f"{list(spec.study.seeds)}, {spec.base.rounds} rounds",
              "objective: " + "; ".join(spec.objective.describe())]
-    header = f"{'':22}" + "".join(f"{m:>19}" for m in SUMMARY_METRICS) + f"{'fitness':>22}"
-    lines.append(header)
+    header = f"{'':22}" + "".join(f"{m:>19}" for m in SUMMARY_METRICS) + f"{'search fitness':>22}"
+    lines.append(header + (f"{'validation fitness':>22}" if validation else ""))
 
-    def line(label: str, metrics: Mapping[str, Any], fitness: Sequence[float]) -> str:
-        return (f"{label:22}" + "".join(f"{_fmt(metrics.get(m, math.nan)):>19}" for m in SUMMARY_METRICS)
+    def line(label: str, metrics: Mapping[str, Any], fitness: Sequence[float], valid: Sequence[float] | None) -> str:
+        text = (f"{label:22}" + "".join(f"{_fmt(metrics.get(m, math.nan)):>19}" for m in SUMMARY_METRICS)
                 + f"{'/'.join(_fmt(float(f)) for f in fitness):>22}")
+        return text + (f"{'/'.join(_fmt(float(f)) for f in valid):>22}" if valid is not None else "")
 
+    name = defaults_name(spec.base.strategy.name)
     for i, b in enumerate(result.best[:5]):
-        lines.append(line("best" if i == 0 else f"#{i + 1}", b["metrics"], b["fitness"]))
-    if result.baseline:
-        lines.append(line(defaults_name(spec.base.strategy.name), result.baseline.get("metrics", {}),
-                          result.baseline.get("fitness", [])))
+        label = ("answer" if validation else "best") if i == 0 else f"#{i + 1}"
+        label += f" ({name})" if b.get("defaults") else ""
+        lines.append(line(label, b["metrics"], b["fitness"],
+                          b.get("validation_fitness") if validation else None))
+    if result.baseline and not any(b.get("defaults") for b in result.best[:5]):
+        lines.append(line(name, result.baseline.get("metrics", {}), result.baseline.get("fitness", []),
+                          validation.get("defaults_validation_fitness") if validation else None))
     if result.best:
-        lines.append("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.best[0]["params"].items())
-                     + (f" (repaired: {result.best[0]['repair']})" if result.best[0].get("repair") else ""))
+        first = result.best[0]
+        lines.append(("answer params: " if validation else "best params: ")
+                     + ", ".join(f"{k}={_fmt(v)}" for k, v in first["params"].items())
+                     + (f" (repaired: {first['repair']})" if first.get("repair") else ""))
     else:
         lines.append("no evaluation completed: see the reason column of trials.csv")
     if result.baseline:
         lines.append("defaults:    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.baseline["params"].items()))
-    lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, summary.json, "
-                 f"spec.toml)")
+    if validation:
+        lines.append(f"metrics and search fitness: the search seeds {list(spec.study.seeds)}; validation fitness: "
+                     f"the validation seeds {validation['validation_seeds']}, never searched")
+        lines.append(f"validation: {validation['verdict']}")
+    lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, "
+                 + ("validation.csv, " if validation else "") + "summary.json, spec.toml)")
     return "\n".join(lines)
-

@@ -1,0 +1,96 @@
+"""Validation before the answer (tuning/validation.py): seeds, the paired decision, and a study end to end."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import GA_SPEC
+
+from qsfl.errors import ConfigError
+from tuning.objective import Evaluation, build_objective
+from tuning.validation import (
+    Validated,
+    _choose_one,
+    auto_seeds,
+    paired_one_sided,
+    parse_validation,
+)
+
+
+def test_auto_seeds_avoid_search_and_test_seeds():
+    assert auto_seeds([0, 1], [100, 101]) == (200, 201, 202, 203, 204)
+    assert auto_seeds([200], [202, 203]) == (201, 204, 205, 206, 207)
+
+
+def test_parse_validation_checks_every_key():
+    s = parse_validation(None, [0, 1], [100])
+    assert s.enabled and s.top == 5 and s.alpha == 0.1 and s.seeds == (200, 201, 202, 203, 204)
+    assert parse_validation({"seeds": [7, 8]}, [0], [100]).seeds == (7, 8)
+    with pytest.raises(ConfigError, match=r"validation.seeds: \[100\] also in study.seeds or study.eval_seeds"):
+        parse_validation({"seeds": [100, 7]}, [0], [100])
+    with pytest.raises(ConfigError, match=r"validation.top: 0 is out of range; allowed \[1, inf\]"):
+        parse_validation({"top": 0}, [0], [100])
+    with pytest.raises(ConfigError, match="validation.topp: unknown key; valid keys: validation.enabled"):
+        parse_validation({"topp": 3}, [0], [100])
+
+
+def test_paired_one_sided_by_hand():
+    # gains (minimise: defaults - tuned) 0.27 0.25 0.23 0.22 0.28: mean 0.25, sd 0.025495
+    tuned, defaults = [0.20, 0.25, 0.22, 0.30, 0.18], [0.47, 0.50, 0.45, 0.52, 0.46]
+    gain, p = paired_one_sided(tuned, defaults, -1.0)
+    from scipy.stats import ttest_rel
+    assert gain == pytest.approx(0.25)
+    assert p == pytest.approx(ttest_rel(tuned, defaults, alternative="less").pvalue, rel=1e-9)
+    assert paired_one_sided([1.0, 1.0], [2.0, 2.0], -1.0) == (1.0, 0.0)      # no spread: exact
+    assert paired_one_sided([1.0], [2.0], -1.0)[1] == 1.0                      # one pair: never significant
+
+
+def _validated(label: str, per_seed: list[float]) -> Validated:
+    mean = sum(per_seed) / len(per_seed)
+    ev = Evaluation({}, label, [0], "complete", "", {}, {}, (mean,), 0.0)
+    return Validated(label, {"params": {}}, ev, [per_seed])
+
+
+def test_the_defaults_win_unless_beaten_on_the_validation_seeds():
+    objective = build_objective({"formula": "uplink_mb", "direction": "minimize"})
+    defaults = _validated("defaults", [0.5, 0.5, 0.5, 0.5, 0.5])
+    clear = _validated("search-1", [0.2, 0.25, 0.22, 0.3, 0.18])
+    res = _choose_one([1, 2, 3, 4, 5], [clear], defaults, -1.0, 0.1, "authors' defaults", objective)
+    assert res.answer == "tuned" and "beats the authors' defaults" in res.verdict
+    noisy = _validated("search-1", [0.1, 0.9, 0.2, 0.8, 0.45])                # mean 0.49: luck, not better
+    res = _choose_one([1, 2, 3, 4, 5], [noisy], defaults, -1.0, 0.1, "authors' defaults", objective)
+    assert res.answer == "defaults" and "found nothing that beats the authors' defaults" in res.verdict
+    assert math.isfinite(res.p_value) and res.p_value > 0.1
+
+
+def test_a_study_validates_then_answers(tmp_path: Path):
+    from tuning.results import load_study
+    from tuning.spec import parse_spec
+    from tuning.study import run_study
+
+    raw = tomllib.loads(GA_SPEC.format(name="val"))
+    raw["validation"] = {"top": 3}
+    spec = parse_spec(raw)
+    out = tmp_path / "val"
+    result = run_study(spec, out)
+    best = tomllib.loads((out / "best.toml").read_text())
+    assert best["answer"] in ("tuned", "defaults") and best["verdict"]
+    assert best["validation_seeds"] == [200, 201, 202, 203, 204]
+    table = pd.read_csv(out / "validation.csv")
+    assert table["label"].iloc[0] == "defaults" and len(table) == 1 + min(3, len(result.best) + 1)
+    assert table["answer"].sum() == 1
+    chosen = table[table["answer"]].iloc[0]
+    assert (chosen["label"] == "defaults") == (best["answer"] == "defaults")
+    first = best["best"][0]
+    assert first["validation_fitness"][0] == pytest.approx(chosen["validation_fitness"])
+    assert bool(first.get("defaults", False)) == (best["answer"] == "defaults")
+    if best["answer"] == "tuned":   # ranked by validation fitness (maximised here)
+        fits = [b["validation_fitness"][0] for b in best["best"]]
+        assert fits == sorted(fits, reverse=True)
+    assert {200, 201, 202, 203, 204} <= set(load_study(out).search_seeds())   # compare never reuses them
+    summary = tomllib.loads((out / "spec.toml").read_text())
+    assert summary["validation"] == {"top": 3}
