@@ -150,6 +150,15 @@ def top_trials(study: Study, n: int = 10) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def correlation_text(correlations: Mapping[int, tuple[float, int]], full: int | None) -> str:
+    """How well each [fidelity] rung ranked points as the full run did, in words."""
+    parts = []
+    for rounds, (rho, pairs) in sorted(correlations.items()):
+        value = f"Spearman {rho:.2f}" if rho == rho else "too few to tell"
+        parts.append(f"{rounds} rounds vs {full}: {value} over {pairs} point{'s' if pairs != 1 else ''}")
+    return "; ".join(parts) + " (points that reached both; low values move the budget to later rungs)"
+
+
 def _versions(env: Mapping[str, Any]) -> str:
     keys = (("qsfl_tune", "qsfl-tune"), ("git_commit", "commit"), ("python", "Python"), ("torch", "torch"),
             ("numpy", "numpy"), ("optuna", "optuna"), ("deap", "deap"))
@@ -182,6 +191,9 @@ def facts(study: Study, now: dt.datetime | None = None) -> list[tuple[str, str]]
         out.append(("ran", f"{t['started']:%Y-%m-%d %H:%M:%S} \u2013 {t['finished']:%Y-%m-%d %H:%M:%S} UTC"))
     if r.objectives:
         out.append(("objective", "; ".join(r.describe_objectives())))
+    correlations = r.rung_correlations()
+    if correlations:
+        out.append(("rung ranking", correlation_text(correlations, r.full_rounds)))
     verdict = r.validation.get("verdict") if r.validation else defaults_verdict(r.best, r.baseline, r.directions)
     if verdict:
         out.append(("answer" if r.validation else "note", str(verdict)[0].upper() + str(verdict)[1:] + "."))

@@ -29,8 +29,8 @@ def test_auto_seeds_avoid_search_and_test_seeds():
 def test_parse_validation_checks_every_key():
     s = parse_validation(None, [0, 1], [100])
     assert s.enabled and s.top == 5 and s.alpha == 0.1 and s.seeds == (200, 201, 202, 203, 204)
-    assert parse_validation({"seeds": [7, 8]}, [0], [100]).seeds == (7, 8)
-    with pytest.raises(ConfigError, match=r"validation.seeds: \[100\] also in study.seeds or study.eval_seeds"):
+    assert parse_validation({"seeds": [7, 8, 9, 10]}, [0], [100]).seeds == (7, 8, 9, 10)
+    with pytest.raises(ConfigError, match=r"validation.seeds: \[100\] also in study.seeds, the racing seeds"):
         parse_validation({"seeds": [100, 7]}, [0], [100])
     with pytest.raises(ConfigError, match=r"validation.top: 0 is out of range; allowed \[1, inf\]"):
         parse_validation({"top": 0}, [0], [100])
@@ -39,14 +39,19 @@ def test_parse_validation_checks_every_key():
 
 
 def test_paired_one_sided_by_hand():
-    # gains (minimise: defaults - tuned) 0.27 0.25 0.23 0.22 0.28: mean 0.25, sd 0.025495
+    # gains (minimise: defaults - tuned) 0.27 0.25 0.23 0.22 0.28: all five positive -> p = 1/32
     tuned, defaults = [0.20, 0.25, 0.22, 0.30, 0.18], [0.47, 0.50, 0.45, 0.52, 0.46]
     gain, p = paired_one_sided(tuned, defaults, -1.0)
-    from scipy.stats import ttest_rel
-    assert gain == pytest.approx(0.25)
-    assert p == pytest.approx(ttest_rel(tuned, defaults, alternative="less").pvalue, rel=1e-9)
-    assert paired_one_sided([1.0, 1.0], [2.0, 2.0], -1.0) == (1.0, 0.0)      # no spread: exact
-    assert paired_one_sided([1.0], [2.0], -1.0)[1] == 1.0                      # one pair: never significant
+    assert gain == pytest.approx(0.25) and p == pytest.approx(1 / 32)
+    # four gains and one small loss (rank 1 of 5): W+ = 2+3+4+5 = 14; P(W+ >= 14) = 2/32
+    _, p = paired_one_sided([0.2, 0.2, 0.2, 0.2, 0.51], [0.4, 0.5, 0.6, 0.7, 0.5], -1.0)
+    assert p == pytest.approx(2 / 32)
+    # one seed's penalty (defaults 20.0) does not decide: four losses and one huge gain are not "better"
+    gain, p = paired_one_sided([0.5, 0.5, 0.5, 0.5, 0.5], [0.4, 0.4, 0.4, 0.4, 20.0], -1.0)
+    assert gain > 0 and p > 0.5
+    assert paired_one_sided([1.0, 1.0], [1.0, 1.0], -1.0) == (0.0, 1.0)        # no difference at all
+    with pytest.raises(ConfigError, match=r"validation.seeds: 3 seeds can never show a difference"):
+        parse_validation({"seeds": [7, 8, 9]}, [0], [100])
 
 
 def _validated(label: str, per_seed: list[float]) -> Validated:

@@ -23,6 +23,7 @@ Checkpoints are pickles: load them only from directories you trust (trusted-loca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pickle
 import time
@@ -36,8 +37,15 @@ from qsfl.io import atomic_write
 from tuning.evaluate import Evaluator, Point
 from tuning.objective import Evaluation
 from tuning.progress import Progress
+from tuning.racing import Race
 from tuning.search.base import Candidate, Searcher
-from tuning.search.fidelity import FidelitySettings, promote
+from tuning.search.fidelity import (
+    FidelitySettings,
+    choose_bracket,
+    promote,
+    rung_correlations,
+    trusted_brackets,
+)
 from tuning.search.ga import load_pickle
 from tuning.trials import TrialsTable, evaluation_from_row, make_row
 
@@ -55,6 +63,10 @@ class LoopState:
     batches: int = 0                              # batches told
     pending: list[Candidate] | None = None        # the batch asked and not yet told
     elapsed_s: float = 0.0                        # compute time of the study's sessions so far
+    # [fidelity] hedging: the first rung of every batch told, and of the pending one (tuples and None: class
+    # attributes, so a checkpoint of an older version loads with them)
+    brackets: tuple[int, ...] = ()
+    pending_bracket: int | None = None
 
 
 @dataclass
@@ -109,6 +121,8 @@ class StudyLoop:
         self.on_batch = on_batch
         self.session_start = time.perf_counter()
         self.session_rows = 0
+        race_seeds = spec.study.race_seeds if len(spec.study.race_seeds) > len(spec.study.seeds) else ()
+        self.race = Race(race_seeds, spec.objective, self.full, spec.study.incumbents)
 
     # ----- checkpoint -------------------------------------------------------------------------------------
     @property
@@ -147,6 +161,8 @@ class StudyLoop:
         for row in rows:
             ev = self._from_row(row)
             self.evaluator.remember(ev)
+            if ev.rounds == self.full:
+                self.race.admit(ev)
             if not self.searcher.owns_trials:
                 if int(row["trial"]) < self.state.counter:
                     self.known[(ev.individual, ev.rounds)] = ev
@@ -193,10 +209,14 @@ class StudyLoop:
                 if not cands:
                     break
                 self.state.pending = cands
+                self.state.pending_bracket = self._next_bracket(len(cands))
                 self.save()
             evaluations = self.evaluate_batch(cands)
             self.searcher.tell(cands, evaluations)
+            if self.fidelity is not None:
+                self.state.brackets = (*self.state.brackets, self._bracket())
             self.state.pending = None
+            self.state.pending_bracket = None
             self.state.batches += 1
             if self.searcher.owns_trials:
                 self.table.replace(self.searcher.rows())
@@ -227,10 +247,29 @@ class StudyLoop:
         self.progress.batch(text, new, failed)
 
     # ----- one batch ----------------------------------------------------------------------------------------
+    def _bracket(self) -> int:
+        """The first rung of the pending batch (0 without hedging, or for a batch asked by an older version)."""
+        return self.state.pending_bracket or 0
+
+    def _next_bracket(self, n: int) -> int:
+        """The bracket of a new batch of ``n`` points (:func:`tuning.search.fidelity.choose_bracket`)."""
+        if self.fidelity is None:
+            return 0
+        rungs = self.fidelity.rungs(self.full)
+        allowed = trusted_brackets(self.fidelity, rungs, self.correlations())
+        return choose_bracket(rungs, n, self.fidelity.eta, self.state.brackets, allowed)
+
+    def correlations(self) -> dict[int, tuple[float, int]]:
+        """Per lower rung: Spearman correlation of its fitness with the full-rounds fitness, and its pairs."""
+        if self.fidelity is None:
+            return {}
+        sign = self.spec.objective.weights[0]
+        return rung_correlations(self.table.rows, self.fidelity.rungs(self.full), self.full, sign)
+
     def _stages(self) -> list[tuple[int, bool]]:
         """(rounds, rows recorded) of every stage of a batch, the last being the study's rounds."""
         if self.fidelity is not None:
-            return [(r, True) for r in self.fidelity.rungs(self.full)]
+            return [(r, True) for r in self.fidelity.rungs(self.full)[self._bracket():]]
         return [(r, False) for r in self.searcher.prune_stages(self.full)] + [(self.full, True)]
 
     def evaluate_batch(self, cands: Sequence[Candidate]) -> list[Evaluation]:
@@ -254,10 +293,20 @@ class StudyLoop:
         pruning = self.fidelity is None and len(stages) > 1
         for rung, (rounds, record) in enumerate(stages):
             last = rung == len(stages) - 1
-            evs = self._stage(points, owners, cands, alive, rounds, rung if self.fidelity else 0, record,
-                              keep_states=not last, curve=pruning, rows=rows, written=written)
+            deferred: dict[int, int] = {}   # the last stage: point -> trial, its row written after the race
+            absolute = rung + self._bracket() if self.fidelity else 0
+            evs = self._stage(points, owners, cands, alive, rounds, absolute, record,
+                              keep_states=not last, curve=pruning, rows=rows, written=written,
+                              defer=deferred if last else None)
             if last:
+                raced = self.race.run([points[i] for i in deferred], [evs[i] for i in deferred],
+                                      functools.partial(self._evaluate_on, rounds=rounds))
+                for i, ev in zip(deferred, raced):
+                    evs[i] = ev
+                    self._record(i, points[i], owners, cands, ev, deferred[i], rows, written)
                 for i in alive:
+                    if i not in deferred:
+                        self.race.admit(evs[i])
                     final[i] = evs[i]
                 break
             keep_alive = []
@@ -301,8 +350,11 @@ class StudyLoop:
 
     def _stage(self, points: Sequence[Point], owners: Sequence[list[int]], cands: Sequence[Candidate],
                alive: Sequence[int], rounds: int, rung: int, record: bool, *, keep_states: bool, curve: bool,
-               rows: dict[int, list[dict[str, Any]]], written: list[int]) -> dict[int, Evaluation]:
-        """Evaluate the alive points at ``rounds``; known and replayed rows are not simulated again."""
+               rows: dict[int, list[dict[str, Any]]], written: list[int],
+               defer: dict[int, int] | None = None) -> dict[int, Evaluation]:
+        """Evaluate the alive points at ``rounds``; known and replayed rows are not simulated again. With ``defer``
+        the rows of newly simulated points are not written: ``defer`` gets point -> trial number (-1 for searchers
+        that keep their own trials) and the caller writes them (:meth:`_record`) after racing."""
         results: dict[int, Evaluation] = {}
         todo: list[int] = []
         trials: dict[int, int] = {}
@@ -336,6 +388,9 @@ class StudyLoop:
             i = todo[j]
             ev.rung = rung
             results[i] = ev
+            if defer is not None and record:
+                defer[i] = trials.get(i, -1)
+                return
             if numbered:
                 self.known[(points[i].id, rounds)] = ev
                 self._write(ev, trials[i], cands[owners[i][0]].generation)
@@ -346,6 +401,20 @@ class StudyLoop:
         self.evaluator.evaluate([points[i] for i in todo], rounds, keep_states=keep_states, curve=curve,
                                 on_done=on_done)
         return results
+
+    def _evaluate_on(self, points: Sequence[Point], seeds: Sequence[int], *, rounds: int) -> list[Evaluation]:
+        """Racing's evaluations: ``points`` at ``rounds`` on ``seeds``."""
+        return self.evaluator.evaluate(points, rounds, seeds=seeds)
+
+    def _record(self, i: int, point: Point, owners: Sequence[list[int]], cands: Sequence[Candidate],
+                ev: Evaluation, trial: int, rows: dict[int, list[dict[str, Any]]], written: list[int]) -> None:
+        """Write the row of a point whose row :meth:`_stage` deferred."""
+        if not self.searcher.owns_trials:
+            self.known[(point.id, ev.rounds)] = ev
+            self._write(ev, trial, cands[owners[i][0]].generation)
+            written[i] += 1
+        else:
+            self._rows_for(i, point, owners, cands, ev, ev.rung, rows, written)
 
     def _write(self, ev: Evaluation, trial: int, generation: int) -> None:
         row = make_row(self.spec.name, self.searcher.name, generation, trial, ev, self.spec.space.names,

@@ -24,6 +24,7 @@ from qsfl.config import SimConfig, load_toml
 from qsfl.errors import ConfigError
 from qsfl.history import History
 from tuning.objective import METRICS, RUN_METRICS, Metric, Objective, SeedResult, build_objective, combine, dominates
+from tuning.search.fidelity import rung_correlations
 from tuning.spec import DEFAULT_EVAL_SEEDS, parse_base
 from tuning.trials import read_trials as _read_trials
 
@@ -179,6 +180,17 @@ class StudyResults:
         if full is None or "rounds" not in t.columns:
             return t
         return t[pd.to_numeric(t["rounds"], errors="coerce") == full]
+
+    def rung_correlations(self) -> dict[int, tuple[float, int]]:
+        """With ``[fidelity]``: per lower rung (its rounds), the Spearman rank correlation between a point's fitness
+        there and at full rounds, and the number of points that reached both (empty without lower rungs)."""
+        full = self.full_rounds
+        if not self.rung_rows or full is None or not self.fitness_columns:
+            return {}
+        rungs = sorted({int(r) for r in pd.to_numeric(self.all_trials["rounds"], errors="coerce").dropna()})
+        rows = self.all_trials.rename(columns={self.fitness_columns[0]: "fitness"}).to_dict("records")
+        sign = 1.0 if self.maximize and self.maximize[0] else -1.0
+        return rung_correlations(rows, rungs, full, sign)
 
     @property
     def rung_rows(self) -> int:

@@ -40,8 +40,10 @@ from tuning.workers import check_cluster
 BASE_SECTIONS = ("study", "base", "space", "objective")
 # the test seeds of `qsfl compare` and the benchmarks when a spec names none: five, so a t interval means something
 DEFAULT_EVAL_SEEDS = (100, 101, 102, 103, 104)
+FIRST_RACE_SEED = 300         # racing's extra seeds: the smallest from here that are not search or test seeds
+DEFAULT_MAX_SEEDS = 3         # racing on by default: incumbents are confirmed on at least three seeds
 STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers",
-              "population_batch", "start_defaults", "start", "time_budget_s", "cluster")
+              "population_batch", "start_defaults", "start", "time_budget_s", "cluster", "max_seeds", "incumbents")
 # keys that may change when a study is resumed (a longer run, another storage URL, more workers, a cluster)
 RESUMABLE_STUDY_KEYS = ("description", "eval_seeds", "save_histories", "workers", "time_budget_s", "cluster")
 
@@ -67,6 +69,21 @@ class StudyInfo:
     start_defaults: bool = True    # evaluate the authors' defaults first (in the GA's first population)
     start: tuple[Mapping[str, Any], ...] = ()   # further start points ([[study.start]] tables)
     time_budget_s: float | None = None           # stop asking new points after this much compute time
+    max_seeds: int = 0            # racing: a point entering the incumbents is simulated on up to this many seeds
+    incumbents: int = 3           # racing: how many incumbents a challenger must beat (the best, on shared seeds)
+
+    @property
+    def race_seeds(self) -> tuple[int, ...]:
+        """The seeds a point can be raced on: ``seeds``, then automatic extra seeds up to ``max_seeds``."""
+        extra = max(self.max_seeds - len(self.seeds), 0)
+        used = set(self.seeds) | set(self.eval_seeds)
+        out: list[int] = []
+        s = FIRST_RACE_SEED
+        while len(out) < extra:
+            if s not in used:
+                out.append(s)
+            s += 1
+        return (*self.seeds, *out)
     cluster: str | None = None    # default for --cluster: "local:N" or a Dask scheduler address
 
 
@@ -153,7 +170,12 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     cluster = t.get("cluster")
     if cluster is not None:
         check_cluster("study.cluster", cluster)
+    max_seeds = t.get("max_seeds", max(DEFAULT_MAX_SEEDS, len(seeds)))
+    check_range("study.max_seeds", max_seeds, len(seeds), 64, integer=True)
+    incumbents = t.get("incumbents", 3)
+    check_range("study.incumbents", incumbents, 1, None, integer=True)
     return StudyInfo(name=name, engine=engine, seeds=seeds, eval_seeds=eval_seeds, search_seed=search_seed,
+                     max_seeds=int(max_seeds), incumbents=int(incumbents),
                      description=description, save_histories=save, workers=workers, population_batch=batch,
                      start_defaults=start_defaults, start=tuple(dict(p) for p in start),
                      time_budget_s=float(budget) if budget is not None else None, cluster=cluster)
@@ -205,7 +227,7 @@ def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec
     if fidelity is not None and study.engine == "optuna" and settings["optuna"].pruner != "none":
         raise ConfigError(f"optuna.pruner: {settings['optuna'].pruner!r} and [fidelity] both stop evaluations "
                           f"early; allowed with [fidelity]: none")
-    validation = parse_validation(raw.get("validation"), study.seeds, study.eval_seeds)
+    validation = parse_validation(raw.get("validation"), study.race_seeds, study.eval_seeds)
     spec = StudySpec(study=study, base=base, space=space, objective=objective, settings=settings,
                      fidelity=fidelity, raw=copy.deepcopy(dict(raw)), validation=validation)
     return StudySpec(**{**spec.__dict__, "fingerprint": _fingerprint(spec.raw)})

@@ -367,6 +367,10 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
             result.rewritten = False
             return result
         write_logbook(out, searcher, spec.objective.n)
+        if spec.fidelity is not None:
+            result.extra["fidelity"] = {"brackets": list(loop.state.brackets),
+                                        "correlations": {str(r): {"spearman": rho, "pairs": n}
+                                                         for r, (rho, n) in loop.correlations().items()}}
         answer: dict[str, Any] = {}
         if spec.validation.enabled and stop_after is None:
             echo(f"validating the best {min(len(best), spec.validation.top)} and the defaults on seeds "
@@ -429,8 +433,9 @@ def write_summary(result: StudyResult) -> None:
            "wall_time_s": result.wall_time_s, "rounds": spec.base.rounds, "seeds": list(spec.study.seeds),
            "objectives": spec.objective.describe(), "directions": list(spec.objective.directions),
            "fidelity": None if spec.fidelity is None else {"min_rounds": spec.fidelity.min_rounds,
-                                                            "eta": spec.fidelity.eta,
-                                                            "rungs": spec.fidelity.rungs(spec.base.rounds)},
+                                                            "eta": spec.fidelity.eta, "hedge": spec.fidelity.hedge,
+                                                            "rungs": spec.fidelity.rungs(spec.base.rounds),
+                                                            **result.extra.get("fidelity", {})},
            "best": result.best[0] if result.best else None,
            "validation": result.extra.get("validation"),
            "baseline_fitness": (result.baseline or {}).get("fitness"),
@@ -503,6 +508,12 @@ def format_summary(result: StudyResult) -> str:
         lines.append("no evaluation completed: see the reason column of trials.csv")
     if result.baseline:
         lines.append("defaults:    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.baseline["params"].items()))
+    ranking = result.extra.get("fidelity", {}).get("correlations", {})
+    if ranking:
+        lines.append("rung ranking: " + "; ".join(
+            f"{r} rounds vs {spec.base.rounds}: " + (f"Spearman {c['spearman']:.2f}" if c["spearman"] == c["spearman"]
+                                                     else "too few to tell") + f" over {c['pairs']} points"
+            for r, c in ranking.items()) + f"; brackets started at rungs {result.extra['fidelity']['brackets']}")
     if validation:
         lines.append(f"metrics and search fitness: the search seeds {list(spec.study.seeds)}; validation fitness: "
                      f"the validation seeds {validation['validation_seeds']}, never searched")

@@ -57,7 +57,7 @@ def columns(param_names: Sequence[str], n_objectives: int) -> list[str]:
     """The table's columns in order (the documented ones plus ``repair`` and ``per_seed``)."""
     cols = ["study", "engine", "generation", "trial", "individual"]
     cols += [f"param_{p}" for p in param_names]
-    cols += ["repair", "seeds", "rounds", "rung"]
+    cols += ["repair", "seeds", "n_seeds", "rounds", "rung"]
     for m in METRICS:
         cols += [f"metric_{m}", f"metric_{m}_std"]
     cols += fitness_columns(n_objectives)
@@ -79,6 +79,7 @@ def make_row(study: str, engine: str, generation: int, trial: int, ev: Evaluatio
         row[f"param_{p}"] = ev.params.get(p, math.nan)
     row["repair"] = ev.repair
     row["seeds"] = ",".join(str(s) for s in ev.seeds)
+    row["n_seeds"] = len(ev.seeds)
     row["rounds"] = int(ev.rounds)
     row["rung"] = int(ev.rung)
     for m in METRICS:
@@ -237,9 +238,11 @@ class TrialsTable:
     def frame(self) -> pd.DataFrame:
         """The rows as a DataFrame with the documented columns and dtypes, sorted by trial."""
         df = pd.DataFrame(self._rows, columns=self.columns)
+        if df["n_seeds"].isna().any():   # rows of an older version: count the seeds column
+            df["n_seeds"] = df["n_seeds"].fillna(df["seeds"].astype(str).str.count(",") + 1)
         for col, default in (("rounds", 0), ("rung", 0), ("simulated_rounds", 0)):
             df[col] = df[col].fillna(default)
-        for col in ("generation", "trial", "rounds", "rung", "simulated_rounds"):
+        for col in ("generation", "trial", "n_seeds", "rounds", "rung", "simulated_rounds"):
             df[col] = df[col].astype("int64")
         for p in self.param_names:
             col = f"param_{p}"

@@ -6,9 +6,10 @@ seeds, and more search buys more luck. So when the search ends, the top ``valida
 by search fitness (the Pareto front's, spread along it, for several objectives) and the baseline (the strategy's
 own defaults; QSFL: the authors') are simulated on the validation seeds (``[validation] seeds``, default five
 seeds disjoint from ``study.seeds`` and ``study.eval_seeds``). The answer is the configuration with the best
-validation fitness, and it replaces the defaults only when it beats them on those seeds by a one-sided paired
-t-test over the per-seed fitness at level ``validation.alpha`` (default 0.1): otherwise the study says it found
-nothing better and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of
+validation fitness, and it replaces the defaults only when it beats them on those seeds by a one-sided exact
+Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha`` (default 0.1; with five seeds:
+better on all five, or on four with the loss on the fifth smaller than two of the gains): otherwise the study says
+it found nothing better and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of
 ``qsfl compare`` and the benchmarks.
 
 Several objectives: the validated points' front (non-dominated on validation fitness, the defaults included) is
@@ -65,9 +66,14 @@ def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequen
             raise ConfigError(f"validation.seeds: {seeds!r} repeats a seed")
         clash = sorted(set(seeds) & (set(search_seeds) | set(eval_seeds)))
         if clash:
-            raise ConfigError(f"validation.seeds: {clash} also in study.seeds or study.eval_seeds; validation needs "
-                              "seeds of its own (the search's would reward luck, the test seeds must stay unseen)")
+            raise ConfigError(f"validation.seeds: {clash} also in study.seeds, the racing seeds (study.max_seeds) or "
+                              "study.eval_seeds; validation needs seeds of its own (the search's would reward luck, "
+                              "the test seeds must stay unseen)")
         chosen = tuple(int(s) for s in seeds)
+    if enabled and smallest_p(len(chosen)) >= alpha:
+        raise ConfigError(f"validation.seeds: {len(chosen)} seeds can never show a difference at validation.alpha "
+                          f"{alpha:g} (the signed-rank test's smallest p is {smallest_p(len(chosen)):g}); give at least "
+                          f"{math.ceil(math.log2(1 / alpha) + 1e-9)} seeds or a larger alpha")
     return ValidationSettings(enabled=bool(enabled), seeds=chosen, top=int(top), alpha=float(alpha))
 
 
@@ -121,23 +127,27 @@ def per_seed_fitness(ev: Evaluation, objective: Objective, rounds: int) -> list[
 
 
 def paired_one_sided(better: Sequence[float], worse: Sequence[float], sign: float) -> tuple[float, float]:
-    """(mean signed gain, one-sided p) of the paired test "``better`` beats ``worse``" (``sign`` +1: larger is
-    better). Zero-variance gains give p = 0 when positive, 1 otherwise; fewer than two pairs give p = 1."""
+    """(mean signed gain, one-sided p) of "``better`` beats ``worse`` on the same seeds" (``sign`` +1: larger is
+    better) by the exact Wilcoxon signed-rank test: it ranks the per-seed gains, so one seed where a constraint
+    penalty makes a fitness huge neither wins nor sinks the comparison on its own (a paired t-test would let that
+    one seed's variance hide a consistent gain). Ties (zero gains) are dropped; no pair left gives p = 1."""
     a, b = np.asarray(better, dtype=float), np.asarray(worse, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
     gain = sign * (a[keep] - b[keep])
     if len(gain) == 0:
         return math.nan, 1.0
     mean = float(gain.mean())
-    if len(gain) < 2:
+    nonzero = gain[gain != 0]
+    if len(nonzero) == 0:
         return mean, 1.0
-    sd = float(gain.std(ddof=1))
-    if sd <= 1e-12 * max(abs(mean), 1e-300):
-        return mean, 0.0 if mean > 0 else 1.0
     from scipy import stats
 
-    t = mean / (sd / math.sqrt(len(gain)))
-    return mean, float(stats.t.sf(t, len(gain) - 1))
+    return mean, float(stats.wilcoxon(nonzero, alternative="greater", method="exact").pvalue)
+
+
+def smallest_p(n: int) -> float:
+    """The smallest one-sided p-value the signed-rank test can reach with ``n`` seeds (all gains positive)."""
+    return 0.5 ** n
 
 
 def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSettings, rounds: int,
@@ -191,7 +201,7 @@ def _choose_one(seeds: list[int], ranked: list[Validated], base: Validated, sign
                                 f"configuration ({top.fitness[0]:.4g}) is the answer")
     gain, p = paired_one_sided(top.per_seed[0], base.per_seed[0], sign)
     facts = (f"validation fitness {top.fitness[0]:.4g} against the {defaults_name}' {base.fitness[0]:.4g} ({text}, "
-             f"{n} validation seeds, one-sided paired t-test p = {p:.3g})")
+             f"{n} validation seeds, one-sided signed-rank test p = {p:.3g})")
     if math.isfinite(gain) and gain > 0 and p < alpha:
         return ValidationResult(seeds, ranked, base, "tuned",
                                 f"the best validated configuration beats the {defaults_name}: {facts}", p)

@@ -2,10 +2,21 @@
 
 Each batch of points (a GA generation, or ``fidelity.batch`` points of the other searchers) is one bracket of
 successive halving, as in Hyperband / ASHA with the number of rounds as the resource: every point is first
-simulated for ``min_rounds``; the best ``floor(n / eta)`` (at least one) of the ``n`` points of a rung go on to
-``eta`` times more rounds (Hyperband's rule), up to the study's ``base.rounds`` (the last rung). Rungs:
+simulated for the bracket's first rung; the best ``floor(n / eta)`` (at least one) of the ``n`` points of a rung go
+on to ``eta`` times more rounds (Hyperband's rule), up to the study's ``base.rounds`` (the last rung). Rungs:
 ``min_rounds * eta**i`` below ``base.rounds``, then ``base.rounds``. A promoted point continues its simulation
 from the state saved at the end of its rung, so it costs only the extra rounds.
+
+**Hedging** (``hedge = true``, the default). A bracket that starts at a low rung trusts that a few rounds rank
+points as the full run would; on non-IID data they may not. As Hyperband hedges, the batches cycle through brackets
+that start at different rungs (bracket ``s`` starts at rung ``s``; the bracket of full rounds only is left out: that
+is the search without ``[fidelity]``), each used in proportion to the inverse of its cost in rounds, so every
+bracket spends about the same budget (Hyperband's equal-budget rule for a fixed batch size). The order is a smooth
+weighted round robin, deterministic. **Measured, then trusted:** after every batch the rank correlation (Spearman)
+between each lower rung's fitness and the full-rounds fitness is computed over the points that reached both
+(:func:`rung_correlations`); a bracket starting at a rung whose correlation is known (``min_pairs`` points, default
+5) and below ``min_correlation`` (default 0.5) is no longer used, so the budget moves to later rungs and, when no
+rung ranks well, to full rounds. ``hedge = false`` is the single bracket of earlier versions.
 
 Start points (the authors' defaults, ``[[study.start]]``) always go on, so they end at full rounds and a study's
 best is never worse than them. Points are compared only at equal rounds: inside a rung by their fitness at that
@@ -19,13 +30,13 @@ with their rung fitness as the intermediate value).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from deap import tools
 
-from qsfl.errors import ConfigError, check_range, check_table, reject_unknown
+from qsfl.errors import ConfigError, check_bool, check_range, check_table, reject_unknown
 from tuning.objective import Evaluation
 from tuning.search.ga import Individual, fitness_class
 
@@ -37,6 +48,9 @@ class FidelitySettings:
     min_rounds: int
     eta: int = 3
     batch: int | None = None      # points per bracket for searchers without generations; None -> eta**(rungs-1)
+    hedge: bool = True            # cycle through brackets starting at different rungs (see the module docstring)
+    min_correlation: float = 0.5  # a rung ranking worse than this (Spearman, vs full rounds) starts no bracket
+    min_pairs: int = 5            # points that reached a rung and full rounds before its correlation counts
 
     def rungs(self, rounds: int) -> list[int]:
         """The rounds of every rung, ascending, the last being ``rounds``."""
@@ -66,6 +80,9 @@ def parse_fidelity(table: Any, rounds: int, eval_every: int) -> FidelitySettings
     s = FidelitySettings(**dict(table))
     check_range("fidelity.min_rounds", s.min_rounds, 1, rounds - 1, integer=True)
     check_range("fidelity.eta", s.eta, 2, None, integer=True)
+    check_bool("fidelity.hedge", s.hedge)
+    check_range("fidelity.min_correlation", s.min_correlation, -1.0, 1.0)
+    check_range("fidelity.min_pairs", s.min_pairs, 2, None, integer=True)
     if s.batch is not None:
         check_range("fidelity.batch", s.batch, 2, None, integer=True)
     if s.min_rounds % eval_every:
@@ -94,3 +111,68 @@ def promote(evaluations: Sequence[Evaluation], eta: int, weights: Sequence[float
     keep = set(chosen)
     return [i in keep for i in range(n)]
 
+
+
+# ----- hedging over brackets ------------------------------------------------------------------------------------
+def bracket_cost(rungs: Sequence[int], start: int, n: int, eta: int) -> int:
+    """Rounds one bracket of ``n`` points simulates when it starts at rung ``start`` (continuations: extra rounds)."""
+    cost, alive, prev = 0, n, 0
+    for r in rungs[start:]:
+        cost += alive * (r - prev)
+        prev = r
+        alive = max(1, alive // eta)
+    return cost
+
+
+def choose_bracket(rungs: Sequence[int], n: int, eta: int, history: Sequence[int], allowed: Sequence[int]) -> int:
+    """The bracket (its first rung's index) of the next batch: a smooth weighted round robin over ``allowed``
+    with weights 1 / cost (every bracket spends about the same rounds), given the brackets of the earlier batches
+    (``history``); the full-rounds bracket ``len(rungs) - 1`` when ``allowed`` is empty."""
+    if not allowed:
+        return len(rungs) - 1
+    weights = {s: 1.0 / bracket_cost(rungs, s, n, eta) for s in allowed}
+    total = sum(weights.values())
+    done = len(history) + 1
+    # the bracket furthest behind its share after this batch (ties: the earlier rung, the most aggressive)
+    return max(allowed, key=lambda s: (done * weights[s] / total - sum(1 for h in history if h == s), -s))
+
+
+def rung_correlations(rows: Sequence[Mapping[str, Any]], rungs: Sequence[int], full: int, sign: float
+                      ) -> dict[int, tuple[float, int]]:
+    """rung rounds -> (Spearman correlation, pairs) between a point's fitness at that rung and at full rounds,
+    over the complete points (one per ``simulation`` key) that reached both; NaN with fewer than 3 pairs."""
+    import pandas as pd
+
+    at: dict[int, dict[str, float]] = {r: {} for r in rungs}
+    for row in rows:
+        r = int(row.get("rounds") or full)
+        fit = row.get("fitness", row.get("fitness_0"))   # several objectives: the first one
+        if row.get("state") != "complete" or r not in at or not isinstance(fit, (int, float)) or fit != fit:
+            continue
+        at[r][str(row.get("simulation") or row["individual"])] = sign * float(fit)
+    out: dict[int, tuple[float, int]] = {}
+    for r in rungs[:-1]:
+        keys = sorted(set(at[r]) & set(at[full]))
+        if len(keys) < 3:
+            out[r] = (float("nan"), len(keys))
+            continue
+        low = pd.Series([at[r][k] for k in keys])
+        high = pd.Series([at[full][k] for k in keys])
+        rho = low.corr(high, method="spearman")
+        out[r] = (float(rho) if rho == rho else float("nan"), len(keys))
+    return out
+
+
+def trusted_brackets(settings: FidelitySettings, rungs: Sequence[int],
+                     correlations: Mapping[int, tuple[float, int]]) -> list[int]:
+    """The brackets hedging may use: every one with a lower rung, less those starting at a rung measured to rank
+    badly (at least ``min_pairs`` pairs and a correlation below ``min_correlation``)."""
+    if not settings.hedge:
+        return [0]
+    out = []
+    for s, r in enumerate(rungs[:-1]):
+        rho, pairs = correlations.get(r, (float("nan"), 0))
+        if pairs >= settings.min_pairs and not rho >= settings.min_correlation:
+            continue
+        out.append(s)
+    return out

@@ -67,7 +67,7 @@ FAIL_ATTR = "fail_reason"
 SURPLUS_ATTR = "surplus"
 FINGERPRINT_ATTR = "qsfl_fingerprint"
 STARTED_ATTR = "qsfl_start_points"
-SAMPLERS = ("tpe", "cmaes", "nsga2", "random", "ga")
+SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "ga")
 PRUNERS = ("none", "median", "hyperband")
 
 
@@ -248,6 +248,11 @@ def make_sampler(settings: OptunaSettings, seed: int, liar: bool = False) -> opt
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
                                           constant_liar=liar)
+    if s.sampler == "gp":
+        # Gaussian-process Bayesian optimisation for small budgets; a batch's running trials enter its q-batch
+        # acquisition (qLogEI), Optuna's own form of the constant liar, so a batch is asked in one go
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                         warn_independent_sampling=False)
     if s.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401
