@@ -21,7 +21,7 @@ SCRIPTS = {
     "fidelity": ["--quick", "--out", "{tmp}/fidelity"],
     "qsfl_rounds": ["--quick"],
     "quickstart_speed": ["--quick"],
-    "search": ["--quick", "--task", "quickstart", "--budget-s", "5", "--out", "{tmp}/search"],
+    "search": ["--quick", "--tasks", "quickstart", "--searchers", "ga", "gp+fid", "--out", "{tmp}/search"],
     "simulate_many": ["--quick", "--breakdown"],
     "topk_cut": ["--quick"],
     "trials_journal": ["--quick", "--dir", "{tmp}"],

@@ -47,13 +47,17 @@ def test_tiny_ga_study_writes_the_documented_outputs(tiny_spec, tmp_path, capsys
     assert df["param_k"].dtype.kind == "i"
     csv = pd.read_csv(out / "trials.csv", keep_default_na=False, na_values=[""])
     assert len(csv) == len(df)
-    best = load_toml(out / "best.toml")["best"]
-    assert best[0]["fitness"][0] == pytest.approx(df["fitness"].max())
+    doc = load_toml(out / "best.toml")
+    best = doc["best"]
+    # validated: ranked by validation fitness (the search's best is among them), the answer first
+    assert pytest.approx(df["fitness"].max()) in [b["fitness"][0] for b in best]
+    tuned = [b["validation_fitness"][0] for b in best if not b.get("defaults")]
+    assert tuned == sorted(tuned, reverse=True) and doc["answer"] in ("tuned", "defaults")
     baseline = load_toml(out / "baseline.toml")
     assert baseline["params"]["beta"] == 0.9 and baseline["params"]["ns"] == 6 and baseline["state"] == "complete"
     assert load_toml(out / "spec.toml")["ga"]["population"] == 4
     text = capsys.readouterr().out
-    assert "authors' defaults" in text and "best params:" in text
+    assert "authors' defaults" in text and "answer params:" in text and "validation:" in text
 
 
 def test_rerun_without_resume_refuses_and_resume_extends(tiny_spec, tmp_path, capsys):
@@ -90,7 +94,7 @@ def test_diverging_evaluations_are_recorded_as_failed(tiny_spec, tmp_path):
     (["study.bogus=1"], "study.bogus: unknown key; valid keys: study.name"),
     (["space.beta.low=0.9", "space.beta.high=0.1"], "space.beta: low 0.9 > high 0.1"),
     (["ga.population=1"], "ga.population: 1 is out of range; allowed [2, inf]"),
-    (["optuna.sampler=grid"], "optuna.sampler: unknown value 'grid'; valid: tpe, cmaes, nsga2, random, ga"),
+    (["optuna.sampler=grid"], "optuna.sampler: unknown value 'grid'; valid: tpe, gp, cmaes, nsga2, random, ga"),
     (["space.ns.high=0"], "space.ns.high: 0 is out of range; allowed [1, inf]"),
     (["space.k.high=7"], "space.k.high: 7 is out of range; allowed [1, 6]"),
     (["objective.formula=\"__import__('os')\""], "objective.formula: call of '__import__' is not allowed"),

@@ -324,7 +324,7 @@ FIDELITY = TINY.replace("rounds = 3", "rounds = 6") + "\n[fidelity]\nmin_rounds 
 
 
 def test_ga_with_fidelity_writes_rungs_and_costs_fewer_rounds(tmp_path):
-    spec = spec_of(FIDELITY, ga__population=6, ga__generations=1)
+    spec = spec_of(FIDELITY, ga__population=6, ga__generations=1, study__max_seeds=1)   # fidelity alone: no racing
     result = run_study(spec, tmp_path / "out")
     df = table(tmp_path / "out")
     assert set(df["rounds"]) == {2, 6} and set(df["rung"]) == {0, 1}

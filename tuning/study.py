@@ -372,7 +372,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
                                         "correlations": {str(r): {"spearman": rho, "pairs": n}
                                                          for r, (rho, n) in loop.correlations().items()}}
         answer: dict[str, Any] = {}
-        if spec.validation.enabled and stop_after is None:
+        if spec.validation.enabled and stop_after is None and best:
             echo(f"validating the best {min(len(best), spec.validation.top)} and the defaults on seeds "
                  f"{list(spec.validation.seeds)} ...")
             validation = run_validation(spec, evaluator, best[:spec.validation.top], baseline)

@@ -72,8 +72,8 @@ def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequen
         chosen = tuple(int(s) for s in seeds)
     if enabled and smallest_p(len(chosen)) >= alpha:
         raise ConfigError(f"validation.seeds: {len(chosen)} seeds can never show a difference at validation.alpha "
-                          f"{alpha:g} (the signed-rank test's smallest p is {smallest_p(len(chosen)):g}); give at least "
-                          f"{math.ceil(math.log2(1 / alpha) + 1e-9)} seeds or a larger alpha")
+                          f"{alpha:g} (the signed-rank test's smallest p is {smallest_p(len(chosen)):g}); give at "
+                          f"least {math.ceil(math.log2(1 / alpha) + 1e-9)} seeds or a larger alpha")
     return ValidationSettings(enabled=bool(enabled), seeds=chosen, top=int(top), alpha=float(alpha))
 
 
