@@ -189,13 +189,15 @@ class StudyLoop:
                 if budget is not None and self.elapsed() >= budget:
                     log.info("time budget of %.0f s used up", budget)
                     break
-                cands = self.searcher.ask(self._batch_size())
+                # isolated: no draw of the backend's own threads from Python's global random falls inside (the GA's
+                # DEAP operators draw from it; tuning.workers.DaskWorkers.isolated)
+                cands = self.evaluator.workers.isolated(self.searcher.ask, self._batch_size())
                 if not cands:
                     break
                 self.state.pending = cands
                 self.save()
             evaluations = self.evaluate_batch(cands)
-            self.searcher.tell(cands, evaluations)
+            self.evaluator.workers.isolated(self.searcher.tell, cands, evaluations)
             self.state.pending = None
             self.state.batches += 1
             if self.searcher.owns_trials:

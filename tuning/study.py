@@ -26,6 +26,7 @@ from tuning.progress import LogSetup, Progress
 from tuning.search import SearchContext, Searcher, searchers
 from tuning.space import authors_k, baseline_overrides
 from tuning.spec import StudySpec, parse_spec
+from tuning.storage import redact
 from tuning.trials import TrialsTable, fitness_columns
 from tuning.validate import check_resume, validate_study
 from tuning.workers import SerialWorkers, Workers, make_workers
@@ -82,7 +83,7 @@ def prepare_out(spec: StudySpec, out_dir: Path, resume: bool) -> None:
     raw = dict(spec.raw)
     raw.setdefault("study", {})
     raw["study"] = {**raw["study"], "name": spec.name}
-    atomic_write_text(out_dir / "spec.toml", dump_toml(raw))
+    atomic_write_text(out_dir / "spec.toml", redact(dump_toml(raw)))   # optuna.storage's password stays out
 
 
 # ----- the authors' defaults on the same budget --------------------------------------------------------------
@@ -338,7 +339,7 @@ def write_summary(result: StudyResult) -> None:
            "best": result.best[0] if result.best else None,
            "baseline_fitness": (result.baseline or {}).get("fitness"),
            "versions": versions()}
-    atomic_write_text(result.out_dir / "summary.json", json.dumps(doc, indent=2, default=_jsonable))
+    atomic_write_text(result.out_dir / "summary.json", redact(json.dumps(doc, indent=2, default=_jsonable)))
 
 
 def versions() -> dict[str, str]:
