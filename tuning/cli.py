@@ -83,13 +83,13 @@ def planned_workers(args: argparse.Namespace) -> tuple[int, str | None]:
     return (workers if isinstance(workers, int) else 1), (cluster if isinstance(cluster, str) else None)
 
 
-def start_workers_early(args: argparse.Namespace) -> None:
-    """Start the forkserver of this command's pool or ``local:N`` cluster now
+def start_workers_early(args: argparse.Namespace) -> bool:
+    """Start the forkserver of this command's pool or ``local:N`` cluster now, in the background
     (:func:`tuning.workers.start_forkserver_early`), before this process imports torch: both imports then run at
-    once (benchmarks/cli_startup.py)."""
+    once (benchmarks/cli_startup.py). Returns whether it started one."""
     from tuning.workers import start_forkserver_early
 
-    start_forkserver_early(*planned_workers(args))
+    return start_forkserver_early(*planned_workers(args))
 
 
 # ----- tune ----------------------------------------------------------------------------------------
