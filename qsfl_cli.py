@@ -11,11 +11,11 @@ the report after ``tune`` and the tables and figures after ``compare``, so that 
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +59,7 @@ def common_options(top: bool) -> argparse.ArgumentParser:
 
 
 # ----- simulate ----------------------------------------------------------------------------------------
-def add_simulate_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("simulate", parents=[common], help="run one federated simulation and write its History",
                        description="Run one federated simulation. Config from --config TOML, then flags, "
                                    "then --set key=value overrides (later wins).")
@@ -147,7 +147,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 # ----- data check --------------------------------------------------------------------------------------
-def add_data_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_data_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("data", parents=[common], help="check a local dataset directory",
                        description="Datasets read from local files (femnist, mnist, cifar10).")
     actions = p.add_subparsers(dest="action", required=True, metavar="{check}")
@@ -250,19 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_now(code: int, *, finish: bool = False) -> None:
-    """Leave at once: flush what was printed and logged, skip the interpreter's teardown.
-
-    After Ctrl-C every ``finally`` has run (workers terminated, files written atomically), and tearing down
-    torch alone takes seconds on a busy machine; a user who pressed Ctrl-C wants the prompt back now.
-    ``finish``: after a command that finished, first run the exit handlers (``atexit``: multiprocessing's, Dask's,
-    logging's). Only the teardown of every module's objects is skipped: 0.45 s with torch, pandas (and Dask)
-    loaded, measured by benchmarks/cli_startup.py. (The project starts no non-daemon thread that this would cut.)
-    """
-    if finish:
-        run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)   # CPython's; elsewhere they are skipped
-        if run_exit_handlers is not None:
-            run_exit_handlers()
+def _exit_now(code: int) -> None:
+    """Leave at once after Ctrl-C: flush what was printed and logged, skip the exit handlers and the interpreter's
+    teardown. Every ``finally`` has run (workers terminated, files written atomically), and tearing down torch
+    alone takes seconds on a busy machine; a user who pressed Ctrl-C wants the prompt back now. (A finished command
+    ends the ordinary way.)"""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -283,43 +275,27 @@ def interrupted(exc: BaseException) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: this program's arguments) and return the exit code."""
+    """Run the command line ``argv`` (default: this program's arguments) and return the exit code.
+
+    The program itself (no ``argv``) prints an unexpected error's traceback with every storage password masked
+    (:func:`tuning.storage.redact`) and exits with 1; a caller in Python gets the exception."""
     program = argv is None       # the `qsfl` program itself, not a caller in Python
     try:
-        code = _run(argv)
+        return _run(argv)
     except BaseException as exc:
         if not interrupted(exc):
-            raise
+            if not (program and isinstance(exc, Exception)):
+                raise
+            from tuning.storage import redact
+
+            print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+            return 1
         if program:   # leaving now: a second Ctrl-C must not interrupt the one line below
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("interrupted", file=sys.stderr)
         if program:
-            _stop_forkserver()
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-    if program:
-        _stop_forkserver()   # idle now; left alone it would tear down torch for most of a second after we exit
-        if not _observed():
-            _exit_now(code, finish=True)
-    return code
-
-
-def _stop_forkserver() -> None:
-    """Stop the forkserver this process started, if any. After a Ctrl-C at start-up it may still be importing torch
-    (it ignores SIGINT); after a finished command it is idle. Either way, left alone it outlives this process by
-    up to seconds (a pipe such as ``qsfl tune ... | tee log`` stays open that long)."""
-    forkserver = sys.modules.get("tuning.forkserver")
-    if forkserver is not None:
-        forkserver.stop_forkserver()
-
-
-def _observed() -> bool:
-    """Whether a profiler, tracer or coverage tool watches this process: it writes its results after main()
-    returns or at the interpreter's exit, so the program must end the ordinary way."""
-    if sys.gettrace() is not None or sys.getprofile() is not None:
-        return True
-    monitoring = getattr(sys, "monitoring", None)   # Python 3.12+: cProfile and coverage use sys.monitoring
-    return monitoring is not None and any(monitoring.get_tool(i) is not None for i in range(6))
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -330,8 +306,11 @@ def _run(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     args.progress = show_progress(args.quiet)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from tuning.storage import RedactingFormatter, redact
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
     try:
         if args.command in ("tune", "compare"):
             from tuning import cli as tuning_cli
@@ -339,7 +318,7 @@ def _run(argv: Sequence[str] | None) -> int:
             tuning_cli.start_workers_early(args)   # torch is not imported yet: the forkserver imports it meanwhile
         return int(args.func(args) or 0)
     except (ConfigError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register the ``report`` subcommand (``common`` carries -v/-q)."""
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the ``report`` subcommand on ``sub`` (what ``add_subparsers()`` returns; ``common`` carries -v/-q)."""
     r = sub.add_parser("report", parents=[common], help="write report.html and report.md of a study",
                        description="Write OUT/report.html (self-contained: figures embedded, opens offline), "
                                    "OUT/report.md and OUT/figures/*.png|svg from a study's output directory.")

@@ -125,9 +125,11 @@ HOOKS = '''
 """Test hooks for `qsfl` processes, active with QSFL_TEST_HOOKS=DIR (tests/helpers.py: interrupt_at).
 
 * DIR/importing: the `qsfl` process has started to import torch (inside qsfl_cli.main);
-* DIR/pool-start: the `qsfl` process asks its forkserver for a first worker (a --workers pool or a local
-  cluster is starting). The forkserver (started earlier, at the CLI's start) is held from its start until
-  QSFL_TEST_HOLD_FORKSERVER seconds after that moment, as a forkserver importing torch on a busy machine would be.
+* DIR/pool-start: the `qsfl` process starts its pool (the thread `qsfl-pool-start`, which first waits for the
+  forkserver; a --workers pool) or its local cluster (the `qsfl-forkserver-start` thread of a `local:N` cluster's
+  forkserver, started at the CLI's start). The forkserver (started at the CLI's start) is held in its import of
+  torch until QSFL_TEST_HOLD_FORKSERVER seconds after that moment, as a forkserver importing torch on a busy machine
+  would be.
 """
 import os
 import sys
@@ -150,18 +152,30 @@ if _DIR:
         _CMD = fh.read().replace(b"\\0", b" ").decode(errors="replace")
     _HOLD = float(os.environ.get("QSFL_TEST_HOLD_FORKSERVER", "0"))
     if "multiprocessing.forkserver" in _CMD:   # its command line names qsfl_cli too (its main_path)
-        if _HOLD:
-            _deadline = time.monotonic() + 300
-            while not os.path.exists(os.path.join(_DIR, "pool-start")) and time.monotonic() < _deadline:
-                time.sleep(0.01)
-            time.sleep(_HOLD)
+        def _hold(event, args):
+            global _HOLD
+            if _HOLD and event == "import" and args[0] == "torch":
+                hold, _HOLD = _HOLD, 0
+                deadline = time.monotonic() + 300
+                while not os.path.exists(os.path.join(_DIR, "pool-start")) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(hold)
+        sys.addaudithook(_hold)
     elif "qsfl_cli" in _CMD and "multiprocessing" not in _CMD:
         def _hook(event, args):
             if event == "import" and args[0] == "torch":
                 _mark("importing")
-            elif event == "socket.connect" and "listener-" in str(args[1]):   # the forkserver's socket
-                _mark("pool-start")
         sys.addaudithook(_hook)
+
+        def _watch():
+            import threading
+            starts = {"qsfl-pool-start"} | ({"qsfl-forkserver-start"} if "local:" in _CMD else set())
+            while not starts & {t.name for t in threading.enumerate()}:
+                time.sleep(0.01)
+            _mark("pool-start")
+
+        import threading
+        threading.Thread(target=_watch, name="qsfl-test-hook", daemon=True).start()
 '''
 
 #: moments of interrupt_at given by a hook's marker file

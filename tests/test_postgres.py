@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import qsfl_cmd
 from test_reliability_studies import (
     OPTUNA_SPEC,
     REPO,
@@ -113,6 +114,21 @@ def test_two_tune_processes_finish_the_budget_together_without_duplicate_or_lost
     a, b = (df.set_index("trial").drop(columns=["duration_s", "finished_at"]) for df in tables)
     common = sorted(set(a.index) & set(b.index))
     pd.testing.assert_frame_equal(a.loc[common], b.loc[common])
+
+
+def test_a_study_on_postgres_writes_its_password_nowhere(pg_url, study_name, tmp_path):
+    """The server's generated password (scripts/postgres.sh) given as --storage appears in no output."""
+    from sqlalchemy.engine import make_url
+
+    password = make_url(pg_url).password
+    assert password, "scripts/postgres.sh url has a password"
+    spec = write_spec(tmp_path, OPTUNA_SPEC.replace("n_trials = 8", "n_trials = 2"), study_name)
+    out = tmp_path / "out"
+    proc = subprocess.run(qsfl_cmd("tune", str(spec), "--out", str(out), "-v", "--storage", pg_url), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert password not in proc.stdout + proc.stderr
+    assert not [f for f in out.rglob("*") if f.is_file() and password.encode() in f.read_bytes()]
 
 
 # Regression (fixed in e3fbac3): two `qsfl tune --storage URL` processes started together were both worker 0 of a

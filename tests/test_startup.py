@@ -96,14 +96,14 @@ def test_planned_workers_reads_the_flags_then_the_spec_and_its_overrides(tmp_pat
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no forkserver on Windows")
 @pytest.mark.parametrize(("flags", "expected"), [
-    (["--workers", "2"], "torch,qsfl.sim,tuning.objective"),
-    (["--cluster", "local:2"], "torch,qsfl.sim,tuning.objective,distributed"),
+    (["--workers", "2"], "torch,qsfl.sim,tuning.objective,tuning.forkserver_guard"),
+    (["--cluster", "local:2"], "distributed,torch,qsfl.sim,tuning.objective,tuning.forkserver_guard"),
     (["--workers", "1"], "none"),                        # serial: no second process importing torch
     (["--cluster", "tcp://127.0.0.1:1"], "none"),        # a remote cluster: its workers are elsewhere
 ])
 def test_the_forkserver_starts_before_torch_is_imported_only_for_local_workers(flags, expected):
     """``start_workers_early`` starts the forkserver (with the right modules to preload) while this process has
-    not imported torch yet; nothing for a serial run or a remote cluster."""
+    not imported torch yet; nothing for a serial run or a remote cluster. A process forked from it has them."""
     if "local:2" in flags:
         pytest.importorskip("distributed")
     code = textwrap.dedent(f"""
@@ -111,21 +111,25 @@ def test_the_forkserver_starts_before_torch_is_imported_only_for_local_workers(f
         import qsfl_cli
         from tuning import cli, forkserver
         args = qsfl_cli.build_parser().parse_args(["tune", "studies/quickstart.toml", *{flags!r}])
-        cli.start_workers_early(args)
-        import multiprocessing.forkserver as fs
-        pid = forkserver.forkserver_pid()
-        print("torch" in sys.modules, ",".join(fs._forkserver._preload_modules) if pid else "none")
-        forkserver.stop_forkserver()
+        started = cli.start_workers_early(args)
+        print("torch" in sys.modules, started)
+        if started:
+            forkserver.wait_forkserver()
+            with forkserver.pool_context().Pool(1) as pool:
+                names = "distributed torch qsfl.sim tuning.objective tuning.forkserver_guard".split()
+                print(",".join(pool.apply(eval, (f"[m for m in {{names!r}} if m in __import__('sys').modules]",))))
+        else:
+            print("none")
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout.split() == ["False", expected]
+    started = expected != "none"
+    assert proc.stdout.split() == ["False", str(started), expected], proc.stderr
 
 
 def test_the_program_ends_after_a_finished_command_with_its_code_and_a_clean_stderr(tmp_path):
-    """A finished command leaves without the interpreter's teardown (``_exit_now(finish=True)``): the exit code is
-    kept, its outputs are complete, and the exit handlers ran (no semaphore of the closed pool left to the resource
-    tracker, which would warn on stderr)."""
+    """A finished command ends the ordinary way: the exit code is kept, its outputs are complete, and the exit
+    handlers ran (no semaphore of the closed pool left to the resource tracker, which would warn on stderr)."""
     from helpers import GA_SPEC, qsfl_cmd, write_spec
 
     spec = write_spec(tmp_path, GA_SPEC, "tiny")

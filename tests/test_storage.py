@@ -80,5 +80,22 @@ def test_is_postgres(url, expected):
 
 
 def test_redact_hides_the_password():
-    assert storage._redact("postgresql://qsfl:secret@127.0.0.1:1/qsfl") == "postgresql://qsfl:***@127.0.0.1:1/qsfl"
-    assert storage._redact("sqlite:///a.db") == "sqlite:///a.db"
+    assert storage.redact("postgresql://qsfl:secret@127.0.0.1:1/qsfl") == "postgresql://qsfl:***@127.0.0.1:1/qsfl"
+    assert storage.redact("sqlite:///a.db") == "sqlite:///a.db"
+    assert storage.redact("postgresql://qsfl@h/db and http://h:8786/x") == "postgresql://qsfl@h/db and http://h:8786/x"
+    text = "qsfl tune s.toml --storage postgresql+psycopg2://u:p:w!d@h:5432/db --set optuna.storage=mysql://a:b@h/d"
+    assert storage.redact(text) == ("qsfl tune s.toml --storage postgresql+psycopg2://u:***@h:5432/db "
+                                    "--set optuna.storage=mysql://a:***@h/d")
+
+
+def test_resolve_url_reads_env_and_remembers_the_password_for_redact(monkeypatch):
+    from qsfl.errors import ConfigError
+
+    monkeypatch.setattr(storage, "_secrets", set())
+    monkeypatch.setenv("QSFL_T_URL", "postgresql://u:S3CR%40T@h/db")
+    assert storage.resolve_url("env:QSFL_T_URL") == "postgresql://u:S3CR%40T@h/db"
+    assert storage.redact("the driver said: password S3CR@T rejected") == "the driver said: password *** rejected"
+    assert storage.resolve_url("sqlite:///a.db") == "sqlite:///a.db"
+    monkeypatch.delenv("QSFL_T_URL")
+    with pytest.raises(ConfigError, match="--storage: 'env:QSFL_T_URL' names the environment variable"):
+        storage.resolve_url("env:QSFL_T_URL")

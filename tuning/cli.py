@@ -16,6 +16,7 @@ from typing import Any
 
 from qsfl.errors import ConfigError
 from qsfl.io import atomic_write_text, load_toml, parse_assignments
+from tuning.storage import redact, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ ENVIRONMENT_FILE = "environment.json"
 CLUSTER_HELP = "run on a Dask cluster: tcp://host:8786, or local:N worker processes on this machine (docs/scaling.md)"
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register the ``tune`` and ``compare`` subcommands (``common`` carries -v/-q)."""
     p = sub.add_parser("tune", parents=[common],
                        help="tune QSFL's hyperparameters with a GA or Optuna from a TOML study spec",
@@ -34,7 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--resume", action="store_true", help="continue the study already in --out")
     p.add_argument("--workers", type=int, help="processes evaluating in parallel (default: study.workers, else 1)")
     p.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; default: study.cluster")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://...")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://..., or "
+                                      "env:NAME to read it from the environment variable NAME (keeps a password off "
+                                      "the command line)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. ga.population=4 or base.rounds=3 (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html / report.md at the end")
@@ -80,13 +83,13 @@ def planned_workers(args: argparse.Namespace) -> tuple[int, str | None]:
     return (workers if isinstance(workers, int) else 1), (cluster if isinstance(cluster, str) else None)
 
 
-def start_workers_early(args: argparse.Namespace) -> None:
-    """Start the forkserver of this command's pool or ``local:N`` cluster now
+def start_workers_early(args: argparse.Namespace) -> bool:
+    """Start the forkserver of this command's pool or ``local:N`` cluster now, in the background
     (:func:`tuning.workers.start_forkserver_early`), before this process imports torch: both imports then run at
-    once (benchmarks/cli_startup.py)."""
+    once (benchmarks/cli_startup.py). Returns whether it started one."""
     from tuning.workers import start_forkserver_early
 
-    start_forkserver_early(*planned_workers(args))
+    return start_forkserver_early(*planned_workers(args))
 
 
 # ----- tune ----------------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ def _record_session(out: Path, started: dt.datetime, argv: list[str], status: st
     sessions = data.get("sessions", []) if isinstance(data, dict) else []
     sessions.append({"started": started.isoformat(timespec="seconds"),
                      "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "status": status,
-                     "command": " ".join(["qsfl", *argv]), "environment": describe()})
+                     "command": redact(" ".join(["qsfl", *argv])), "environment": describe()})
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2))
 
 
@@ -119,18 +122,19 @@ def tune(args: argparse.Namespace) -> tuple[Path, int, bool]:
     spec = load_spec(args.spec, args.overrides)
     workers = args.workers if args.workers is not None else spec.study.workers
     _check_cluster(args)
-    if args.storage is not None and spec.study.engine != "optuna":
+    storage = None if args.storage is None else resolve_url(args.storage)
+    if storage is not None and spec.study.engine != "optuna":
         raise ConfigError("--storage: only for study.engine = \"optuna\"; the GA keeps checkpoint.pkl in --out")
-    if args.storage is not None and "://" not in args.storage:
+    if storage is not None and "://" not in storage:
         raise ConfigError(f"--storage: expected a database URL such as sqlite:///study.db or "
-                          f"postgresql://user@host/db, got {args.storage!r}")
+                          f"postgresql://user@host/db, or env:NAME, got {redact(repr(storage))}")
     out: Path = args.out or Path("studies") / "out" / spec.name
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     echo = (lambda s: None) if args.quiet else print
     started = dt.datetime.now(dt.UTC)
     status = "interrupted"
     try:
-        result = run_study(spec, out, resume=args.resume, workers=workers, storage=args.storage,
+        result = run_study(spec, out, resume=args.resume, workers=workers, storage=storage,
                            progress=args.progress, verbose=verbose, echo=echo, quiet=args.quiet,
                            cluster=args.cluster)
         status = "complete"

@@ -5,6 +5,7 @@ See docs/reliability.md and :mod:`tuning.workers`."""
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -39,12 +40,11 @@ def ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
 def block_sigint_in_this_thread() -> None:
     """Block SIGINT in this (helper) thread, so that every process it starts inherits the blocked signal.
 
-    The resource tracker is started first: ``multiprocessing.resource_tracker`` unblocks SIGINT in the calling
-    thread after starting its process, which would undo the block for the forkserver started next.
+    Multiprocessing's resource tracker is started first (a semaphore of a spawn context registers with it): the
+    standard library unblocks SIGINT in the thread that starts the tracker, which would undo the block for the
+    processes started next.
     """
     if not HAVE_SIGMASK:   # Windows: no signal masks (and no Ctrl-C sent to the workers' process group)
         return
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
+    multiprocessing.get_context("spawn").Lock()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

@@ -205,14 +205,16 @@ class StudyLoop:
                 if budget is not None and self.elapsed() >= budget:
                     log.info("time budget of %.0f s used up", budget)
                     break
-                cands = self.searcher.ask(self._batch_size())
+                # isolated: no draw of the backend's own threads from Python's global random falls inside (the GA's
+                # DEAP operators draw from it; tuning.workers.DaskWorkers.isolated)
+                cands = self.evaluator.workers.isolated(self.searcher.ask, self._batch_size())
                 if not cands:
                     break
                 self.state.pending = cands
                 self.state.pending_bracket = self._next_bracket(len(cands))
                 self.save()
             evaluations = self.evaluate_batch(cands)
-            self.searcher.tell(cands, evaluations)
+            self.evaluator.workers.isolated(self.searcher.tell, cands, evaluations)
             if self.fidelity is not None:
                 self.state.brackets = (*self.state.brackets, self._bracket())
             self.state.pending = None

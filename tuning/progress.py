@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.objective import Evaluation, dominates
+from tuning.storage import RedactingFormatter
 
 log = logging.getLogger("tuning.progress")
 FORMAT = "%(asctime)s %(message)s"
@@ -157,7 +158,7 @@ class LogSetup:
         self.handlers: list[logging.Handler] = [logging.FileHandler(out_dir / "study.log", encoding="utf-8")]
         if stderr:
             self.handlers.append(logging.StreamHandler(sys.stderr))
-        fmt = logging.Formatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+        fmt = RedactingFormatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
         for h in self.handlers:
             h.setFormatter(fmt)
             log.addHandler(h)

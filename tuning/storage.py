@@ -10,19 +10,26 @@ database, and several processes doing that at once race: all but one fail with a
   openers of one database take turns (a lock held by a killed process is released with its connection);
 * inside a retry loop with jittered exponential backoff on the integrity/programming/operational errors of a
   concurrent creation, for the databases without advisory locks (SQLite, MySQL).
+
+It also keeps a storage URL's password secret: :func:`redact` is the one helper every message, log line and file
+of the project passes a URL or an error through, and :func:`resolve_url` reads a URL given as ``env:NAME`` from
+the environment variable NAME, so that the password need not be on the command line or in the spec.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
+ENV_PREFIX = "env:"       # --storage env:NAME: the URL is the value of the environment variable NAME
 LOCK_KEY = 0x5153_464C   # "QSFL": the advisory lock every qsfl-tune process takes to open a storage
 ATTEMPTS = 8              # tries of an open that fails with a concurrent-creation error
 FIRST_DELAY_S = 0.05      # backoff before the second try; doubles each time, with jitter
@@ -87,7 +94,7 @@ def open_serialised(url: str, open_fn: Callable[[], T], *, attempts: int = ATTEM
         except Exception as exc:
             if attempt == attempts or not concurrent_creation_error(_root(exc)):
                 raise
-            log.info("opening %s raced with another process (%s); retry %d/%d", _redact(url),
+            log.info("opening %s raced with another process (%s); retry %d/%d", redact(url),
                      type(_root(exc)).__name__, attempt, attempts - 1)
             time.sleep(delay * (1 + rng.random()))
             delay *= 2
@@ -102,13 +109,55 @@ def _root(exc: BaseException) -> BaseException:
     return seen if "sqlalchemy" in type(seen).__module__ else exc
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for log lines."""
-    head, sep, tail = url.partition("://")
-    if "@" not in tail:
-        return url
-    cred, _, host = tail.rpartition("@")
-    return f"{head}{sep}{cred.split(':', 1)[0]}:***@{host}"
+#: the password of a URL's user info (``scheme://user:PASSWORD@host``), wherever a URL appears in a text
+_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)(?P<password>[^@\s]*)(?=@)")
+MASK = "***"
+MIN_SECRET = 4               # a remembered password shorter than this is masked only inside its URL
+_secrets: set[str] = set()   # passwords of the URLs resolved in this process, masked wherever they appear
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``, and every password of a URL that
+    :func:`resolve_url` returned masked wherever else it appears (a driver's error message may quote it alone).
+    The one helper for messages, log lines and files."""
+    text = _PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    for secret in _secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter whose lines pass through :func:`redact` (the CLI's stderr, OUT/study.log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL, None if it has none."""
+    m = _PASSWORD.search(url)
+    return m["password"] if m and m["password"] else None
+
+
+def resolve_url(value: str, field: str = "--storage") -> str:
+    """The storage URL meant by ``value``: the value of the environment variable NAME for ``env:NAME``, else
+    ``value`` itself. Its password is remembered, so that :func:`redact` masks it in any text from now on."""
+    from qsfl.errors import ConfigError
+
+    url = value
+    if value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX):]
+        url = os.environ.get(name, "")
+        if not name or not url:
+            raise ConfigError(f"{field}: {value!r} names the environment variable {name!r}, which is not set or "
+                              f"empty; export {name or 'NAME'}=postgresql://user:password@host/db")
+    password = url_password(url)
+    if password:
+        from urllib.parse import unquote
+
+        # also as the driver sees it (percent-decoded); too short a string would mask ordinary words
+        _secrets.update(p for p in {password, unquote(password)} if len(p) >= MIN_SECRET)
+    return url
 
 
 def storage_kwargs(url: str) -> dict[str, Any]:

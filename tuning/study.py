@@ -28,6 +28,7 @@ from tuning.search import SearchContext, Searcher, searchers
 from tuning.space import baseline_overrides
 from tuning.space import baseline_params as space_baseline_params
 from tuning.spec import StudySpec, parse_spec
+from tuning.storage import redact
 from tuning.trials import TrialsTable, fitness_columns
 from tuning.validate import check_resume, validate_study
 from tuning.validation import Validated, ValidationResult, validate
@@ -87,7 +88,7 @@ def prepare_out(spec: StudySpec, out_dir: Path, resume: bool) -> None:
     raw = dict(spec.raw)
     raw.setdefault("study", {})
     raw["study"] = {**raw["study"], "name": spec.name}
-    text = dump_toml(raw)
+    text = redact(dump_toml(raw))   # optuna.storage's password stays out
     path = out_dir / "spec.toml"
     if not path.is_file() or path.read_text(encoding="utf-8") != text:   # a resume leaves an unchanged spec alone
         atomic_write_text(path, text)
@@ -440,7 +441,7 @@ def write_summary(result: StudyResult) -> None:
            "validation": result.extra.get("validation"),
            "baseline_fitness": (result.baseline or {}).get("fitness"),
            "versions": versions()}
-    atomic_write_text(result.out_dir / "summary.json", json.dumps(doc, indent=2, default=_jsonable))
+    atomic_write_text(result.out_dir / "summary.json", redact(json.dumps(doc, indent=2, default=_jsonable)))
 
 
 def versions() -> dict[str, str]:

@@ -22,9 +22,11 @@ Ctrl-C with a process pool, at any moment (docs/reliability.md):
   pool, waiting for a result, closing it) is deferred (:func:`ctrl_c_deferred`) and raised as KeyboardInterrupt
   at the next safe point, at most :data:`POLL_S` later: a KeyboardInterrupt raised inside the pool's own code
   can leave one of its locks held (``terminate()`` then waits forever) or a pool half started.
-* A Ctrl-C while the pool starts (the forkserver imports torch: seconds on a busy machine) abandons the start
-  at once: the forkserver this start launched and the workers already started are stopped, and a pool that
-  finishes starting later is terminated by the helper thread.
+* A Ctrl-C while the pool starts abandons the start at once. The helper thread first waits for the forkserver
+  (it imports torch: seconds on a busy machine) and creates the pool only once it is ready, so the start is
+  abandoned before any of the pool's semaphores exist; the workers already started are stopped, and a pool that
+  finishes starting later is terminated by the helper thread. A forkserver whose process exits goes with it
+  (:mod:`tuning.forkserver_guard`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qsfl.errors import ConfigError, check_range
-from tuning.forkserver import DASK_PRELOAD, available, ensure_forkserver, pool_context, stop_forkserver
+from tuning.forkserver import DASK_PRELOAD, available, ensure_forkserver, pool_context, wait_forkserver
 from tuning.interrupts import HAVE_SIGMASK, POLL_S, block_sigint_in_this_thread, ctrl_c_deferred
 
 if TYPE_CHECKING:
@@ -148,6 +150,11 @@ class Workers(ABC):
         """Results in task order (each one as soon as it and all before it have finished)."""
         return _in_order(self.map_unordered(fn, tasks))
 
+    def isolated(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` while nothing of this backend runs in this process (the GA's draws from Python's global
+        ``random`` must not interleave with a backend's; only :class:`DaskWorkers` has such a thread)."""
+        return fn(*args)
+
     @abstractmethod
     def close(self) -> None:
         """Release the workers (after the results were consumed)."""
@@ -212,7 +219,7 @@ def _one_thread(results: Iterator[tuple[int, R]]) -> Iterator[tuple[int, R]]:
         torch.set_num_threads(threads)   # a library caller gets its setting back
 
 
-#: the longest an abandoned pool start is waited for (it fails at once once its forkserver was stopped)
+#: the longest an abandoned pool start that is already creating its pool is waited for (its forkserver is ready)
 ABANDON_WAIT_S = 5.0
 
 
@@ -220,19 +227,28 @@ def start_pool(workers: int, warm: Warm) -> Any:
     """A ``multiprocessing.Pool`` of ``workers`` processes (:func:`init_pool_worker`), started from a helper thread
     that blocks SIGINT while this thread waits for it, ready for a Ctrl-C (see the module docstring).
 
-    KeyboardInterrupt (or any exception) while waiting abandons the start: the forkserver (the one it launched, or
-    one started earlier that is still importing: :func:`start_forkserver_early`) and the workers already
-    started are stopped (the start then fails at once; a later pool starts a new forkserver), a pool that
-    finished starting is terminated, and its semaphores are released before the exception is re-raised (a CLI
-    that exits with ``os._exit`` would otherwise leave them to the resource tracker, which warns about them).
+    The helper thread waits for the forkserver (:func:`tuning.forkserver.ensure_forkserver`: started here, or earlier
+    by :func:`start_forkserver_early`) before it creates the pool. KeyboardInterrupt (or any exception) while waiting
+    abandons the start: before the pool is created, nothing is left to release (the helper thread sees it and
+    returns); once it is being created (quick: the forkserver is ready), the workers already started are stopped, a
+    pool that finished starting is terminated, and its semaphores are released before the exception is re-raised
+    (a CLI that exits with ``os._exit`` would otherwise leave them to the resource tracker, which warns about them).
     """
     ctx = pool_context()
+    forkserver = ctx.get_start_method() == "forkserver"
     lock = threading.Lock()
     box: dict[str, Any] = {}
     children_before = set(mp.active_children())
 
     def start() -> None:
         block_sigint_in_this_thread()   # the pool's own threads started here inherit it too (harmless)
+        if forkserver:
+            ensure_forkserver()
+            wait_forkserver()
+        with lock:
+            if box.get("abandoned"):
+                return
+            box["creating"] = True
         try:
             pool = ctx.Pool(workers, initializer=init_pool_worker, initargs=(warm,))
         except BaseException as exc:  # noqa: BLE001 - handed over to the waiting thread
@@ -258,10 +274,11 @@ def start_pool(workers: int, warm: Warm) -> Any:
             with lock:
                 box["abandoned"] = True
                 pool = box.pop("pool", None)
+                creating = box.get("creating", False)
             if pool is not None:
                 pool.terminate()
-            else:
-                _stop_start(children_before, forkserver=ctx.get_start_method() == "forkserver")
+            elif creating:
+                _stop_start(children_before)
                 thread.join(ABANDON_WAIT_S)
             del pool
             box.clear()
@@ -272,13 +289,11 @@ def start_pool(workers: int, warm: Warm) -> Any:
     return box.pop("pool")
 
 
-def _stop_start(children_before: set[Any], *, forkserver: bool) -> None:
-    """Stop what an abandoned pool start has started so far (its workers) and the forkserver it waits for."""
+def _stop_start(children_before: set[Any]) -> None:
+    """Stop the workers an abandoned pool start has started so far."""
     for child in mp.active_children():
         if child not in children_before:
             child.terminate()
-    if forkserver:
-        stop_forkserver()
 
 
 def _poll(source: list[Any]) -> Iterator[Any]:
@@ -356,7 +371,9 @@ class DaskWorkers(Workers):
         forkserver = n is not None and _start_forkserver_for_dask()
         import dask
         from distributed import Client, LocalCluster
-        _private_random_for_dask()
+        if forkserver:   # ready before Dask sets its own modules to preload (no effect on a running forkserver)
+            while not wait_forkserver(POLL_S):
+                pass
         self.address = cluster
         # distributed logs at INFO through its own handler, and tracebacks of closed connections while a
         # cluster shuts down: keep warnings while we run, errors only while we close, and restore on close
@@ -414,6 +431,31 @@ class DaskWorkers(Workers):
                 yield index.pop(fut.key), result
         return self._guard(results())
 
+    def isolated(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` on the client's event-loop thread, which runs nothing else of Dask meanwhile.
+
+        Dask's client (and a LocalCluster's scheduler, on the same event loop in this process) draw from Python's
+        global ``random`` in that thread at moments that depend on timing (e.g. ``random.choice`` of the worker to
+        fetch each result from). The GA's DEAP operators draw from the same stream, so its ``ask`` runs here: no
+        Dask draw can fall between two of the GA's, and a GA on a cluster proposes what a serial run proposes."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["result"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self.client.loop.add_callback(call)
+        while not done.wait(POLL_S):
+            pass
+        if "error" in box:
+            raise box.pop("error")
+        return box.pop("result")
+
     def _slots(self) -> int:
         """Tasks to keep submitted: the cluster's threads now (workers may have joined or left), at least 1."""
         try:
@@ -439,31 +481,6 @@ class DaskWorkers(Workers):
 
     def terminate(self) -> None:
         self.close()   # cancels what is still queued or running; a LocalCluster's processes are stopped
-
-
-#: modules of Dask (and Tornado, its event loop) that draw from Python's global ``random`` in this process
-_DASK_RANDOM_USERS = ("distributed.utils_comm", "distributed.scheduler", "distributed.comm.core", "distributed.worker",
-                      "distributed.worker_state_machine", "dask.sizeof", "tornado.ioloop")
-
-
-def _private_random_for_dask() -> None:
-    """Give Dask's modules a ``random.Random`` of their own.
-
-    Dask's client (and a LocalCluster's scheduler, which runs in this process) draw from Python's global
-    ``random`` in their event-loop thread, at moments that depend on timing: e.g. ``gather_from_workers``
-    picks a worker with ``random.choice`` for every result fetched. DEAP's operators draw from that same
-    global stream, so a GA on a cluster would propose other individuals than a serial run of the same seed.
-    """
-    import importlib
-    import random
-
-    for name in _DASK_RANDOM_USERS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if getattr(module, "random", None) is random:
-            module.random = random.Random()  # type: ignore[attr-defined]
 
 
 def _have_distributed() -> bool:

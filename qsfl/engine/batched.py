@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -378,7 +378,8 @@ class _VmapStep(_StepFn):
 def _into(out: list[torch.Tensor] | None, grads: list[torch.Tensor]) -> list[torch.Tensor]:
     if out is None:
         return grads
-    torch._foreach_copy_(out, grads)
+    for o, g in zip(out, grads):
+        o.copy_(g)
     return out
 
 
@@ -848,8 +849,21 @@ class BatchedEngine:
         state.steps += 1
 
 
+def _tensors_in(out: Any) -> Iterator[torch.Tensor]:
+    """The tensors of an operator's output (a tensor, or tuples and lists of them, possibly nested)."""
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for item in out:
+            yield from _tensors_in(item)
+
+
 def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int) -> float:
-    """Bytes of every tensor created by one forward+backward of a single client's minibatch (upper bound)."""
+    """Bytes of every tensor created by one forward+backward of a single client's minibatch (upper bound).
+
+    ``TorchDispatchMode`` is the one name the project imports from a module of a dependency whose name starts with
+    an underscore: PyTorch documents it there (``__torch_dispatch__``, "Extending PyTorch") and has no other path
+    (tests/test_public_api.py lists it)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _Count(TorchDispatchMode):
@@ -857,9 +871,7 @@ def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, b
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            for t in torch.utils._pytree.tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    _Count.total += t.numel() * t.element_size()
+            _Count.total += sum(t.numel() * t.element_size() for t in _tensors_in(out))
             return out
 
     n = min(batch, len(y_all))

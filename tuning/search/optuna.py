@@ -53,7 +53,7 @@ from optuna.trial import TrialState
 from qsfl.errors import ConfigError, check_choice, check_range, check_table, reject_unknown
 from tuning.objective import METRICS, Evaluation
 from tuning.search.base import Candidate, SearchContext, Searcher, register
-from tuning.storage import open_serialised, storage_kwargs
+from tuning.storage import ENV_PREFIX, open_serialised, redact, resolve_url, storage_kwargs
 
 if TYPE_CHECKING:
     from qsfl.config import SimConfig
@@ -97,9 +97,10 @@ def parse_optuna(table: Mapping[str, Any], n_objectives: int) -> OptunaSettings:
     check_range("optuna.n_trials", s.n_trials, 1, None, integer=True)
     check_choice("optuna.sampler", s.sampler, SAMPLERS)
     check_choice("optuna.pruner", s.pruner, PRUNERS)
-    if s.storage is not None and (not isinstance(s.storage, str) or "://" not in s.storage):
+    if s.storage is not None and (not isinstance(s.storage, str)
+                                  or ("://" not in s.storage and not s.storage.startswith(ENV_PREFIX))):
         raise ConfigError(f"optuna.storage: expected a database URL such as sqlite:///study.db or "
-                          f"postgresql://user@host/db, got {s.storage!r}")
+                          f"postgresql://user@host/db, or env:NAME, got {redact(repr(s.storage))}")
     check_range("optuna.n_startup_trials", s.n_startup_trials, 0, None, integer=True)
     check_range("optuna.population_size", s.population_size, 2, None, integer=True)
     check_range("optuna.warmup_rounds", s.warmup_rounds, 0, None, integer=True)
@@ -218,10 +219,10 @@ def make_storage(url: str, settings: OptunaSettings, retry: RetrySameParams | No
 def storage_error(url: str, exc: Exception) -> ConfigError | None:
     """A one-line ConfigError for a storage that cannot be opened (missing driver, bad or unreachable URL)."""
     if isinstance(exc, ImportError):
-        return ConfigError(f"--storage {url}: a database driver is missing ({exc}); e.g. pip install "
-                           f"psycopg2-binary for PostgreSQL")
-    if isinstance(exc, optuna.exceptions.OptunaError) or "sqlalchemy" in type(exc).__module__:
-        return ConfigError(f"--storage {url}: cannot open the storage: {exc}")
+        return ConfigError(redact(f"--storage {url}: a database driver is missing ({exc}); e.g. pip install "
+                                  f"psycopg2-binary for PostgreSQL"))
+    if isinstance(exc, (optuna.exceptions.OptunaError, ValueError)) or "sqlalchemy" in type(exc).__module__:
+        return ConfigError(redact(f"--storage {url}: cannot open the storage: {exc}"))   # ValueError: a bad URL
     return None
 
 
@@ -301,6 +302,7 @@ def _open(name: str, settings: OptunaSettings, url: str, directions: Sequence[st
           liar: bool = False, shared: bool = True, start_points: Sequence[Mapping[str, Any]] = (),
           retry: RetrySameParams | None = None) -> tuple[optuna.Study, RDBStorage]:
     holder: dict[str, RDBStorage] = {}
+    url = resolve_url(url)
 
     def create() -> optuna.Study:
         storage = make_storage(url, settings, retry)
@@ -441,7 +443,7 @@ class OptunaSearcher(Searcher):
 
     def __init__(self, settings: OptunaSettings, ctx: SearchContext) -> None:
         super().__init__(settings, ctx)
-        self.url = ctx.storage or settings.storage
+        self.url = ctx.storage or (settings.storage and resolve_url(settings.storage, "optuna.storage"))
         self.owns_storage = self.url is None
         if self.url is None:
             assert ctx.out_dir is not None
