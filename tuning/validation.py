@@ -5,8 +5,10 @@ Search seeds (``study.seeds``) are what the searcher optimises; its best points 
 seeds, and more search buys more luck. So when the search ends, the top ``validation.top`` distinct configurations
 by search fitness (the Pareto front's, spread along it, for several objectives) and the baseline (the strategy's
 own defaults; QSFL: the authors') are simulated on the validation seeds (``[validation] seeds``, default five
-seeds disjoint from ``study.seeds`` and ``study.eval_seeds``). The answer is the configuration with the best
-validation fitness, and it replaces the defaults only when it beats them on those seeds by a one-sided exact
+seeds disjoint from ``study.seeds`` and ``study.eval_seeds``). They are ranked by a pessimistic bound of their
+fitness on the validation seeds (the mean of the per-seed fitness moved against them by the one-sided 90 %
+Student-t half-width): a configuration that is good on average but fragile, one missed target among steady seeds,
+ranks below a steady one. The first is the answer, and it replaces the defaults only when it beats them on those seeds by a one-sided exact
 Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha`` (default 0.1; with five seeds:
 better on all five, or on four with the loss on the fifth smaller than two of the gains): otherwise the study says
 it found nothing better and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of
@@ -31,6 +33,7 @@ from tuning.objective import Evaluation, Objective, combine, dominates
 
 VALIDATION_KEYS = ("enabled", "seeds", "top", "alpha")
 DEFAULT_SEEDS = 5
+PESSIMISM = 0.9          # one-sided level of the bound that ranks validated configurations
 FIRST_AUTO_SEED = 200   # automatic validation seeds: the smallest seeds from here that the study uses nowhere else
 
 
@@ -103,6 +106,21 @@ class Validated:
     def fitness(self) -> list[float]:
         return [float(f) if self.evaluation.ok else math.nan for f in self.evaluation.fitness]
 
+    def pessimistic(self, sign: float, level: float = PESSIMISM) -> float:
+        """The first objective's per-seed fitness, mean moved against the configuration by the one-sided
+        ``level`` Student-t half-width (``sign`` +1: larger is better): a configuration that is good on average
+        but fragile (an occasional missed target or constraint) ranks below a steady one."""
+        values = np.asarray(self.per_seed[0], dtype=float)
+        if not self.evaluation.ok or len(values) == 0 or not np.isfinite(values).all():
+            return -sign * math.inf
+        mean = float(values.mean())
+        if len(values) < 2:
+            return mean
+        from scipy import stats
+
+        half = float(stats.t.ppf(level, len(values) - 1)) * float(values.std(ddof=1)) / math.sqrt(len(values))
+        return mean - sign * half
+
 
 @dataclass
 class ValidationResult:
@@ -170,7 +188,7 @@ def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSet
     signs = objective.weights
     done = [v for v in tuned if v.evaluation.ok]
     if objective.n == 1:
-        ranked = sorted(done, key=lambda v: (-signs[0] * v.fitness[0], tuned.index(v)))
+        ranked = sorted(done, key=lambda v: (-signs[0] * v.pessimistic(signs[0]), tuned.index(v)))
         ranked += [v for v in tuned if not v.evaluation.ok]
         return _choose_one(seeds, ranked, base, signs[0], settings.alpha, defaults_name, objective)
     front = [v for v in done if not any(dominates(o.fitness, v.fitness, signs) for o in done if o is not v)]
