@@ -77,7 +77,7 @@ class Plan:
         self.two_phase = self.name == "qsfl"
         if self.name != "qsfl":
             return
-        s = self.s
+        s: Any = self.s
         if s.use_scss and s.ns > n_params:
             raise ConfigError(f"strategy.ns: {s.ns} is out of range; allowed [1, {n_params}] "
                               f"(at most the model's parameter count)")
@@ -180,7 +180,8 @@ def decode_signs(data: bytes) -> torch.Tensor:
 def dense_bytes(client_id: int, vector: torch.Tensor) -> bytes:
     """A whole float32 vector as a dense SparseSegment (header + values): :func:`qsfl.comm.dense_message`'s size."""
     n = vector.numel()
-    return SparseSegment(int(client_id), 0, n, np.arange(n), vector.detach().cpu().numpy().astype(np.float32)).to_bytes()
+    values = vector.detach().cpu().numpy().astype(np.float32)
+    return SparseSegment(int(client_id), 0, n, np.arange(n), values).to_bytes()
 
 
 def decode_segment(data: bytes, size: int, encoding: str, client_id: int, segment: int) -> SparseSegment:
@@ -190,7 +191,8 @@ def decode_segment(data: bytes, size: int, encoding: str, client_id: int, segmen
         raise ValueError(f"upload of client {client_id}: header names client {seg.client_id}, segment {seg.segment} "
                          f"(expected segment {segment})")
     if len(data) != seg.message_size.total:
-        raise ValueError(f"upload of client {client_id}: {len(data)} bytes, its encoding needs {seg.message_size.total}")
+        raise ValueError(f"upload of client {client_id}: {len(data)} bytes, its encoding needs "
+                         f"{seg.message_size.total}")
     return seg
 
 
