@@ -1,4 +1,4 @@
-"""The `qsfl` command line: simulate | tune | compare | report | data check.
+"""The `qsfl` command line: simulate | tune | compare | report | data check | flower-app.
 
 User mistakes (bad config, bad spec, missing files) print one ``error: ...`` line and exit with code 2, never a
 traceback; Ctrl-C prints one line and exits with 130, also while the program is still importing torch (the

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -66,22 +67,26 @@ def flower_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("flwr-home")
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\n'
                                       'address = ":local-in-memory:"\n')
-    http, control = _free_port(), _free_port()
+    http = _free_port()
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(control), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log = open(home / "superlink.out", "w")   # noqa: SIM115 (closed at teardown)
-    # the arguments flwr uses for its managed local SuperLink (flwr.cli.local_superlink), on free ports
+    # what flwr starts as its managed local SuperLink (flwr.cli.local_superlink), on a free port; `flwr run` with
+    # the ":local-in-memory:" connection finds it healthy there and uses it
     proc = subprocess.Popen([_tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-                             "--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1", "--port",
-                             str(http)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                             "--host", "127.0.0.1", "--port", str(http)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", control)) == 0:
-                    break
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the SuperLink did not start: {(home / 'superlink.out').read_text()[-2000:]}")
             time.sleep(0.5)
@@ -171,6 +176,7 @@ FAILING_CLIENT = '''"""ClientApp of a test: client 1 crashes before every upload
 longer than the server's timeout to upload in round 2; the others are qsfl.flower's own handlers."""
 
 import time
+import urllib.request
 from pathlib import Path
 
 from flwr.app import Context, Message

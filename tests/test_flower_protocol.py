@@ -18,6 +18,7 @@ from qsfl.flower.protocol import (
     ClientState,
     ServerRunner,
     TrainRequest,
+    UploadRequest,
     decode_signs,
     encode_signs,
 )
@@ -137,6 +138,12 @@ def test_a_client_without_the_previous_model_and_without_signs_fails_its_train_m
         client.train(TrainRequest(2, w, last_update="stored"), ClientState())
 
 
+def test_a_client_asked_to_upload_without_its_training_of_that_round_fails_the_message():
+    client = ClientRunner(config(StrategyConfig(name="qsfl", ns=3, k=2)), 0)
+    with pytest.raises(RuntimeError, match="round-1 training"):
+        client.upload(UploadRequest(1), ClientState())
+
+
 def test_a_qualified_client_that_never_uploads_is_left_out_and_the_round_goes_on():
     cfg = config(StrategyConfig(name="qsfl", ns=3, k=3))
     server = run_protocol(cfg, fail_upload={1}, fail_train={1: {2}})
@@ -147,6 +154,7 @@ def test_a_qualified_client_that_never_uploads_is_left_out_and_the_round_goes_on
             assert 1 in row["failed_clients"]
             assert not any(kind == "segment" and c == 1 for _, kind, c, _ in row["messages"])
     assert 2 not in server.rows[1]["answered_clients"] and 2 in server.rows[1]["failed_clients"]
+    assert server.rows[1]["qualified_clients"] == [0, 1, 3]   # K = min(k, answered)
     # client 2 missed round 1: in round 2 it gets the signs of g_1 instead of using a stored w_1
     assert any(kind == "signs" and c == 2 for _, kind, c, _ in server.rows[2]["messages"])
     assert any(1 in row["qualified_clients"] for row in server.rows)
