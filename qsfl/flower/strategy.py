@@ -80,7 +80,8 @@ class QSFLStrategy(Strategy):
                               "are connected (simulation: options.num-supernodes)")
         msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="query.register")
                 for n in nodes]
-        for reply in grid.send_and_receive(msgs, timeout=self.timeout):
+        # a node's first message loads its data (and in a simulation starts its worker): wait as long as for the nodes
+        for reply in grid.send_and_receive(msgs, timeout=max(self.timeout, wait_s)):
             if reply.has_error():
                 raise ConfigError(f"node {reply.metadata.src_node_id} failed to register: {reply.error.reason}")
             cid = integer(config_record(reply, "client")["client-id"], "client-id")
@@ -90,8 +91,9 @@ class QSFLStrategy(Strategy):
             self.node_of[cid], self.client_of[reply.metadata.src_node_id] = reply.metadata.src_node_id, cid
         missing = sorted(set(range(self.config.clients)) - set(self.node_of))
         if missing:
-            raise ConfigError(f"partition-id: no node is client {missing[0]} (ids 0..{self.config.clients - 1} "
-                              "must each be one node's partition-id)")
+            last = self.config.clients - 1
+            raise ConfigError(f"partition-id: no node answered as client {missing[0]} (ids 0..{last} must each be "
+                              f"one node's partition-id; nodes answer within connect-wait {wait_s:g} s)")
 
     def initial_arrays(self) -> ArrayRecord:
         """The initial global model w_0 (the config's seeded model) as one flat float32 array."""
@@ -122,7 +124,7 @@ class QSFLStrategy(Strategy):
             if cid is None:
                 continue
             if reply.has_error():
-                failed[cid] = f"error: {reply.error.reason}"[:300]
+                failed[cid] = f"error: ...{reply.error.reason.strip()[-300:]}"   # a traceback ends with the exception
             else:
                 got[cid] = reply
         for cid in asked:
