@@ -150,7 +150,9 @@ STRATEGIES = {
 @pytest.mark.parametrize("label", list(STRATEGIES))
 def test_flower_runtime_equals_the_simulator(flower_env, tmp_path, label):
     cfg = config(STRATEGIES[label])
-    history, weights = run_app(flower_env, cfg, tmp_path)
+    # FedAvg's run also has half the clients evaluate the global model on their own data (@app.evaluate())
+    extra = ["--run-config", "fraction-evaluate=0.5"] if label == "fedavg" else []
+    history, weights = run_app(flower_env, cfg, tmp_path, *extra)
     torch.set_num_threads(1)
     sim = Simulation(cfg)
     ref = sim.run().df
@@ -164,6 +166,8 @@ def test_flower_runtime_equals_the_simulator(flower_env, tmp_path, label):
         for col in LEDGER_COLUMNS:
             assert row[col] == expected[col], col
         assert row["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=1e-6)
+        if label == "fedavg":
+            assert row["client_evaluations"] == 2 and 0.0 <= row["client_accuracy"] <= 1.0
         uplink = sorted((kind, c, b) for direction, kind, c, b in row["messages"] if direction == "up")
         if label == "authors_code":   # every sampled client uploads (upload="all"); round 0 also pretrains
             assert sum(b for _, _, b in uplink) == expected["uplink_bytes"]

@@ -185,6 +185,8 @@ class QSFLStrategy(Strategy):
         n = np.array([number(m["num-examples"], "num-examples") for m in results])
         acc = float(np.average([number(m["accuracy"], "accuracy") for m in results], weights=n))
         loss = float(np.average([number(m["loss"], "loss") for m in results], weights=n))
+        if self.runner.rows:   # history.json keeps them with the round
+            self.runner.rows[-1].update(client_accuracy=acc, client_loss=loss, client_evaluations=len(results))
         return MetricRecord({"client_accuracy": acc, "client_loss": loss, "num-examples": int(n.sum())})
 
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
