@@ -124,7 +124,7 @@ class QSFLStrategy(Strategy):
             if cid is None:
                 continue
             if reply.has_error():
-                failed[cid] = f"error: ...{reply.error.reason.strip()[-300:]}"   # a traceback ends with the exception
+                failed[cid] = f"error: ...{(reply.error.reason or '').strip()[-300:]}"   # a traceback ends with it
             else:
                 got[cid] = reply
         for cid in asked:
