@@ -1,4 +1,4 @@
-"""The `qsfl` command line: simulate | tune | compare | report | data check.
+"""The `qsfl` command line: simulate | tune | compare | report | data check | flower-app.
 
 User mistakes (bad config, bad spec, missing files) print one ``error: ...`` line and exit with code 2, never a
 traceback; Ctrl-C prints one line and exits with 130, also while the program is still importing torch (the
@@ -231,6 +231,42 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
 
 
 # ----- the parser ------------------------------------------------------------------------------------------
+# ----- flower-app --------------------------------------------------------------------------------------
+def add_flower_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("flower-app", parents=[common], help="write a Flower app that runs a study's best config",
+                       description="Write a Flower app (ServerApp + ClientApp + pyproject.toml) that runs the best "
+                                   "config of the study in OUT_DIR (its spec.toml's [base] with best.toml's params) in "
+                                   "a federation: Flower's simulation runtime (flwr run) or real SuperNodes. Needs "
+                                   "qsfl-tune's flower extra to run (docs/flower.md).")
+    p.add_argument("study_dir", type=Path, metavar="OUT_DIR", help="a study's output directory (qsfl tune --out)")
+    p.add_argument("--out", type=Path, required=True, help="the app's directory")
+    p.add_argument("--name", default="qsfl-app", help="the app's name (default qsfl-app)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a config field after the study's params, e.g. rounds=5 or seed=1 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an app already in --out")
+    p.set_defaults(func=run_flower_app)
+
+
+def run_flower_app(args: argparse.Namespace) -> int:
+    from qsfl.config import parse_assignments
+    from qsfl.flower.export import run_command, write_app
+    from qsfl.io import load_toml
+    from tuning.compare import read_base, tuned_configs
+    from tuning.results import check_study_dir
+
+    study = check_study_dir(args.study_dir)
+    base = read_base(study)
+    label, (config, params) = next(iter(tuned_configs(study, base, top=1, configs_file=None,
+                                                      spec=load_toml(study / "spec.toml")).items()))
+    overrides = parse_assignments(args.overrides)
+    if overrides:
+        config = config.with_overrides(overrides)
+    out = write_app(config, args.out, name=args.name, overwrite=args.overwrite, source=f"{study} ({label})")
+    print(f"Flower app for {config.strategy.name} with {params} written to {out}")
+    print(f"run it with Flower's simulation runtime: {run_command(out, config)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from qsfl import __version__
     from reports import cli as reports_cli
@@ -239,12 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qsfl", description="QSFL simulator and hyperparameter tuner",
                                      parents=[common_options(top=True)])
     parser.add_argument("--version", action="version", version=f"qsfl-tune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,tune,compare,report,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{simulate,tune,compare,report,data,flower-app}")
     common = common_options(top=False)
     add_simulate_parser(sub, common)
     tuning_cli.add_parsers(sub, common)
     reports_cli.add_parsers(sub, common)
     add_data_parser(sub, common)
+    add_flower_parser(sub, common)
     sub.choices["tune"].set_defaults(func=run_tune)
     sub.choices["compare"].set_defaults(func=run_compare)
     return parser

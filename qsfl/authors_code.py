@@ -202,22 +202,74 @@ def qualify(global_weights: torch.Tensor, last_global_update: torch.Tensor | Non
     ids = np.asarray(client_ids)
     if not hyper.use_qj:
         return np.sort(ids), None
-    contrib = qj.contribution(losses, num_samples)
     if options.relevance == "weights":
         relev = qj.relevance_weights(weights, global_weights)
     else:
         relev = qj.relevance(weights - global_weights, last_global_update)
-    scores = qj.score(contrib, relev, hyper.beta)
-    if options.selection == "percentile":
-        return qj.select_percentile(scores, ids, hyper.alpha), scores
-    return qj.select_top(scores, ids, qj.qualified_count(len(ids), hyper.k, hyper.alpha)), scores
+    return qj.judge(losses, num_samples, relev, ids, beta=hyper.beta, k=hyper.k, alpha=hyper.alpha,
+                    selection=options.selection)
+
+
+@dataclass
+class Upload:
+    """What one client uploads in a round: its segment's chosen entries (absolute indices) and their values."""
+
+    client_id: int
+    segment: int
+    lo: int                      # the segment is [lo, lo + size)
+    size: int
+    indices: torch.Tensor        # absolute, ascending
+    values: torch.Tensor         # the update's (or, with aggregate="official", the weights') values there
+    message: MessageSize
+
+
+def client_upload(round_index: int, client_id: int, local_weights: torch.Tensor, global_weights: torch.Tensor,
+                  hyper: Hyperparameters, options: Options = PROJECT_DEFAULT) -> Upload:
+    """A client's side of one round: the top-p entries of its cyclic segment (t + id [+ 1]) mod NS of its update
+    (ranked by ``options.rank_by``), as the simulator and a Flower client (:mod:`qsfl.flower`) both compute it."""
+    n = global_weights.numel()
+    bounds = layout_bounds(n, hyper.ns, options.segment_layout)
+    seg = (int(round_index) + int(client_id) + options.client_numbering) % hyper.ns
+    lo, hi = int(bounds[seg]), int(bounds[seg + 1])
+    update = local_weights[lo:hi] - global_weights[lo:hi]
+    key = local_weights[lo:hi] if options.rank_by == "weights" else update
+    idx = top_entries(key, entry_count(hyper.p, hi - lo, options.k_rounding), options.tie_break) + lo
+    payload = local_weights[idx] if options.aggregate == "official" else update[idx - lo]
+    return Upload(int(client_id), seg, lo, hi - lo, idx, payload,
+                  sparse_message(len(idx), hi - lo, hyper.index_encoding))
+
+
+def aggregate_uploads(start: torch.Tensor, uploads: list[Upload], num_samples: list[float] | np.ndarray,
+                      hyper: Hyperparameters, options: Options = PROJECT_DEFAULT) -> tuple[torch.Tensor, list[int]]:
+    """The server's side: (new weights, senders per segment) from the qualified clients' ``uploads`` (in
+    ascending client id; ``num_samples`` aligned with them): per segment, ``start`` + the (weighted or plain)
+    mean of the sparse values, or with ``aggregate="official"`` the mean itself; other entries keep ``start``."""
+    n = start.numel()
+    bounds = layout_bounds(n, hyper.ns, options.segment_layout)
+    acc = torch.zeros(n, dtype=torch.float64, device=start.device)
+    seg_weight = np.zeros(hyper.ns)
+    coverage = np.zeros(hyper.ns, dtype=np.int64)
+    for up, n_i in zip(uploads, num_samples):
+        w = float(n_i) if options.segment_mean == "weighted" else 1.0
+        acc[up.indices] += w * up.values.to(torch.float64)
+        seg_weight[up.segment] += w
+        coverage[up.segment] += 1
+    new = start.clone()
+    for seg in np.flatnonzero(seg_weight > 0):
+        lo, hi = int(bounds[seg]), int(bounds[seg + 1])
+        mean = acc[lo:hi] / seg_weight[seg]
+        if options.aggregate == "delta":
+            mean = start[lo:hi].to(torch.float64) + mean
+        new[lo:hi] = mean.to(new.dtype)
+    return new, coverage.tolist()
 
 
 def aggregate_round(round_index: int, base: torch.Tensor | None, global_weights: torch.Tensor,
                     client_ids: np.ndarray, weights: torch.Tensor, losses: np.ndarray, num_samples: np.ndarray,
                     hyper: Hyperparameters, options: Options = PROJECT_DEFAULT,
                     last_global_update: torch.Tensor | None = None) -> RoundOutput:
-    """One round: QJ, each client's top-p of its cyclic segment, per-segment mean, bytes.
+    """One round: QJ, each client's top-p of its cyclic segment (:func:`client_upload`), per-segment mean
+    (:func:`aggregate_uploads`), bytes.
 
     ``global_weights`` (n,) is w_t, the model the clients trained from; ``weights`` (C, n) their local
     models, one row per entry of ``client_ids`` (distinct ids); ``base`` the fixed model that
@@ -225,7 +277,6 @@ def aggregate_round(round_index: int, base: torch.Tensor | None, global_weights:
     ``last_global_update`` g_{t-1} for ``relevance="update"`` (None in round 0).
     """
     ids = np.asarray(client_ids)
-    n = global_weights.numel()
     if options.base == "pretrained":
         if base is None:
             raise ValueError('options.base == "pretrained" needs the base weights')
@@ -235,13 +286,11 @@ def aggregate_round(round_index: int, base: torch.Tensor | None, global_weights:
     qualified, scores = qualify(global_weights, last_global_update, ids, weights, losses, num_samples,
                                 hyper, options)
     qualified_set = set(qualified.tolist())
-    bounds = layout_bounds(n, hyper.ns, options.segment_layout)
     uplink: list[tuple[MessageSize, list[int]]] = []
     if hyper.use_qj:
         uplink.append((meta_message(), [int(c) for c in ids]))
-    acc = torch.zeros(n, dtype=torch.float64, device=global_weights.device)
-    seg_weight = np.zeros(hyper.ns)
-    coverage = np.zeros(hyper.ns, dtype=np.int64)
+    kept: list[Upload] = []
+    kept_samples: list[float] = []
     entries: dict[int, torch.Tensor] = {}
     values: dict[int, torch.Tensor] = {}
     segment_ids: dict[int, int] = {}
@@ -249,28 +298,14 @@ def aggregate_round(round_index: int, base: torch.Tensor | None, global_weights:
         is_qualified = cid in qualified_set
         if not is_qualified and options.upload == "qualified":
             continue
-        seg = (int(round_index) + cid + options.client_numbering) % hyper.ns
-        lo, hi = int(bounds[seg]), int(bounds[seg + 1])
-        update = weights[row, lo:hi] - global_weights[lo:hi]
-        key = weights[row, lo:hi] if options.rank_by == "weights" else update
-        idx = top_entries(key, entry_count(hyper.p, hi - lo, options.k_rounding), options.tie_break) + lo
-        payload = weights[row, idx] if options.aggregate == "official" else update[idx - lo]
-        uplink.append((sparse_message(len(idx), hi - lo, hyper.index_encoding), [cid]))
-        entries[cid], values[cid], segment_ids[cid] = idx, payload, seg
-        if not is_qualified:      # sent, then discarded by the server (upload="all")
-            continue
-        w = float(num_samples[row]) if options.segment_mean == "weighted" else 1.0
-        acc[idx] += w * payload.to(torch.float64)
-        seg_weight[seg] += w
-        coverage[seg] += 1
-    new = start.clone()
-    for seg in np.flatnonzero(seg_weight > 0):
-        lo, hi = int(bounds[seg]), int(bounds[seg + 1])
-        mean = acc[lo:hi] / seg_weight[seg]
-        if options.aggregate == "delta":
-            mean = start[lo:hi].to(torch.float64) + mean
-        new[lo:hi] = mean.to(new.dtype)
-    return RoundOutput(new, qualified, entries, values, segment_ids, coverage.tolist(), scores, uplink)
+        up = client_upload(round_index, cid, weights[row], global_weights, hyper, options)
+        uplink.append((up.message, [cid]))
+        entries[cid], values[cid], segment_ids[cid] = up.indices, up.values, up.segment
+        if is_qualified:          # an unqualified upload (upload="all") is sent, then discarded by the server
+            kept.append(up)
+            kept_samples.append(float(num_samples[row]))
+    new, coverage = aggregate_uploads(start, kept, kept_samples, hyper, options)
+    return RoundOutput(new, qualified, entries, values, segment_ids, coverage, scores, uplink)
 
 
 def pretraining_round(client_ids: np.ndarray, weights: torch.Tensor, losses: np.ndarray, num_samples: np.ndarray,

@@ -113,6 +113,12 @@ def ternary_message(count: int, size: int, encoding: str = "auto") -> MessageSiz
     return MessageSize(HEADER_BYTES, values, int32 if used == "int32" else bitmap, encoding=used)
 
 
+def sign_pattern_message(n: int) -> MessageSize:
+    """The signs (-1, 0, +1) of an n-vector, 2 bits each, bit-packed: the last global update's signs that a
+    Flower client needs for QJ's relevance when it does not hold the previous global model (qsfl.flower)."""
+    return MessageSize(HEADER_BYTES, packed_bytes(n, 2), 0, encoding="signs")
+
+
 ROUND_FIELDS = ("uplink_bytes", "uplink_header_bytes", "uplink_value_bytes", "uplink_index_bytes",
                 "uplink_meta_bytes", "uplink_messages", "downlink_bytes", "downlink_messages")
 

@@ -71,3 +71,16 @@ def select_percentile(scores: np.ndarray, client_ids: np.ndarray, alpha: float) 
     scores = np.asarray(scores, dtype=np.float64)
     cut = np.percentile(scores, (1.0 - alpha) * 100.0)
     return np.sort(np.asarray(client_ids)[scores >= cut])
+
+
+def judge(losses: np.ndarray, num_samples: np.ndarray, relevances: np.ndarray, client_ids: np.ndarray, *,
+          beta: float, k: int | None, alpha: float, selection: str = "topk") -> tuple[np.ndarray, np.ndarray]:
+    """QJ on the server from each client's metadata (L_i, n_i, r_i): (qualified ids ascending, scores).
+
+    ``selection="topk"``: the K best scores (K from ``k`` or ``alpha``); ``"percentile"``: the authors' cut. The
+    simulator's strategies and the Flower server (:mod:`qsfl.flower`) both call this."""
+    ids = np.asarray(client_ids)
+    scores = score(contribution(losses, num_samples), relevances, beta)
+    if selection == "percentile":
+        return select_percentile(scores, ids, alpha), scores
+    return select_top(scores, ids, qualified_count(len(ids), k, alpha)), scores

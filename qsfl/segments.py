@@ -234,6 +234,41 @@ def top_k_slots(magnitudes: torch.Tensor, k: np.ndarray, inside: torch.Tensor | 
     return keep | (ties & (torch.cumsum(ties, dim=1) <= need.unsqueeze(1)))   # lowest slots win ties
 
 
+def choose_segment_entries(layout: SegmentLayout, slots: torch.Tensor, segments: np.ndarray,
+                           keep: np.ndarray) -> torch.Tensor:
+    """SCSS's choice: a ``(K, width)`` bool mask of the ``keep[r]`` largest-magnitude real slots of row r of
+    ``slots`` (row r: segment ``segments[r]`` of a sender's update, as :meth:`SegmentLayout.segment_slots` gathers
+    it; ties to the lower slot). The simulator calls it for all senders at once, a Flower client for itself."""
+    seg_t = torch.as_tensor(np.asarray(segments, dtype=np.int64), device=slots.device)
+    magnitudes = layout.mask_padding(slots.abs(), seg_t, -1.0)
+    return top_k_slots(magnitudes, np.asarray(keep, dtype=np.int64))   # padding slots (-1) are never chosen
+
+
+def aggregate_segments(global_weights: torch.Tensor, layout: SegmentLayout, payload: torch.Tensor,
+                       segments: np.ndarray, num_samples: np.ndarray,
+                       official: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """SCSS's server step: (new global weights, senders per segment). Each segment becomes w_t + the
+    sample-weighted mean of the ``(K, width)`` sparse ``payload`` rows sent for it (unsent slots hold 0); a
+    segment nobody sent keeps w_t. ``official``: the payload rows are sparse *weights* and a sent segment becomes
+    their mean (the authors' averaging, which shrinks the model)."""
+    g = global_weights
+    device = g.device
+    segments = np.asarray(segments, dtype=np.int64)
+    n_i = np.asarray(num_samples, dtype=np.float64)
+    seg_t = torch.as_tensor(segments, dtype=torch.long, device=device)
+    senders = torch.zeros(layout.ns, len(segments), dtype=g.dtype, device=device)   # segment x sender: n_i
+    senders[seg_t, torch.arange(len(segments), device=device)] = torch.as_tensor(n_i, dtype=g.dtype, device=device)
+    sums = senders @ payload                                                          # (NS, width)
+    seg_weight = np.bincount(segments, weights=n_i, minlength=layout.ns)
+    coverage = np.bincount(segments, minlength=layout.ns)
+    covered = torch.as_tensor(seg_weight > 0, device=device).unsqueeze(1)
+    divisor = torch.as_tensor(np.where(seg_weight > 0, seg_weight, 1.0), dtype=g.dtype, device=device)
+    mean = sums / divisor.unsqueeze(1)
+    g_slots = g[layout.cols]
+    new_slots = torch.where(covered, mean if official else g_slots + mean, g_slots)   # unsent segment: unchanged
+    return new_slots.reshape(-1)[layout.flat], coverage.tolist()
+
+
 def top_k_rows(values: torch.Tensor, lo: np.ndarray, hi: np.ndarray, k: np.ndarray) -> torch.Tensor:
     """Row-wise :func:`top_p_indices` over arbitrary ranges: a ``(rows, n)`` bool mask of the ``k[r]``
     largest-magnitude entries of ``values[r, lo[r]:hi[r]]`` (ties to the lower index). The reference form of

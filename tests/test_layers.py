@@ -128,3 +128,32 @@ def test_reports_uses_only_the_public_results_api_of_tuning():
     bad = {m: sorted(d for d in deps if package_of(d) == "tuning" and d != "tuning.results")
            for m, deps in import_graph().items() if package_of(m) == "reports"}
     assert not {m: d for m, d in bad.items() if d}
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports (absolute imports only)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_optional_flower_adapter_imports_qsfl_only_and_nothing_else_imports_it_but_the_cli():
+    graph = import_graph()
+    flower = [m for m in graph if m == "qsfl.flower" or m.startswith("qsfl.flower.")]
+    assert flower, "qsfl.flower not found"
+    assert not {m: sorted(d for d in graph[m] if package_of(d) != "qsfl") for m in flower if
+                any(package_of(d) != "qsfl" for d in graph[m])}
+    users = sorted(m for m, deps in graph.items() if m not in flower and any(d in flower for d in deps))
+    assert users == ["qsfl_cli"]
+
+
+def test_only_qsfl_flower_imports_flwr():
+    files = module_files()
+    importers = sorted(m for m, path in files.items() if "flwr" in _imported_names(path))
+    assert importers and all(m.startswith("qsfl.flower.") for m in importers), importers
+    assert "flwr" not in _imported_names(files["qsfl.flower.export"])   # `qsfl flower-app` works without Flower
+    assert "flwr" not in _imported_names(files["qsfl.flower.protocol"])

@@ -8,9 +8,10 @@ own defaults; QSFL: the authors') are simulated on the validation seeds (``[vali
 seeds disjoint from ``study.seeds`` and ``study.eval_seeds``). They are ranked by a pessimistic bound of their
 fitness on the validation seeds (the mean of the per-seed fitness moved against them by the one-sided 90 %
 Student-t half-width): a configuration that is good on average but fragile, one missed target among steady seeds,
-ranks below a steady one. The first is the answer, and it replaces the defaults only when it beats them on those seeds by a one-sided exact
-Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha`` (default 0.1; with five seeds:
-better on all five, or on four with the loss on the fifth smaller than two of the gains): otherwise the study says
+ranks below a steady one. The first is the answer, and it replaces the defaults only when it beats them on those
+seeds by a one-sided exact Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha``
+(default 0.1; with five seeds: better on all five, or on four with the loss on the fifth smaller than two of the
+gains): otherwise the study says
 it found nothing better and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of
 ``qsfl compare`` and the benchmarks.
 

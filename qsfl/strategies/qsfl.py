@@ -33,7 +33,9 @@ from qsfl.engine.common import CohortResult
 from qsfl.errors import ConfigError
 from qsfl.segments import (
     SegmentLayout,
+    aggregate_segments,
     ceil_fraction,
+    choose_segment_entries,
     client_segment_counts,
     client_segment_sizes,
     count_frames,
@@ -171,18 +173,15 @@ class QSFL(VectorisedStrategy):
         if not self.scfg.use_qj:
             return np.asarray(client_ids)
         ledger.uplink(meta_message(), clients=client_ids)
-        contrib = qj.contribution(cohort.losses, cohort.num_samples)
         if self.options.relevance == "weights":
             relev = qj.relevance_weights(cohort.weights, global_weights)
         elif last_global_update is None:
             relev = qj.relevance(cohort.weights, None)   # round 0: r_i = 1, no update needed
         else:
             relev = qj.relevance(cohort.weights - global_weights if updates is None else updates, last_global_update)
-        scores = qj.score(contrib, relev, self.scfg.beta)
-        if self.options.selection == "percentile":
-            return qj.select_percentile(scores, client_ids, self.scfg.alpha)
-        k = qj.qualified_count(len(client_ids), self.scfg.k, self.scfg.alpha)
-        return qj.select_top(scores, client_ids, k)
+        qualified, _ = qj.judge(cohort.losses, cohort.num_samples, relev, client_ids, beta=self.scfg.beta,
+                                k=self.scfg.k, alpha=self.scfg.alpha, selection=self.options.selection)
+        return qualified
 
     @classmethod
     def aggregate_many(cls, jobs: Sequence[AggregateJob]) -> list[tuple[torch.Tensor, RoundInfo]]:
@@ -219,9 +218,8 @@ class QSFL(VectorisedStrategy):
             gathered = [layout.segment_slots(p.u, p.rows_t, p.segments_t) for p in group]   # (K, width) each
             values = torch.cat(gathered) if len(gathered) > 1 else gathered[0]
             segments = np.concatenate([p.segments for p in group])
-            magnitudes = layout.mask_padding(values.abs(), torch.as_tensor(segments, device=device), -1.0)
             k = np.concatenate([strategies[p.job].keep[p.segments] for p in group])
-            keep = top_k_slots(magnitudes, k)   # padding slots (-1) are never among the top k
+            keep = choose_segment_entries(layout, values, segments, k)
             offset = 0
             for p, vals in zip(group, gathered):
                 sent = keep[offset:offset + len(p.rows)]
@@ -240,7 +238,6 @@ class QSFL(VectorisedStrategy):
         (``values``/``sent``: the senders' segments as ``(K, width)`` slots and the chosen ones)."""
         g, u, rows, segments = job.global_weights, p.u, p.rows, p.segments
         ids = np.asarray(job.client_ids)
-        device = g.device
         rows_t, seg_t = p.rows_t, p.segments_t
         if self.residuals.enabled:   # unqualified clients keep everything, qualified ones what they did not send
             cols = layout.cols[seg_t]
@@ -248,26 +245,15 @@ class QSFL(VectorisedStrategy):
             self.residuals.keep_unsent(ids, u, None)
         bill_sparse(job.ledger, sent.sum(dim=1).cpu().numpy(), self.sizes[segments], self.scfg.index_encoding,
                     clients=ids[rows])
-        n_i = np.asarray(job.cohort.num_samples, dtype=np.float64)[rows]
         official = self.options.aggregate == "official"
         # "official" reproduces the authors' averaging of sparse *weights* (zeros elsewhere).
         # where(), not a product: a padding slot holds a coordinate of another segment, which must not leak in
         chosen = layout.segment_slots(job.cohort.weights, rows_t, seg_t) if official else values
         payload = torch.where(sent, chosen, 0.0)
-        senders = torch.zeros(self.ns, len(rows), dtype=g.dtype, device=device)   # segment x sender: n_i
-        senders[seg_t, torch.arange(len(rows), device=device)] = torch.as_tensor(n_i, dtype=g.dtype, device=device)
-        sums = senders @ payload                                                   # (NS, width)
-        seg_weight = np.bincount(segments, weights=n_i, minlength=self.ns)
-        coverage = np.bincount(segments, minlength=self.ns)
-        covered = torch.as_tensor(seg_weight > 0, device=device).unsqueeze(1)
-        divisor = torch.as_tensor(np.where(seg_weight > 0, seg_weight, 1.0), dtype=g.dtype, device=device)
-        mean = sums / divisor.unsqueeze(1)
-        g_slots = g[layout.cols]
-        new_slots = torch.where(covered, mean if official else g_slots + mean, g_slots)   # unsent segment: unchanged
-        new = new_slots.reshape(-1)[layout.flat]
+        new, coverage = aggregate_segments(g, layout, payload, segments, job.cohort.num_samples[rows], official)
         # qualified clients are exactly the senders, in the same (ascending id) order
         return new, RoundInfo(qualified=[int(c) for c in ids[rows]],
-                              metrics={"segment_coverage": coverage.tolist(),
+                              metrics={"segment_coverage": coverage,
                                        "segment_ids": [int(s) for s in segments]})
 
     def _scss_frames(self, job: AggregateJob, rows: np.ndarray, u: torch.Tensor) -> tuple[torch.Tensor, RoundInfo]:
