@@ -230,9 +230,8 @@ def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path
     return write_compare(plan.out_dir)
 
 
-# ----- the parser ------------------------------------------------------------------------------------------
 # ----- flower-app --------------------------------------------------------------------------------------
-def add_flower_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_flower_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("flower-app", parents=[common], help="write a Flower app that runs a study's best config",
                        description="Write a Flower app (ServerApp + ClientApp + pyproject.toml) that runs the best "
                                    "config of the study in OUT_DIR (its spec.toml's [base] with best.toml's params) in "
@@ -267,6 +266,7 @@ def run_flower_app(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- the parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from qsfl import __version__
     from reports import cli as reports_cli

@@ -54,10 +54,10 @@ def test_paired_one_sided_by_hand():
         parse_validation({"seeds": [7, 8, 9]}, [0], [100])
 
 
-def _validated(label: str, per_seed: list[float]) -> Validated:
+def _validated(label: str, per_seed: list[float], violations: list[float] | None = None) -> Validated:
     mean = sum(per_seed) / len(per_seed)
     ev = Evaluation({}, label, [0], "complete", "", {}, {}, (mean,), 0.0)
-    return Validated(label, {"params": {}}, ev, [per_seed])
+    return Validated(label, {"params": {}}, ev, [per_seed], violations or [0.0] * len(per_seed))
 
 
 def test_the_defaults_win_unless_beaten_on_the_validation_seeds():
@@ -99,3 +99,17 @@ def test_a_study_validates_then_answers(tmp_path: Path):
     assert {200, 201, 202, 203, 204} <= set(load_study(out).search_seeds())   # compare never reuses them
     summary = tomllib.loads((out / "spec.toml").read_text())
     assert summary["validation"] == {"top": 3}
+
+
+def test_the_answer_is_as_feasible_as_the_defaults():
+    objective = build_objective({"formula": "uplink_mb", "direction": "minimize",
+                                 "constraint": "final_accuracy >= 0.88", "penalty": 10.0})
+    defaults = _validated("defaults", [0.5] * 5)
+    edge = _validated("search-1", [0.10, 0.11, 0.10, 0.12, 0.19], [0.0, 0.0, 0.0, 0.0, 0.008])
+    steady = _validated("search-2", [0.20, 0.21, 0.20, 0.22, 0.21])
+    res = _choose_one([1, 2, 3, 4, 5], [edge, steady], defaults, -1.0, 0.1, "authors' defaults", objective)
+    assert res.answer == "tuned" and res.ranked[0] is steady      # the edge of the constraint is not the answer
+    res = _choose_one([1, 2, 3, 4, 5], [edge], defaults, -1.0, 0.1, "authors' defaults", objective)
+    assert res.answer == "defaults" and "misses the constraint (final_accuracy >= 0.88)" in res.verdict
+    lax = _validated("defaults", [0.5] * 5, [0.0, 0.0, 0.0, 0.0, 0.02])   # the defaults miss it on seed 5 too
+    assert _choose_one([1, 2, 3, 4, 5], [edge], lax, -1.0, 0.1, "d", objective).answer == "tuned"

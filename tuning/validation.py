@@ -8,10 +8,12 @@ own defaults; QSFL: the authors') are simulated on the validation seeds (``[vali
 seeds disjoint from ``study.seeds`` and ``study.eval_seeds``). They are ranked by a pessimistic bound of their
 fitness on the validation seeds (the mean of the per-seed fitness moved against them by the one-sided 90 %
 Student-t half-width): a configuration that is good on average but fragile, one missed target among steady seeds,
-ranks below a steady one. The first is the answer, and it replaces the defaults only when it beats them on those
-seeds by a one-sided exact Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha``
-(default 0.1; with five seeds: better on all five, or on four with the loss on the fifth smaller than two of the
-gains): otherwise the study says
+ranks below a steady one. The answer is the first that is **as feasible as the defaults** (it meets the objective's
+constraint on every validation seed where the defaults meet it: a configuration at the edge of the constraint
+misses it on fresh seeds too), and it replaces the defaults only when it beats them on those seeds by a one-sided
+exact Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha`` (default 0.1; with five
+seeds: better on all five, or on four with the loss on the fifth smaller than two of the gains): otherwise the
+study says
 it found nothing better and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of
 ``qsfl compare`` and the benchmarks.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,6 +104,11 @@ class Validated:
     entry: dict[str, Any]          # its best.toml entry (params, search fitness, metrics, trial, ...)
     evaluation: Evaluation
     per_seed: list[list[float]]    # per objective: the fitness on each validation seed alone (NaN: failed)
+    violations: list[float] = field(default_factory=list)   # the constraint's violation on each seed (NaN: failed)
+
+    def as_feasible_as(self, other: Validated) -> bool:
+        """Does it meet the constraint (and complete) on every validation seed where ``other`` does?"""
+        return all(mine == 0.0 for mine, theirs in zip(self.violations, other.violations) if theirs == 0.0)
 
     @property
     def fitness(self) -> list[float]:
@@ -135,14 +142,17 @@ class ValidationResult:
     p_value: float = math.nan
 
 
-def per_seed_fitness(ev: Evaluation, objective: Objective, rounds: int) -> list[list[float]]:
-    """Per objective, the fitness of each seed of ``ev`` alone (NaN where the seed failed)."""
+def per_seed_fitness(ev: Evaluation, objective: Objective, rounds: int) -> tuple[list[list[float]], list[float]]:
+    """Per objective, the fitness of each seed of ``ev`` alone, and the constraint's violation on each seed (0 when
+    met; NaN where the seed failed)."""
     out: list[list[float]] = [[] for _ in range(objective.n)]
+    violations: list[float] = []
     for r in ev.per_seed:
         one = combine(ev.params, [r.seed], [r], objective, rounds, full_rounds=rounds)
         for j in range(objective.n):
             out[j].append(float(one.fitness[j]) if one.ok else math.nan)
-    return out
+        violations.append(float(one.metrics["constraint_violation"]) if one.ok else math.nan)
+    return out, violations
 
 
 def paired_one_sided(better: Sequence[float], worse: Sequence[float], sign: float) -> tuple[float, float]:
@@ -183,7 +193,7 @@ def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSet
         pt.overrides = space.overrides(pt.params)
     evs = evaluator.evaluate(points, rounds, seeds=seeds)
     validated = [Validated("defaults" if i == 0 else f"search-{i}", dict(entry), ev,
-                           per_seed_fitness(ev, objective, rounds))
+                           *per_seed_fitness(ev, objective, rounds))
                  for i, (entry, ev) in enumerate(zip([dict(defaults), *candidates], evs))]
     base, tuned = validated[0], validated[1:]
     signs = objective.weights
@@ -213,7 +223,15 @@ def _choose_one(seeds: list[int], ranked: list[Validated], base: Validated, sign
         return ValidationResult(seeds, ranked, base, "defaults",
                                 f"no searched configuration completed on the {n} validation seeds: the study returns "
                                 f"the {defaults_name}")
-    top = ranked[0]
+    feasible = [v for v in ranked if v.evaluation.ok and v.as_feasible_as(base)]
+    if base.evaluation.ok and not feasible:
+        constraint = objective.constraint.text if objective.constraint is not None else "none"
+        return ValidationResult(seeds, ranked, base, "defaults",
+                                f"every validated configuration misses the constraint ({constraint}) or fails on a "
+                                f"validation seed where the {defaults_name} meet it: the study returns the "
+                                f"{defaults_name}")
+    top = feasible[0] if feasible else ranked[0]
+    ranked = [top] + [v for v in ranked if v is not top]   # the answer candidate first
     if not base.evaluation.ok:
         return ValidationResult(seeds, ranked, base, "tuned",
                                 f"the {defaults_name} failed on the validation seeds; the best validated "
