@@ -737,7 +737,7 @@ def test_report_of_one_seed_does_not_say_mean_over_seeds(study_dir):
     from reports.report import write_report
 
     text = write_report(study_dir, formats=("png",)).read_text()
-    assert "mean over" not in text and "Metrics are the search&#x27;s own (seed 0)" in text
+    assert "mean over" not in text and "Metrics and search fitness are the search&#x27;s own (seed 0)" in text
     spec = __import__("tomllib").loads((study_dir / "spec.toml").read_text())
     spec["study"]["seeds"] = [0, 1]
     (study_dir / "spec.toml").write_text(dump_toml(spec))

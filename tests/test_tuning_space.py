@@ -115,7 +115,7 @@ _DELETE = object()
     ("ga.population", 1, "ga.population: 1 is out of range; allowed [2, inf]"),
     ("ga.crossover", "uniform", "ga.crossover: unknown value 'uniform'; valid: sbx, blend"),
     ("ga.cxpb", 1.5, "ga.cxpb: 1.5 is out of range"),
-    ("optuna.sampler", "grid", "optuna.sampler: unknown value 'grid'; valid: tpe, cmaes, nsga2, random, ga"),
+    ("optuna.sampler", "grid", "optuna.sampler: unknown value 'grid'; valid: tpe, gp, cmaes, nsga2, random, ga"),
     ("optuna.pruner", "asha", "optuna.pruner: unknown value 'asha'; valid: none, median, hyperband"),
     ("study.engine", "ray", "study.engine: unknown value 'ray'; valid: ga, optuna"),
     ("study.seeds", [], "study.seeds: expected a non-empty list"),

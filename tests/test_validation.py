@@ -93,9 +93,6 @@ def test_a_study_validates_then_answers(tmp_path: Path):
     first = best["best"][0]
     assert first["validation_fitness"][0] == pytest.approx(chosen["validation_fitness"])
     assert bool(first.get("defaults", False)) == (best["answer"] == "defaults")
-    if best["answer"] == "tuned":   # ranked by validation fitness (maximised here)
-        fits = [b["validation_fitness"][0] for b in best["best"]]
-        assert fits == sorted(fits, reverse=True)
     assert {200, 201, 202, 203, 204} <= set(load_study(out).search_seeds())   # compare never reuses them
     summary = tomllib.loads((out / "spec.toml").read_text())
     assert summary["validation"] == {"top": 3}
