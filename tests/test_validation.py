@@ -22,13 +22,13 @@ from tuning.validation import (
 
 
 def test_auto_seeds_avoid_search_and_test_seeds():
-    assert auto_seeds([0, 1], [100, 101]) == (200, 201, 202, 203, 204)
-    assert auto_seeds([200], [202, 203]) == (201, 204, 205, 206, 207)
+    assert auto_seeds([0, 1], [100, 101]) == (200, 201, 202, 203, 204, 205, 206, 207)
+    assert auto_seeds([200], [202, 203], n=5) == (201, 204, 205, 206, 207)
 
 
 def test_parse_validation_checks_every_key():
     s = parse_validation(None, [0, 1], [100])
-    assert s.enabled and s.top == 5 and s.alpha == 0.1 and s.seeds == (200, 201, 202, 203, 204)
+    assert s.enabled and s.top == 5 and s.alpha == 0.1 and s.seeds == tuple(range(200, 208))
     assert parse_validation({"seeds": [7, 8, 9, 10]}, [0], [100]).seeds == (7, 8, 9, 10)
     with pytest.raises(ConfigError, match=r"validation.seeds: \[100\] also in study.seeds, the racing seeds"):
         parse_validation({"seeds": [100, 7]}, [0], [100])
@@ -84,7 +84,7 @@ def test_a_study_validates_then_answers(tmp_path: Path):
     result = run_study(spec, out)
     best = tomllib.loads((out / "best.toml").read_text())
     assert best["answer"] in ("tuned", "defaults") and best["verdict"]
-    assert best["validation_seeds"] == [200, 201, 202, 203, 204]
+    assert best["validation_seeds"] == list(range(200, 208))
     table = pd.read_csv(out / "validation.csv")
     assert table["label"].iloc[0] == "defaults" and len(table) == 1 + min(3, len(result.best) + 1)
     assert table["answer"].sum() == 1
@@ -93,20 +93,18 @@ def test_a_study_validates_then_answers(tmp_path: Path):
     first = best["best"][0]
     assert first["validation_fitness"][0] == pytest.approx(chosen["validation_fitness"])
     assert bool(first.get("defaults", False)) == (best["answer"] == "defaults")
-    assert {200, 201, 202, 203, 204} <= set(load_study(out).search_seeds())   # compare never reuses them
+    assert set(range(200, 208)) <= set(load_study(out).search_seeds())   # compare never reuses them
     summary = tomllib.loads((out / "spec.toml").read_text())
     assert summary["validation"] == {"top": 3}
 
 
-def test_the_answer_is_as_feasible_as_the_defaults():
-    objective = build_objective({"formula": "uplink_mb", "direction": "minimize",
-                                 "constraint": "final_accuracy >= 0.88", "penalty": 10.0})
-    defaults = _validated("defaults", [0.5] * 5)
-    edge = _validated("search-1", [0.10, 0.11, 0.10, 0.12, 0.19], [0.0, 0.0, 0.0, 0.0, 0.008])
+def test_a_steady_configuration_ranks_above_a_fragile_one():
+    from tuning.validation import validate  # noqa: F401  (the ranking below is validate's)
+
     steady = _validated("search-2", [0.20, 0.21, 0.20, 0.22, 0.21])
-    res = _choose_one([1, 2, 3, 4, 5], [edge, steady], defaults, -1.0, 0.1, "authors' defaults", objective)
-    assert res.answer == "tuned" and res.ranked[0] is steady      # the edge of the constraint is not the answer
-    res = _choose_one([1, 2, 3, 4, 5], [edge], defaults, -1.0, 0.1, "authors' defaults", objective)
-    assert res.answer == "defaults" and "misses the constraint (final_accuracy >= 0.88)" in res.verdict
-    lax = _validated("defaults", [0.5] * 5, [0.0, 0.0, 0.0, 0.0, 0.02])   # the defaults miss it on seed 5 too
-    assert _choose_one([1, 2, 3, 4, 5], [edge], lax, -1.0, 0.1, "d", objective).answer == "tuned"
+    fragile = _validated("search-1", [0.05, 0.05, 0.05, 0.05, 0.80])   # mean 0.20, one collapsed seed
+    assert steady.pessimistic(-1.0) < fragile.pessimistic(-1.0)       # minimised: lower bound is better
+    assert fragile.constraint_met == 5
+    from scipy import stats
+    half = stats.t.ppf(0.9, 4) * __import__("statistics").stdev([0.2, 0.21, 0.2, 0.22, 0.21]) / 5 ** 0.5
+    assert steady.pessimistic(-1.0) == pytest.approx(0.208 + half)

@@ -226,7 +226,8 @@ def write_validation(out_dir: Path, spec: StudySpec, result: ValidationResult) -
         ev = v.evaluation
         row: dict[str, Any] = {"label": v.label, "validation_rank": rank.get(id(v), 0), "answer": v is answer,
                                "trial": int(v.entry.get("trial", -1)), "seeds": ",".join(map(str, result.seeds)),
-                               "state": ev.state, "reason": ev.reason}
+                               "state": ev.state, "reason": ev.reason, "constraint_met": v.constraint_met,
+                               "pessimistic_fitness": v.pessimistic(spec.objective.weights[0])}
         row.update({f"param_{k}": _plain(x) for k, x in v.entry.get("params", {}).items()})
         for j, cols in enumerate(fitness_columns(spec.objective.n)):
             search = v.entry.get("fitness", [])
