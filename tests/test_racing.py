@@ -75,6 +75,9 @@ def test_race_doubles_the_seeds_and_stops_a_challenger_that_falls_behind():
     assert calls == [(["good", "lucky"], [0, 300]), (["good"], [0, 300, 301])]
     assert [len(e.seeds) for e in out] == [3, 2]
     assert out[1].fitness[0] == pytest.approx(4.6)
+    assert [e.simulation for e in race.incumbents] == ["inc"]      # the batch enters at its end, by the caller
+    for ev in out:
+        race.admit(ev)
     assert [e.simulation for e in race.incumbents] == ["good"]
 
 

@@ -161,7 +161,8 @@ class StudyLoop:
         for row in rows:
             ev = self._from_row(row)
             self.evaluator.remember(ev)
-            if ev.rounds == self.full:
+            # the incumbents as they were before the pending batch: its rows are replayed into it later
+            if ev.rounds == self.full and (self.searcher.owns_trials or int(row["trial"]) < self.state.counter):
                 self.race.admit(ev)
             if not self.searcher.owns_trials:
                 if int(row["trial"]) < self.state.counter:
@@ -306,9 +307,8 @@ class StudyLoop:
                 for i, ev in zip(deferred, raced):
                     evs[i] = ev
                     self._record(i, points[i], owners, cands, ev, deferred[i], rows, written)
-                for i in alive:
-                    if i not in deferred:
-                        self.race.admit(evs[i])
+                for i in alive:   # the batch enters the incumbents at its end, in point order (tuning.racing)
+                    self.race.admit(evs[i])
                     final[i] = evs[i]
                 break
             keep_alive = []

@@ -60,15 +60,17 @@ class Race:
         else:
             self.incumbents = [e for e in pool if not any(dominates(o.fitness, e.fitness, signs) for o in pool)]
 
-    def challenges(self, ev: Evaluation) -> bool:
-        """Would ``ev`` (on its seeds) enter the incumbents, compared on the seeds it shares with them?"""
+    def challenges(self, ev: Evaluation, incumbents: Sequence[Evaluation] | None = None) -> bool:
+        """Would ``ev`` (on its seeds) enter the incumbents (default the current ones), compared on the seeds it
+        shares with them?"""
+        incumbents = self.incumbents if incumbents is None else incumbents
         if not ev.ok:
             return False
-        if self.objective.n == 1 and len(self.incumbents) < self.size:
+        if self.objective.n == 1 and len(incumbents) < self.size:
             return True
         signs = self.objective.weights
         mine = ev.fitness
-        theirs = [on_seeds(inc, ev.seeds, self.objective, self.rounds).fitness for inc in self.incumbents]
+        theirs = [on_seeds(inc, ev.seeds, self.objective, self.rounds).fitness for inc in incumbents]
         if self.objective.n == 1:
             return signs[0] * mine[0] > min(signs[0] * f[0] for f in theirs)
         return not any(dominates(f, mine, signs) for f in theirs)
@@ -76,13 +78,15 @@ class Race:
     def run(self, points: Sequence[Point], evaluations: Sequence[Evaluation], evaluate: EvaluateOn
             ) -> list[Evaluation]:
         """Race every point of a batch (``evaluations`` on the study's seeds, in order); their final evaluations.
-        Points at the same number of seeds advance together, so a step is one batch for the workers."""
+        Every point races against the incumbents as they were when the batch began, and the batch's points enter
+        them only at its end: a point's race does not depend on the others of its batch, so a resumed batch races
+        as the interrupted one did. Points at the same number of seeds advance together (one batch for the
+        workers); the caller admits the batch (:meth:`admit`) once its rows are written."""
         out = list(evaluations)
+        before = list(self.incumbents)
         if len(self.seeds) <= min((len(ev.seeds) for ev in evaluations), default=len(self.seeds)):
-            for ev in out:
-                self.admit(ev)
             return out
-        active = [i for i, ev in enumerate(out) if self.challenges(ev)]
+        active = [i for i, ev in enumerate(out) if self.challenges(ev, before)]
         while active:
             by_n: dict[int, list[int]] = {}
             for i in active:
@@ -97,11 +101,6 @@ class Race:
                     ev.simulated_rounds += out[i].simulated_rounds   # duration_s sums every seed already
                     ev.rung, ev.curve = out[i].rung, out[i].curve
                     out[i] = ev
-                    if len(ev.seeds) >= len(self.seeds):
-                        self.admit(ev)
-                    elif self.challenges(ev):
+                    if len(ev.seeds) < len(self.seeds) and self.challenges(ev, before):
                         active.append(i)
-        for ev in out:
-            if len(ev.seeds) >= len(self.seeds):
-                self.admit(ev)
         return out
