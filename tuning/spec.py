@@ -34,7 +34,7 @@ from tuning.objective import Objective, build_objective
 from tuning.search import searchers
 from tuning.search.fidelity import FidelitySettings, parse_fidelity
 from tuning.space import SearchSpace, build_space
-from tuning.validation import VALIDATION_KEYS, ValidationSettings, parse_validation
+from tuning.validation import VALIDATION_KEYS, ValidationSettings, auto_seeds, parse_validation
 from tuning.workers import check_cluster
 
 BASE_SECTIONS = ("study", "base", "space", "objective")
@@ -71,20 +71,13 @@ class StudyInfo:
     time_budget_s: float | None = None           # stop asking new points after this much compute time
     max_seeds: int = 0            # racing: a point entering the incumbents is simulated on up to this many seeds
     incumbents: int = 3           # racing: how many incumbents a challenger must beat (the best, on shared seeds)
+    cluster: str | None = None    # default for --cluster: "local:N" or a Dask scheduler address
 
     @property
     def race_seeds(self) -> tuple[int, ...]:
         """The seeds a point can be raced on: ``seeds``, then automatic extra seeds up to ``max_seeds``."""
         extra = max(self.max_seeds - len(self.seeds), 0)
-        used = set(self.seeds) | set(self.eval_seeds)
-        out: list[int] = []
-        s = FIRST_RACE_SEED
-        while len(out) < extra:
-            if s not in used:
-                out.append(s)
-            s += 1
-        return (*self.seeds, *out)
-    cluster: str | None = None    # default for --cluster: "local:N" or a Dask scheduler address
+        return (*self.seeds, *auto_seeds(self.seeds, self.eval_seeds, n=extra, first=FIRST_RACE_SEED))
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,12 @@ def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequen
     return ValidationSettings(enabled=bool(enabled), seeds=chosen, top=int(top), alpha=float(alpha))
 
 
-def auto_seeds(search_seeds: Sequence[int], eval_seeds: Sequence[int], n: int = DEFAULT_SEEDS) -> tuple[int, ...]:
-    """The ``n`` smallest seeds from ``FIRST_AUTO_SEED`` on that are neither search nor test seeds."""
+def auto_seeds(search_seeds: Sequence[int], eval_seeds: Sequence[int], n: int = DEFAULT_SEEDS,
+               first: int = FIRST_AUTO_SEED) -> tuple[int, ...]:
+    """The ``n`` smallest seeds from ``first`` on that are neither search nor test seeds (validation's, racing's)."""
     used = set(search_seeds) | set(eval_seeds)
     out: list[int] = []
-    s = FIRST_AUTO_SEED
+    s = first
     while len(out) < n:
         if s not in used:
             out.append(s)
