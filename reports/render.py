@@ -61,12 +61,14 @@ def anchor(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _comparison(study: Study) -> list[tuple[str, str, pd.DataFrame]]:
-    """(subtitle, note, table) blocks of the comparison section; empty without a comparison."""
+def _comparison(study: Study) -> tuple[list[tuple[str, str, pd.DataFrame]], list[str]]:
+    """(subtitle, note, table) blocks of the comparison section and its verdict sentences (shown after the first
+    block); both empty without a comparison."""
     c = study.compare
     if c is None:
-        return []
+        return [], []
     summary = summarise(c)
+    said = verdicts(c, summary)
     blocks = [("", summary_note(c, summary), display_table(summary, objective_texts(c)))]
     tests = significance(c)
     if len(tests):
@@ -74,13 +76,7 @@ def _comparison(study: Study) -> list[tuple[str, str, pd.DataFrame]]:
     fair = fairness_summary(c)
     if len(fair):
         blocks.append(("Per-client accuracy and uploads", FAIRNESS_NOTE, fairness_display(fair)))
-    return blocks
-
-
-def _verdicts(study: Study) -> list[str]:
-    """The comparison's verdict sentences (empty without a comparison or an objective)."""
-    c = study.compare
-    return verdicts(c, summarise(c)) if c is not None else []
+    return blocks, said
 
 
 def _sections(study: Study, figures: Sequence[FigureEntry]) -> list[str]:
@@ -105,15 +101,14 @@ def build_html(study: Study, figures: Sequence[FigureEntry], pngs: dict[str, byt
     if len(best):
         parts.append(f'<p class="note">{e(seeds_note(study))}; configurations that simulate identically share a '
                      "row. The comparison below re-runs the best on fresh seeds.</p>")
-    blocks = _comparison(study)
+    blocks, said = _comparison(study)
     if blocks:
         parts.append(f'<h2 id="{anchor("Comparison with baselines")}">Comparison with baselines</h2>')
         for title, note, table in blocks:
             parts.append((f"<h3>{e(title)}</h3>" if title else "") + html_table(table)
                          + f'<p class="note">{e(note)}</p>')
-            if not title and _verdicts(study):
-                parts.append("<h3>Verdict</h3><ul>" + "".join(f"<li>{e(v)}</li>" for v in _verdicts(study))
-                             + "</ul>")
+            if not title and said:
+                parts.append("<h3>Verdict</h3><ul>" + "".join(f"<li>{e(v)}</li>" for v in said) + "</ul>")
     section = None
     for f in figures:
         if f.section != section:
@@ -138,13 +133,13 @@ def build_markdown(study: Study, figures: Sequence[FigureEntry]) -> str:
     lines += ["", "## Best configurations", "", md_table(best) if len(best) else "No complete evaluation yet."]
     if len(best):
         lines += ["", seeds_note(study) + "; configurations that simulate identically share a row."]
-    blocks = _comparison(study)
+    blocks, said = _comparison(study)
     if blocks:
         lines += ["", "## Comparison with baselines"]
         for title, note, table in blocks:
             lines += ([""] + [f"### {title}", ""] * bool(title)) + [md_table(table), "", note]
-            if not title and _verdicts(study):
-                lines += ["", "### Verdict", ""] + [f"- {v}" for v in _verdicts(study)]
+            if not title and said:
+                lines += ["", "### Verdict", ""] + [f"- {v}" for v in said]
     section = None
     for f in figures:
         if f.section != section:

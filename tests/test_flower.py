@@ -30,11 +30,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, run_qsfl, run_tune
+from test_flower_protocol import expected_messages
 
-from qsfl.comm import dense_message, meta_message, sparse_message
 from qsfl.config import SimConfig, StrategyConfig
 from qsfl.flower.export import federation_config, write_app
-from qsfl.segments import SegmentLayout, ceil_fraction
 from qsfl.sim import Simulation
 
 pytestmark = pytest.mark.flower
@@ -123,22 +122,6 @@ def config(strategy: StrategyConfig, **fields) -> SimConfig:
     return SimConfig(strategy=strategy, **{**base, **fields})
 
 
-def expected_uplink(cfg: SimConfig, row, n: int) -> list[tuple[str, int, int]]:
-    """(kind, client, bytes) of every uplink message of the simulator's round ``row`` (from its columns)."""
-    s = cfg.strategy
-    if s.name == "fedavg":
-        return [("update", c, dense_message(n).total) for c in row["sampled_clients"]]
-    if s.name == "topk":
-        return [("update", c, sparse_message(ceil_fraction(s.p, n), n, s.index_encoding).total)
-                for c in row["sampled_clients"]]
-    layout = SegmentLayout(n, s.ns)
-    out = [("meta", c, meta_message().total) for c in row["sampled_clients"]]
-    for c, seg in zip(row["qualified_clients"], row["segment_ids"]):
-        size = int(layout.sizes[seg])
-        out.append(("segment", c, sparse_message(ceil_fraction(s.p, size), size, s.index_encoding).total))
-    return out
-
-
 STRATEGIES = {
     "qsfl": StrategyConfig(name="qsfl", ns=3, k=2),
     "authors_code": StrategyConfig(name="qsfl", variant="authors_code", ns=3),
@@ -173,7 +156,7 @@ def test_flower_runtime_equals_the_simulator(flower_env, tmp_path, label):
             assert sum(b for _, _, b in uplink) == expected["uplink_bytes"]
             assert {c for kind, c, _ in uplink if kind == "segment"} == set(expected["sampled_clients"])
         else:
-            assert uplink == sorted(expected_uplink(cfg, expected, n))
+            assert uplink == sorted(expected_messages(cfg, expected, n))
 
 
 FAILING_CLIENT = '''"""ClientApp of a test: client 1 crashes before every upload, client 2 while training in round 1, client 3 takes

@@ -28,7 +28,7 @@ from qsfl.history import History
 from qsfl.io import atomic_write_text
 from tuning.objective import summary_metrics
 from tuning.results import COMPARE_DIR, best_digest, load_study, missing_files
-from tuning.space import AUTHORS_DEFAULTS, baseline_overrides, build_space
+from tuning.space import AUTHORS_DEFAULTS, SearchSpace, baseline_overrides, build_space
 from tuning.spec import parse_base
 
 log = logging.getLogger(__name__)
@@ -47,22 +47,21 @@ CLIENTS_FILE = "clients.csv"
 
 
 # ----- which configs -------------------------------------------------------------------------------
-def defaults_label(base: SimConfig) -> str:
-    """The label of the tuned strategy's own defaults: ``qsfl-default``, ``topk-default``, ..."""
+def defaults_run_label(base: SimConfig) -> str:
+    """The compare label of the tuned strategy's own defaults: ``qsfl-default``, ``topk-default``, ..."""
     return f"{base.strategy.name}-default"
 
 
 def baseline_configs(base: SimConfig, *, topk_p: float = 0.1,
-                     space: Mapping[str, Any] | None = None) -> dict[str, SimConfig]:
+                     space: SearchSpace | None = None) -> dict[str, SimConfig]:
     """The baselines built on ``base`` (same data, model, training and seed): FedAvg, top-k, the QSFL ablations and
     QSFL with the authors' defaults, and, for a study of another strategy, that strategy with its own defaults
-    (``<name>-default``, with the study's ``[space]`` table to know which fields it searched)."""
+    (``<name>-default``, with the study's search space to know which fields it searched)."""
     qsfl_base = base if base.strategy.name == "qsfl" else base.with_overrides({"strategy.name": "qsfl"})
     qsfl = {"strategy.name": "qsfl", **baseline_overrides(qsfl_base)}
     own: dict[str, SimConfig] = {}
     if base.strategy.name != "qsfl":
-        searched = build_space(space, base) if space else None
-        own[defaults_label(base)] = base.with_overrides(baseline_overrides(base, searched))
+        own[defaults_run_label(base)] = base.with_overrides(baseline_overrides(base, space))
     return own | {
         "fedavg": base.with_overrides({"strategy.name": "fedavg"}),
         "topk": base.with_overrides({"strategy.name": "topk", "strategy.p": topk_p}),
@@ -415,11 +414,11 @@ def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Pa
     used = set(study.search_seeds()) if study is not None else set()
     preferred = study.spec_seeds()[1] if study is not None else []
     chosen = choose_seeds(seeds, used, preferred=preferred)
-    baselines = baseline_configs(base, topk_p=topk_p, space=(spec or {}).get("space"))
+    space = build_space(spec["space"], base) if spec and "space" in spec else None
+    baselines = baseline_configs(base, topk_p=topk_p, space=space)
     configs = {label: cfg for label, (cfg, _) in tuned.items()} | baselines
     own = type(base.strategy).defaults_label()
-    searched = [*type(base.strategy).baseline_fields,
-                *(build_space(spec["space"], base).strategy_fields() if spec and "space" in spec else [])]
+    searched = [*type(base.strategy).baseline_fields, *(space.strategy_fields() if space is not None else [])]
     answered_defaults = [dict(b.get("params", {})) for b in (study.best if study is not None else [])
                          if b.get("defaults")]
     settings = {label: f"{cfg.strategy.name}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items())
@@ -433,7 +432,7 @@ def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Pa
                        settings=settings, params={label: p for label, (_, p) in tuned.items()},
                        source="configs" if configs_file is not None else "best.toml",
                        best_digest=best_digest(study.best) if study is not None and configs_file is None else "",
-                       defaults=defaults_label(base), objective=dict((spec or {}).get("objective", {})))
+                       defaults=defaults_run_label(base), objective=dict((spec or {}).get("objective", {})))
 
 
 def run_comparison(plan: ComparePlan, *, workers: int = 1, progress: bool = False,

@@ -390,15 +390,12 @@ class StudyLoop:
             i = todo[j]
             ev.rung = rung
             results[i] = ev
-            if defer is not None and record:
-                defer[i] = trials.get(i, -1)
+            if not record:
                 return
-            if numbered:
-                self.known[(points[i].id, rounds)] = ev
-                self._write(ev, trials[i], cands[owners[i][0]].generation)
-                written[i] += 1
-            elif record:
-                self._rows_for(i, points[i], owners, cands, ev, rung, rows, written)
+            if defer is not None:
+                defer[i] = trials.get(i, -1)
+            else:
+                self._record(i, points[i], owners, cands, ev, trials.get(i, -1), rows, written)
 
         self.evaluator.evaluate([points[i] for i in todo], rounds, keep_states=keep_states, curve=curve,
                                 on_done=on_done)
@@ -410,7 +407,7 @@ class StudyLoop:
 
     def _record(self, i: int, point: Point, owners: Sequence[list[int]], cands: Sequence[Candidate],
                 ev: Evaluation, trial: int, rows: dict[int, list[dict[str, Any]]], written: list[int]) -> None:
-        """Write the row of a point whose row :meth:`_stage` deferred."""
+        """Write a point's row(s): the table's (numbered by the loop) or the searcher's own."""
         if not self.searcher.owns_trials:
             self.known[(point.id, ev.rounds)] = ev
             self._write(ev, trial, cands[owners[i][0]].generation)

@@ -43,10 +43,6 @@ class Race:
         self.size = size
         self.incumbents: list[Evaluation] = []
 
-    @property
-    def enabled(self) -> bool:
-        return len(self.seeds) > 0
-
     def admit(self, ev: Evaluation) -> None:
         """Add a point raced to every racing seed; keep the best ``size`` (the front for several objectives)."""
         if not ev.ok or len(ev.seeds) < len(self.seeds):

@@ -209,7 +209,7 @@ def _validated_entry(v: Validated) -> dict[str, Any]:
 
 def validated_best(result: ValidationResult) -> list[dict[str, Any]]:
     """best.toml's entries after validation: the answer first (the defaults when they were not beaten), then the
-    other validated configurations by validation fitness."""
+    other validated configurations in validation's order (the pessimistic bound of their per-seed fitness)."""
     tuned = [_validated_entry(v) for v in result.ranked]
     if result.answer == "defaults":
         return [_validated_entry(result.defaults)] + tuned

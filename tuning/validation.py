@@ -184,12 +184,8 @@ def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSet
     """Simulate ``candidates`` (best.toml entries, best first) and the defaults on the validation seeds and choose
     the answer (see the module docstring)."""
     seeds = list(settings.seeds)
-    space = evaluator.spec.space
-    points = [defaults_point] + [Point(dict(c["params"]), str(c.get("repair", "") or ""),
-                                       overrides=None) for c in candidates]
-    # the candidates' params are the values evaluated (after the NS <= K repair): map them as they are
-    for pt in points[1:]:
-        pt.overrides = space.overrides(pt.params)
+    # the candidates' params are the values evaluated (after the NS <= K repair): the evaluator maps them as they are
+    points = [defaults_point] + [Point(dict(c["params"]), str(c.get("repair", "") or "")) for c in candidates]
     evs = evaluator.evaluate(points, rounds, seeds=seeds)
     validated = [Validated("defaults" if i == 0 else f"search-{i}", dict(entry), ev,
                            *per_seed_fitness(ev, objective, rounds))
