@@ -136,6 +136,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             "params": answer.get("params") if answer else None,
             "search_fitness": answer.get("fitness", [math.nan])[0] if answer else math.nan,
             "validation_fitness": (answer.get("validation_fitness") or [math.nan])[0] if answer else math.nan,
+            "validation_seeds": len(answer.get("validation_seeds", [])) if answer else 0,
+            "validation_checks": [e.get("validation_check", "") for e in best.get("best", [])],
             "fresh": fresh}
 
 

@@ -91,6 +91,7 @@ def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
                "search fitness": ", ".join(fmt_num(f) for f in fitness)}
         if r.validation:
             row["validation fitness"] = ", ".join(fmt_num(f) for f in entry.get("validation_fitness", []))
+            row["validation seeds"] = len(entry.get("validation_seeds", r.validation.get("validation_seeds", [])))
             if entry.get("defaults"):
                 row["rank"] = f"{len(rows) + 1} ({r.defaults_name})"
         row.update(_metric_cells(metrics))
@@ -104,6 +105,8 @@ def best_table(study: Study, limit: int = 10) -> pd.DataFrame:
         if r.validation:
             row["validation fitness"] = ", ".join(fmt_num(f) for f in r.validation.get("defaults_validation_fitness",
                                                                                        []))
+            row["validation seeds"] = len(r.validation.get("defaults_validation_seeds",
+                                                           r.validation.get("validation_seeds", [])))
         row.update(_metric_cells(r.baseline.get("metrics", {})))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -120,8 +123,9 @@ def seeds_note(study: Study) -> str:
         text = f"Metrics and search fitness are the search's own (seed {seeds[0] if seeds else 0})"
     if r.validation:
         vseeds = r.validation.get("validation_seeds", [])
-        text += (f"; validation fitness is the same configuration re-simulated on the validation seeds "
-                 f"{', '.join(map(str, vseeds))}, which the search never used, and ranks the table. "
+        text += (f"; validation fitness is the same configuration re-simulated on seeds the search never used "
+                 f"({', '.join(map(str, vseeds))}; a candidate that passed on the first ones was confirmed on the "
+                 f"rest, and the column 'validation seeds' says on how many each row was), and ranks the table. "
                  f"{str(r.validation.get('verdict', '')).capitalize()}. The test seeds (study.eval_seeds) are "
                  "left for `qsfl compare`")
     return text

@@ -18,6 +18,7 @@ from tuning.search.fidelity import (
     FidelitySettings,
     bracket_cost,
     choose_bracket,
+    correlation_upper_bound,
     rung_correlations,
     trusted_brackets,
 )
@@ -103,8 +104,15 @@ def test_rung_correlations_by_hand_and_the_untrusted_rung():
     corr = rung_correlations(rows, [4, 12, 30], 30, -1.0)
     assert corr[4] == (pytest.approx(0.9), 5)                   # Spearman: 1 - 6 * 2 / (5 * 24)
     assert math.isnan(corr[12][0]) and corr[12][1] == 0
+    # upper bound: tanh(atanh(0.9) + 1.2816 * 1.03 / sqrt(2)) = tanh(1.4722 + 0.9334) = 0.9838
+    assert correlation_upper_bound(0.9, 5) == pytest.approx(0.9838, abs=1e-4)
     settings = FidelitySettings(min_rounds=4, min_correlation=0.95, min_pairs=5)
-    assert trusted_brackets(settings, [4, 12, 30], corr) == [1]   # rung 4 measured below 0.95: no bracket there
+    assert trusted_brackets(settings, [4, 12, 30], corr) == [0, 1]   # 0.9 from 5 pairs does not show < 0.95
+    # reversed full-rounds ranking: rho = -0.9, bound tanh(-1.4722 + 0.9334) = -0.492 < 0.5: rung 4 starts none
+    flipped = {4: (-0.9, 5), 12: (float("nan"), 0)}
+    assert correlation_upper_bound(-0.9, 5) == pytest.approx(-0.492, abs=1e-3)
+    assert trusted_brackets(FidelitySettings(min_rounds=4), [4, 12, 30], flipped) == [1]
+    assert trusted_brackets(FidelitySettings(min_rounds=4, min_pairs=6), [4, 12, 30], flipped) == [0, 1]
     assert trusted_brackets(FidelitySettings(min_rounds=4, hedge=False), [4, 12, 30], corr) == [0]
 
 

@@ -33,7 +33,8 @@ __all__ = ["COMPARE_DIR", "METRICS", "CompareResults", "Metric", "StudyResults",
            "read_compare", "read_trials", "simulation_keys"]
 
 TRIALS_FILES = ("trials.parquet", "trials.csv")
-VALIDATION_FIELDS = ("answer", "verdict", "validation_seeds", "defaults_validation_fitness")
+VALIDATION_FIELDS = ("answer", "verdict", "validation_seeds", "defaults_validation_fitness",
+                     "defaults_validation_seeds")
 REQUIRED = ("spec.toml",)
 COMPARE_DIR = "compare"
 ENVIRONMENT_FILE = "environment.json"

@@ -204,6 +204,7 @@ def run_validation(spec: StudySpec, evaluator: Evaluator, candidates: Sequence[M
 def _validated_entry(v: Validated) -> dict[str, Any]:
     ev = v.evaluation
     return {**v.entry, "validation_fitness": v.fitness, "validation_state": ev.state,
+            "validation_seeds": v.seeds, "validation_check": v.check,
             "validation_metrics": {k: float(x) for k, x in ev.metrics.items()}}
 
 
@@ -217,16 +218,18 @@ def validated_best(result: ValidationResult) -> list[dict[str, Any]]:
 
 
 def write_validation(out_dir: Path, spec: StudySpec, result: ValidationResult) -> None:
-    """validation.csv: one row per validated configuration (the defaults first): params, search and validation
-    fitness, the fitness on each validation seed alone, the mean metrics there, and which is the answer."""
+    """validation.csv: one row per validated configuration (the defaults first): params, the seeds it was validated
+    on, search and validation fitness, the fitness on each of those seeds alone, the mean metrics there, its check
+    against the defaults (``passed`` or why not; empty: not reached) and which is the answer."""
     rows = []
     answer = result.defaults if result.answer == "defaults" else (result.ranked[0] if result.ranked else None)
     rank = {id(v): i + 1 for i, v in enumerate(result.ranked)}
     for v in [result.defaults, *result.ranked]:
         ev = v.evaluation
         row: dict[str, Any] = {"label": v.label, "validation_rank": rank.get(id(v), 0), "answer": v is answer,
-                               "trial": int(v.entry.get("trial", -1)), "seeds": ",".join(map(str, result.seeds)),
-                               "state": ev.state, "reason": ev.reason, "constraint_met": v.constraint_met,
+                               "trial": int(v.entry.get("trial", -1)), "seeds": ",".join(map(str, v.seeds)),
+                               "check": v.check, "state": ev.state, "reason": ev.reason,
+                               "constraint_met": v.constraint_met,
                                "pessimistic_fitness": v.pessimistic(spec.objective.weights[0])}
         row.update({f"param_{k}": _plain(x) for k, x in v.entry.get("params", {}).items()})
         for j, cols in enumerate(fitness_columns(spec.objective.n)):
@@ -375,14 +378,18 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
                                                          for r, (rho, n) in loop.correlations().items()}}
         answer: dict[str, Any] = {}
         if spec.validation.enabled and stop_after is None and best:
+            confirm = spec.validation.confirm_seeds
             echo(f"validating the best {min(len(best), spec.validation.top)} and the defaults on seeds "
-                 f"{list(spec.validation.seeds)} ...")
+                 f"{list(spec.validation.seeds)}"
+                 + (f", a passing one confirmed on {len(confirm)} more ({seed_ranges(confirm)})" if confirm else "")
+                 + " ...")
             validation = run_validation(spec, evaluator, best[:spec.validation.top], baseline)
             write_validation(out, spec, validation)
             best = validated_best(validation)
             answer = {"answer": validation.answer, "verdict": validation.verdict,
-                      "validation_seeds": validation.seeds,
-                      "defaults_validation_fitness": validation.defaults.fitness}
+                      "validation_seeds": [*validation.seeds, *validation.confirm_seeds],
+                      "defaults_validation_fitness": validation.defaults.fitness,
+                      "defaults_validation_seeds": validation.defaults.seeds}
             result.best = best
             result.extra["validation"] = answer
         else:
@@ -476,6 +483,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """Seeds written compactly: runs of consecutive seeds as ``first-last`` (``[200, ..., 207, 300]`` ->
+    ``200-207, 300``)."""
+    parts: list[str] = []
+    start = prev = None
+    for s in [*seeds, None]:
+        if s is not None and prev is not None and s == prev + 1:
+            prev = s
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = s
+    return ", ".join(parts)
+
+
 def format_summary(result: StudyResult) -> str:
     """Best params, their search and validation fitness and metrics, and the defaults' on the same budget."""
     spec = result.spec
@@ -485,22 +507,25 @@ def format_summary(result: StudyResult) -> str:
              f"{list(spec.study.seeds)}, {spec.base.rounds} rounds",
              "objective: " + "; ".join(spec.objective.describe())]
     header = f"{'':22}" + "".join(f"{m:>19}" for m in SUMMARY_METRICS) + f"{'search fitness':>22}"
-    lines.append(header + (f"{'validation fitness':>22}" if validation else ""))
+    lines.append(header + (f"{'validation fitness (seeds)':>28}" if validation else ""))
 
-    def line(label: str, metrics: Mapping[str, Any], fitness: Sequence[float], valid: Sequence[float] | None) -> str:
+    def line(label: str, metrics: Mapping[str, Any], fitness: Sequence[float], valid: Sequence[float] | None,
+             n_valid: int = 0) -> str:
         text = (f"{label:22}" + "".join(f"{_fmt(metrics.get(m, math.nan)):>19}" for m in SUMMARY_METRICS)
                 + f"{'/'.join(_fmt(float(f)) for f in fitness):>22}")
-        return text + (f"{'/'.join(_fmt(float(f)) for f in valid):>22}" if valid is not None else "")
+        cell = "/".join(_fmt(float(f)) for f in valid) + f" ({n_valid})" if valid is not None else ""
+        return text + (f"{cell:>28}" if valid is not None else "")
 
     name = defaults_name(spec.base.strategy.name)
     for i, b in enumerate(result.best[:5]):
         label = ("answer" if validation else "best") if i == 0 else f"#{i + 1}"
         label += f" ({name})" if b.get("defaults") else ""
-        lines.append(line(label, b["metrics"], b["fitness"],
-                          b.get("validation_fitness") if validation else None))
+        lines.append(line(label, b["metrics"], b["fitness"], b.get("validation_fitness") if validation else None,
+                          len(b.get("validation_seeds", ()))))
     if result.baseline and not any(b.get("defaults") for b in result.best[:5]):
         lines.append(line(name, result.baseline.get("metrics", {}), result.baseline.get("fitness", []),
-                          validation.get("defaults_validation_fitness") if validation else None))
+                          validation.get("defaults_validation_fitness") if validation else None,
+                          len(validation.get("defaults_validation_seeds", ())) if validation else 0))
     if result.best:
         first = result.best[0]
         lines.append(("answer params: " if validation else "best params: ")
@@ -517,8 +542,12 @@ def format_summary(result: StudyResult) -> str:
                                                      else "too few to tell") + f" over {c['pairs']} points"
             for r, c in ranking.items()) + f"; brackets started at rungs {result.extra['fidelity']['brackets']}")
     if validation:
+        vs = spec.validation
         lines.append(f"metrics and search fitness: the search seeds {list(spec.study.seeds)}; validation fitness: "
-                     f"the validation seeds {validation['validation_seeds']}, never searched")
+                     f"the validation seeds {seed_ranges(vs.seeds)} ({len(vs.seeds)})"
+                     + (f", confirmation seeds {seed_ranges(vs.confirm_seeds)} ({len(vs.confirm_seeds)}) for a "
+                        "configuration that passed there" if vs.confirm_seeds else "")
+                     + ", never searched")
         lines.append(f"validation: {validation['verdict']}")
     lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv, best.toml, baseline.toml, "
                  + ("validation.csv, " if validation else "") + "summary.json, spec.toml)")

@@ -5,23 +5,32 @@ Search seeds (``study.seeds``) are what the searcher optimises; its best points 
 seeds, and more search buys more luck. So when the search ends, the top ``validation.top`` distinct configurations
 by search fitness (the Pareto front's, spread along it, for several objectives) and the baseline (the strategy's
 own defaults; QSFL: the authors') are simulated on the validation seeds (``[validation] seeds``, default eight
-seeds disjoint from ``study.seeds`` and ``study.eval_seeds``). They are ranked by a pessimistic bound of their
-fitness on the validation seeds (the mean of the per-seed fitness moved against them by the one-sided 90 %
-Student-t half-width): a configuration that is good on average but fragile, one missed target among steady seeds,
-ranks below a steady one. The first is the answer, and it replaces the defaults only when it beats them on those
-seeds by a one-sided exact Wilcoxon signed-rank test over the per-seed fitness at level ``validation.alpha``
-(default 0.1): otherwise the study says
-it found nothing better and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of
-``qsfl compare`` and the benchmarks.
+seeds disjoint from ``study.seeds``, the racing seeds and ``study.eval_seeds``). They are ranked by a pessimistic
+bound of their fitness on the validation seeds (the mean of the per-seed fitness moved against them by the
+one-sided 90 % Student-t half-width): a configuration that is good on average but fragile ranks below a steady one.
+
+Then, in that order, each candidate must **pass**: (1) where the objective or its constraint uses the target
+(``rounds_to_target``, ``uplink_bytes_to_target``, ``target_reached``), it reaches the target on every seed on
+which the defaults reach it (a missed target costs the documented stand-in, FedAvg's bytes of R + 1 rounds, often
+a hundred times a tuned run's bytes: a configuration that misses one seed in twenty is worse than the defaults in
+expectation); (2) it beats the defaults by at least ``validation.min_ratio`` (default 1.25 when minimising, 1 when
+maximising; minimised: ``defaults >= min_ratio * tuned`` on a seed counts as a win) by a one-sided exact
+Wilcoxon signed-rank test over the per-seed differences at level ``validation.alpha`` (default 0.1). A candidate
+that passes on the validation seeds is **confirmed** on ``validation.confirm`` more seeds (default 24, automatic,
+disjoint from all others; the defaults once, on the same seeds) and must pass again on all its seeds (32 by
+default): a rare failure (one seed in 20-50, e.g. one hard non-IID partition) shows in 32 seeds far more often
+than in 8. The first candidate that passes is the answer; when none does, the study says it found nothing better
+and returns the defaults. ``study.eval_seeds`` stay untouched: they are the test seeds of ``qsfl compare`` and the
+benchmarks.
 
 Several objectives: the validated points' front (non-dominated on validation fitness, the defaults included) is
-the answer; the defaults are returned when no validated point dominates them.
+the answer; the defaults are returned when no validated point dominates them (no confirmation stage).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +40,11 @@ from qsfl.errors import ConfigError, check_bool, check_range, check_table, rejec
 from tuning.evaluate import Evaluator, Point
 from tuning.objective import Evaluation, Objective, combine, dominates
 
-VALIDATION_KEYS = ("enabled", "seeds", "top", "alpha")
+VALIDATION_KEYS = ("enabled", "seeds", "top", "alpha", "confirm", "min_ratio")
 DEFAULT_SEEDS = 8        # a fragile configuration (a rare missed target or collapsed last round) needs seeds to show
+DEFAULT_CONFIRM = 24     # confirmation seeds of a candidate that passed on the validation seeds
+MIN_RATIO_MINIMIZE = 1.25   # default validation.min_ratio when minimising (1 when maximising)
+TARGET_METRICS = ("rounds_to_target", "uplink_bytes_to_target", "target_reached")
 PESSIMISM = 0.9          # one-sided level of the bound that ranks validated configurations
 FIRST_AUTO_SEED = 200   # automatic validation seeds: the smallest seeds from here that the study uses nowhere else
 
@@ -45,6 +57,19 @@ class ValidationSettings:
     seeds: tuple[int, ...] = ()     # empty: chosen automatically (see :func:`auto_seeds`)
     top: int = 5
     alpha: float = 0.1
+    confirm_seeds: tuple[int, ...] = ()   # a passing candidate is confirmed on these too (empty: no confirmation)
+    min_ratio: float | None = None        # None: MIN_RATIO_MINIMIZE when minimising, 1 when maximising
+
+    def ratio(self, sign: float) -> float:
+        """How many times better than the defaults the answer must be (``sign`` +1: the study maximises)."""
+        if self.min_ratio is not None:
+            return self.min_ratio
+        return 1.0 if sign > 0 else MIN_RATIO_MINIMIZE
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed validation may simulate: the validation seeds, then the confirmation seeds."""
+        return (*self.seeds, *self.confirm_seeds)
 
 
 def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequence[int]) -> ValidationSettings:
@@ -77,7 +102,14 @@ def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequen
         raise ConfigError(f"validation.seeds: {len(chosen)} seeds can never show a difference at validation.alpha "
                           f"{alpha:g} (the signed-rank test's smallest p is {smallest_p(len(chosen)):g}); give at "
                           f"least {math.ceil(math.log2(1 / alpha) + 1e-9)} seeds or a larger alpha")
-    return ValidationSettings(enabled=bool(enabled), seeds=chosen, top=int(top), alpha=float(alpha))
+    confirm = table.get("confirm", DEFAULT_CONFIRM)
+    check_range("validation.confirm", confirm, 0, None, integer=True)
+    min_ratio = table.get("min_ratio")
+    if min_ratio is not None:
+        check_range("validation.min_ratio", min_ratio, 1.0, None)
+    confirm_seeds = auto_seeds((*search_seeds, *chosen), eval_seeds, n=int(confirm))
+    return ValidationSettings(enabled=bool(enabled), seeds=chosen, top=int(top), alpha=float(alpha),
+                              confirm_seeds=confirm_seeds, min_ratio=None if min_ratio is None else float(min_ratio))
 
 
 def auto_seeds(search_seeds: Sequence[int], eval_seeds: Sequence[int], n: int = DEFAULT_SEEDS,
@@ -103,6 +135,16 @@ class Validated:
     evaluation: Evaluation
     per_seed: list[list[float]]    # per objective: the fitness on each validation seed alone (NaN: failed)
     violations: list[float] = field(default_factory=list)   # the constraint's violation on each seed (NaN: failed)
+    check: str = ""                # "" (not checked), "passed", or why it did not pass (see the module docstring)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds it was validated on (the validation seeds, plus the confirmation seeds once confirmed)."""
+        return list(self.evaluation.seeds)
+
+    def missed_targets(self) -> list[int]:
+        """The seeds on which the target accuracy was not reached."""
+        return [r.seed for r in self.evaluation.per_seed if r.metrics.get("target_reached", 0.0) != 1.0]
 
     @property
     def constraint_met(self) -> int:
@@ -134,11 +176,12 @@ class ValidationResult:
     """The validated configurations, best first, and the choice between the best and the defaults."""
 
     seeds: list[int]
-    ranked: list[Validated]        # tuned configurations by validation fitness (the front for several objectives)
+    ranked: list[Validated]        # the answer first (if tuned), then by the pessimistic bound (the front for several)
     defaults: Validated
     answer: str                    # "tuned" or "defaults"
     verdict: str                   # one sentence that says what was chosen and why
     p_value: float = math.nan
+    confirm_seeds: list[int] = field(default_factory=list)   # the confirmation seeds (empty: none was needed)
 
 
 def per_seed_fitness(ev: Evaluation, objective: Objective, rounds: int) -> tuple[list[list[float]], list[float]]:
@@ -154,14 +197,16 @@ def per_seed_fitness(ev: Evaluation, objective: Objective, rounds: int) -> tuple
     return out, violations
 
 
-def paired_one_sided(better: Sequence[float], worse: Sequence[float], sign: float) -> tuple[float, float]:
-    """(mean signed gain, one-sided p) of "``better`` beats ``worse`` on the same seeds" (``sign`` +1: larger is
-    better) by the exact Wilcoxon signed-rank test: it ranks the per-seed gains, so one seed where a constraint
-    penalty makes a fitness huge neither wins nor sinks the comparison on its own (a paired t-test would let that
-    one seed's variance hide a consistent gain). Ties (zero gains) are dropped; no pair left gives p = 1."""
+def paired_one_sided(better: Sequence[float], worse: Sequence[float], sign: float,
+                     ratio: float = 1.0) -> tuple[float, float]:
+    """(mean signed gain, one-sided p) of "``better`` beats ``worse`` by ``ratio`` on the same seeds" (``sign`` +1:
+    larger is better; the gain on a seed is ``worse - ratio * better`` when minimising, ``better - ratio * worse``
+    when maximising) by the exact Wilcoxon signed-rank test: it ranks the per-seed gains, so one seed where a
+    constraint penalty makes a fitness huge neither wins nor sinks the comparison on its own (a paired t-test would
+    let that one seed's variance hide a consistent gain). Ties (zero gains) are dropped; no pair left gives p = 1."""
     a, b = np.asarray(better, dtype=float), np.asarray(worse, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
-    gain = sign * (a[keep] - b[keep])
+    gain = a[keep] - ratio * b[keep] if sign > 0 else b[keep] - ratio * a[keep]
     if len(gain) == 0:
         return math.nan, 1.0
     mean = float(gain.mean())
@@ -181,8 +226,8 @@ def smallest_p(n: int) -> float:
 def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSettings, rounds: int,
              candidates: Sequence[Mapping[str, Any]], defaults: Mapping[str, Any], defaults_point: Point,
              defaults_name: str) -> ValidationResult:
-    """Simulate ``candidates`` (best.toml entries, best first) and the defaults on the validation seeds and choose
-    the answer (see the module docstring)."""
+    """Simulate ``candidates`` (best.toml entries, best first) and the defaults on the validation seeds, confirm
+    the leaders and choose the answer (see the module docstring)."""
     seeds = list(settings.seeds)
     # the candidates' params are the values evaluated (after the NS <= K repair): the evaluator maps them as they are
     points = [defaults_point] + [Point(dict(c["params"]), str(c.get("repair", "") or "")) for c in candidates]
@@ -196,7 +241,14 @@ def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSet
     if objective.n == 1:
         ranked = sorted(done, key=lambda v: (-signs[0] * v.pessimistic(signs[0]), tuned.index(v)))
         ranked += [v for v in tuned if not v.evaluation.ok]
-        return _choose_one(seeds, ranked, base, signs[0], settings.alpha, defaults_name, objective)
+        point_of = {v.label: pt for v, pt in zip(validated, points)}
+
+        def extend(items: Sequence[Validated]) -> list[Validated]:
+            more = evaluator.evaluate([point_of[v.label] for v in items], rounds, seeds=list(settings.confirm_seeds))
+            return [extended(v, ev, objective, rounds) for v, ev in zip(items, more)]
+
+        return choose_answer(seeds, ranked, base, signs[0], settings, defaults_name, objective,
+                             extend if settings.confirm_seeds else None)
     front = [v for v in done if not any(dominates(o.fitness, v.fitness, signs) for o in done if o is not v)]
     front.sort(key=lambda v: tuple(-s * f for s, f in zip(signs, v.fitness)))
     beaten = base.evaluation.ok and any(dominates(v.fitness, base.fitness, signs) for v in front)
@@ -210,25 +262,91 @@ def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSet
                             f"{defaults_name}: the study found nothing better and returns them")
 
 
-def _choose_one(seeds: list[int], ranked: list[Validated], base: Validated, sign: float, alpha: float,
-                defaults_name: str, objective: Objective) -> ValidationResult:
+def extended(v: Validated, more: Evaluation, objective: Objective, rounds: int) -> Validated:
+    """``v`` with the seeds of ``more`` (the same configuration on the confirmation seeds) added."""
+    ev = v.evaluation
+    both = combine(ev.params, [*ev.seeds, *more.seeds], [*ev.per_seed, *more.per_seed], objective, rounds,
+                   ev.repair, rounds)
+    return Validated(v.label, v.entry, both, *per_seed_fitness(both, objective, rounds))
+
+
+def uses_target(objective: Objective) -> bool:
+    """Whether a missed target changes the fitness: the formulas or the constraint name a to-target metric."""
+    names: set[str] = set()
+    for formula in objective.formulas:
+        names |= formula.names
+    if objective.constraint is not None:
+        names |= objective.constraint.lhs.names | objective.constraint.rhs.names
+    return bool(names & set(TARGET_METRICS))
+
+
+def check_candidate(tuned: Validated, base: Validated, sign: float, ratio: float, alpha: float,
+                    target_matters: bool, defaults_name: str) -> tuple[str, float]:
+    """("passed" or why not, the signed-rank p) of ``tuned`` against ``base`` on the seeds they share (see the
+    module docstring: no missed target where the defaults reached it, at least ``ratio`` times better)."""
+    if not tuned.evaluation.ok:
+        return f"failed: {tuned.evaluation.reason}", math.nan
+    if target_matters:
+        missed = sorted(set(tuned.missed_targets()) - set(base.missed_targets()))
+        if missed:
+            return (f"missed the target on seed{'s' if len(missed) > 1 else ''} {', '.join(map(str, missed))} "
+                    f"where the {defaults_name} reached it"), math.nan
+    gain, p = paired_one_sided(tuned.per_seed[0], base.per_seed[0], sign, ratio)
+    if math.isfinite(gain) and gain > 0 and p < alpha:
+        return "passed", p
+    better = f"{ratio:g}x better than" if ratio != 1 else "better than"
+    return f"not {better} the {defaults_name} (signed-rank p = {p:.3g}, needed < {alpha:g})", p
+
+
+def choose_answer(seeds: list[int], ranked: list[Validated], base: Validated, sign: float,
+                  settings: ValidationSettings, defaults_name: str, objective: Objective,
+                  extend: Callable[[Sequence[Validated]], list[Validated]] | None = None) -> ValidationResult:
+    """The answer of a single-objective study: the first of ``ranked`` that passes on the validation seeds and,
+    through ``extend`` (None: no confirmation), on the confirmation seeds too; else the defaults."""
     n = len(seeds)
     text = f"{'maximize' if sign > 0 else 'minimize'} {objective.formulas[0].text}"
     if not ranked or not ranked[0].evaluation.ok:
         return ValidationResult(seeds, ranked, base, "defaults",
                                 f"no searched configuration completed on the {n} validation seeds: the study returns "
                                 f"the {defaults_name}")
-    top = ranked[0]
     if not base.evaluation.ok:
+        ranked[0].check = "passed"
         return ValidationResult(seeds, ranked, base, "tuned",
                                 f"the {defaults_name} failed on the validation seeds; the best validated "
-                                f"configuration ({top.fitness[0]:.4g}) is the answer")
-    gain, p = paired_one_sided(top.per_seed[0], base.per_seed[0], sign)
-    facts = (f"validation fitness {top.fitness[0]:.4g} against the {defaults_name}' {base.fitness[0]:.4g} ({text}, "
-             f"{n} validation seeds, one-sided signed-rank test p = {p:.3g})")
-    if math.isfinite(gain) and gain > 0 and p < alpha:
-        return ValidationResult(seeds, ranked, base, "tuned",
-                                f"the best validated configuration beats the {defaults_name}: {facts}", p)
-    return ValidationResult(seeds, ranked, base, "defaults",
-                            f"the search found nothing that beats the {defaults_name} on seeds it did not search "
-                            f"({facts}, needed p < {alpha:g}): the study returns the {defaults_name}", p)
+                                f"configuration ({ranked[0].fitness[0]:.4g}) is the answer")
+    ratio, target_matters = settings.ratio(sign), uses_target(objective)
+    confirmed_base: Validated | None = None
+    out = list(ranked)
+    p = math.nan
+    for i, cand in enumerate(ranked):
+        if not cand.evaluation.ok:
+            break
+        check, p = check_candidate(cand, base, sign, ratio, settings.alpha, target_matters, defaults_name)
+        if check == "passed" and extend is not None:
+            if confirmed_base is None:
+                confirmed_base, cand = extend([base, cand])
+            else:
+                cand = extend([cand])[0]
+            check, p = check_candidate(cand, confirmed_base, sign, ratio, settings.alpha, target_matters,
+                                       defaults_name)
+            if check != "passed":
+                check = f"confirmation: {check}"
+        cand.check = check
+        out[i] = cand
+        if check == "passed":
+            against = confirmed_base or base
+            skipped = "".join(f"; {v.label} ranked above it but {v.check}" for v in out[:i])
+            answer = [cand, *(v for v in out if v is not cand)]
+            facts = (f"validation fitness {cand.fitness[0]:.4g} against the {defaults_name}' "
+                     f"{against.fitness[0]:.4g} ({text}, {len(cand.seeds)} seeds never searched, one-sided "
+                     f"signed-rank test p = {p:.3g})")
+            return ValidationResult(seeds, answer, against, "tuned",
+                                    f"the best validated configuration beats the {defaults_name}"
+                                    + (f" by at least {ratio:g}x" if ratio != 1 else "") + f": {facts}{skipped}", p,
+                                    list(settings.confirm_seeds) if confirmed_base is not None else [])
+    reasons = "; ".join(f"{v.label} {v.check}" for v in out if v.check)
+    return ValidationResult(seeds, out, confirmed_base or base, "defaults",
+                            f"the search found nothing that beats the {defaults_name}"
+                            + (f" by {ratio:g}x" if ratio != 1 else "") + f" on seeds it did not search ({reasons}): "
+                            f"the study returns the {defaults_name}", p,
+                            list(settings.confirm_seeds) if confirmed_base is not None else [])

@@ -14,9 +14,13 @@ is the search without ``[fidelity]``), each used in proportion to the inverse of
 bracket spends about the same budget (Hyperband's equal-budget rule for a fixed batch size). The order is a smooth
 weighted round robin, deterministic. **Measured, then trusted:** after every batch the rank correlation (Spearman)
 between each lower rung's fitness and the full-rounds fitness is computed over the points that reached both
-(:func:`rung_correlations`); a bracket starting at a rung whose correlation is known (``min_pairs`` points, default
-5) and below ``min_correlation`` (default 0.5) is no longer used, so the budget moves to later rungs and, when no
-rung ranks well, to full rounds. ``hedge = false`` is the single bracket of earlier versions.
+(:func:`rung_correlations`); a bracket starting at a rung whose correlation is shown to be below ``min_correlation``
+(default 0.5) is no longer used, so the budget moves to later rungs and, when no rung ranks well, to full rounds.
+"Shown" means at least ``min_pairs`` points (default 5) and the one-sided 90 % upper confidence bound of the
+correlation (Fisher's z with the Spearman standard error ``1.03 / sqrt(n - 3)``) below ``min_correlation``: with
+five to ten pairs a point estimate swings by +-0.4, and acting on it would drop good rungs on noise (the points that
+reached full rounds are the survivors of the rung, a restricted range that lowers their correlation further).
+``hedge = false`` is the single bracket of earlier versions.
 
 Start points (the authors' defaults, ``[[study.start]]``) always go on, so they end at full rounds and a study's
 best is never worse than them. Points are compared only at equal rounds: inside a rung by their fitness at that
@@ -163,16 +167,33 @@ def rung_correlations(rows: Sequence[Mapping[str, Any]], rungs: Sequence[int], f
     return out
 
 
+TRUST_LEVEL = 0.9   # one-sided level of the upper confidence bound that must fall below min_correlation
+
+
+def correlation_upper_bound(rho: float, pairs: int, level: float = TRUST_LEVEL) -> float:
+    """The one-sided ``level`` upper confidence bound of a Spearman correlation from ``pairs`` points (Fisher's z,
+    standard error ``1.03 / sqrt(pairs - 3)``, Fieller, Hartley and Pearson 1957); 1 with fewer than 4 pairs, -1
+    ... 1 always. A NaN correlation (all points tied) bounds at 1: it shows nothing."""
+    import math
+
+    from scipy import stats
+
+    if pairs < 4 or not math.isfinite(rho):
+        return 1.0
+    z = math.atanh(max(min(rho, 0.999999), -0.999999)) + float(stats.norm.ppf(level)) * 1.03 / math.sqrt(pairs - 3)
+    return math.tanh(z)
+
+
 def trusted_brackets(settings: FidelitySettings, rungs: Sequence[int],
                      correlations: Mapping[int, tuple[float, int]]) -> list[int]:
-    """The brackets hedging may use: every one with a lower rung, less those starting at a rung measured to rank
-    badly (at least ``min_pairs`` pairs and a correlation below ``min_correlation``)."""
+    """The brackets hedging may use: every one with a lower rung, less those starting at a rung shown to rank
+    badly (at least ``min_pairs`` pairs and the correlation's upper confidence bound below ``min_correlation``)."""
     if not settings.hedge:
         return [0]
     out = []
     for s, r in enumerate(rungs[:-1]):
         rho, pairs = correlations.get(r, (float("nan"), 0))
-        if pairs >= settings.min_pairs and not rho >= settings.min_correlation:
+        if pairs >= settings.min_pairs and correlation_upper_bound(rho, pairs) < settings.min_correlation:
             continue
         out.append(s)
     return out
