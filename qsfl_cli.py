@@ -23,6 +23,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qsfl.config import SimConfig
 
+# the built-in strategies (tests/test_cli.py checks it against the registry; the registry's import loads torch)
+STRATEGY_HELP = ("fedavg | qsfl | topk | randk | stc | signsgd | qsgd (QSFL's ablations: qsfl with "
+                 "--set strategy.use_scss=false (QJ-only) or strategy.use_qj=false (SCSS-only))")
+
 # the project's modules (torch: seconds on a busy machine) are imported inside the functions, so that a Ctrl-C
 # during those imports reaches main()'s handler
 
@@ -72,7 +76,7 @@ def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", dest="local_epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--strategy", help="fedavg | topk | qsfl")
+    p.add_argument("--strategy", help=STRATEGY_HELP)
     p.add_argument("--seed", type=int)
     p.add_argument("--engine", help="auto | batched | sequential")
     p.add_argument("--device", help="auto | cpu | cuda")

@@ -166,3 +166,14 @@ def test_ctrl_c_surfacing_as_another_exception_is_still_one_line(monkeypatch, ca
     with pytest.raises(ImportError, match="no module named x"):
         main(["simulate"])
     assert qsfl_cli.interrupted(KeyboardInterrupt()) and not qsfl_cli.interrupted(ValueError())
+
+
+def test_strategy_help_lists_every_builtin_strategy():
+    import re
+
+    from qsfl.strategy_config import config_class, strategy_names
+    from qsfl_cli import STRATEGY_HELP
+
+    builtin = {n for n in strategy_names() if config_class(n).__module__ == "qsfl.strategy_config"}
+    listed = set(re.findall(r"\w+", STRATEGY_HELP.split("(")[0]))
+    assert listed == builtin

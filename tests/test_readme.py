@@ -1,7 +1,8 @@
-"""Every command in the README's code blocks runs as written (with a small round/trial budget added), so the
-README cannot drift from the code. Commands run in a scratch directory that holds the repository's
-``studies/`` and ``examples/``; ``qsfl`` commands run in this process (fast), in README order, so later commands
-see what earlier ones wrote (``--resume``, ``compare``, ``report``)."""
+"""Every command in the README's code blocks, and in the docs pages its operations chapters moved to
+(:data:`COMMAND_DOCS`), runs as written (with a small round/trial budget added), so they cannot drift from the
+code. Commands run in a scratch directory that holds the repository's ``studies/`` and ``examples/``; ``qsfl``
+commands run in this process (fast), in document order, so later commands see what earlier ones wrote
+(``--resume``, ``compare``, ``report``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from qsfl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+COMMAND_DOCS = (README, REPO / "docs" / "femnist.md", REPO / "docs" / "postgres.md")   # their commands run here
 POSTGRES_ENV = "QSFL_TEST_POSTGRES_URL"
 
 # small budget: appended to each command (later --set wins); the GA needs a population divisible by 4 for NSGA-II
@@ -46,14 +48,19 @@ def shell_commands(body: str) -> list[str]:
     return out
 
 
+def documented_blocks() -> list[tuple[str, str]]:
+    """The code blocks of the README, then of each page of :data:`COMMAND_DOCS`, in order."""
+    return [block for doc in COMMAND_DOCS for block in code_blocks(doc.read_text())]
+
+
 def readme_commands() -> list[str]:
-    """Every shell command of the README, in order."""
-    return [c for lang, body in code_blocks(README.read_text()) if lang in ("bash", "sh", "console", "")
+    """Every shell command of the README and the pages of :data:`COMMAND_DOCS`, in order."""
+    return [c for lang, body in documented_blocks() if lang in ("bash", "sh", "console", "")
             for c in shell_commands(body)]
 
 
 def python_blocks() -> list[str]:
-    return [body for lang, body in code_blocks(README.read_text()) if lang == "python"]
+    return [body for lang, body in documented_blocks() if lang == "python"]
 
 
 def split_env(command: str) -> tuple[dict[str, str], list[str]]:
@@ -153,6 +160,20 @@ def test_first_two_lines_are_the_install_and_quickstart_and_the_test_commands():
     assert commands[2] == "qsfl tune studies/quickstart.toml --out out/quickstart"
 
 
+def test_the_readme_links_every_page_whose_commands_run_here():
+    text = README.read_text()
+    assert all(f"`docs/{doc.name}`" in text for doc in COMMAND_DOCS[1:])
+
+
+def test_the_readme_strategies_table_lists_every_registered_strategy():
+    from qsfl.strategy_config import config_class, strategy_names
+
+    builtin = {n for n in strategy_names() if config_class(n).__module__ == "qsfl.strategy_config"}
+    table = README.read_text().split("## Strategies", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"^\| `(\w+)`", table, re.M))
+    assert len(builtin) == 7 and names == builtin, (names, builtin)
+
+
 def test_every_readme_command_is_one_this_test_runs():
     kinds = [kind(c) for c in readme_commands()]
     assert "unknown" not in kinds, [c for c in readme_commands() if kind(c) == "unknown"]
@@ -193,7 +214,7 @@ def test_readme_python_blocks_run(scratch, monkeypatch):
 def study_blocks() -> list[list[str]]:
     """The shell blocks with a study command (tune, compare, report), each a list of commands; each block runs
     from a fresh checkout, in order (a later command may continue an earlier one: --resume, compare, report)."""
-    blocks = [shell_commands(body) for lang, body in code_blocks(README.read_text()) if lang in ("bash", "sh", "")]
+    blocks = [shell_commands(body) for lang, body in documented_blocks() if lang in ("bash", "sh", "")]
     return [b for b in blocks if any(kind(c) in ("qsfl tune", "qsfl compare", "qsfl report") and "$URL" not in c
                                      for c in b)]
 

@@ -151,7 +151,7 @@ def test_every_single_objective_sampler_runs_a_tiny_study(sampler, tmp_path):
 
 
 def test_a_worker_started_after_the_study_finished_gets_the_whole_table(spec_path, tmp_path):
-    """The README's several-machines recipe: any worker's --out holds the complete trials table, also one that
+    """The several-machines recipe (docs/postgres.md): any worker's --out holds the complete trials table, also one that
     joins when the budget is already used up (it runs nothing and rebuilds the table from the storage)."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     first, late = tmp_path / "first", tmp_path / "late"

@@ -89,7 +89,7 @@ def _validated(label: str, per_seed: list[float], violations: list[float] | None
 
 MB = build_objective({"formula": "uplink_mb", "direction": "minimize"})
 TO_TARGET = build_objective({"formula": "uplink_bytes_to_target / 1e6", "direction": "minimize"})
-PLAIN = ValidationSettings(seeds=(1, 2, 3, 4, 5), min_ratio=1.0)
+PLAIN = ValidationSettings(seeds=(1, 2, 3, 4, 5), min_ratio=1.0, risk=1.0)   # no group resampling
 
 
 def test_the_defaults_win_unless_beaten_on_the_validation_seeds():
@@ -107,7 +107,7 @@ def test_the_defaults_win_unless_beaten_on_the_validation_seeds():
 def test_the_answer_must_be_min_ratio_times_better():
     defaults = _validated("defaults", [0.5] * 5)
     slightly = _validated("search-1", [0.42, 0.43, 0.41, 0.44, 0.42])       # 1.17x better on every seed
-    ratio = ValidationSettings(seeds=(1, 2, 3, 4, 5))                      # default min_ratio: 1.25 when minimising
+    ratio = ValidationSettings(seeds=(1, 2, 3, 4, 5), risk=1.0)            # default min_ratio: 1.25 when minimising
     res = choose_answer([1, 2, 3, 4, 5], [slightly], defaults, -1.0, ratio, "authors' defaults", MB)
     assert res.answer == "defaults" and "not 1.25x better than the authors' defaults" in slightly.check
     assert choose_answer([1, 2, 3, 4, 5], [slightly], defaults, -1.0, PLAIN, "authors' defaults", MB).answer == "tuned"
@@ -145,7 +145,7 @@ def test_confirmation_seeds_can_overturn_the_first_choice():
             out.append(both)
         return out
 
-    settings = ValidationSettings(seeds=tuple(seeds5), confirm_seeds=tuple(more), min_ratio=1.0)
+    settings = ValidationSettings(seeds=tuple(seeds5), confirm_seeds=tuple(more), min_ratio=1.0, risk=1.0)
     res = choose_answer(seeds5, [first, second], defaults, -1.0, settings, "authors' defaults", TO_TARGET, extend)
     assert calls == [["defaults", "search-1"], ["search-2"]]          # the defaults are confirmed once
     assert res.answer == "tuned" and res.ranked[0].label == "search-2" and res.ranked[0].seeds == seeds5 + more
@@ -198,3 +198,43 @@ def test_seed_ranges_by_hand():
 
     assert seed_ranges([200, 201, 202, 207, 300, 301]) == "200-202, 207, 300-301"
     assert seed_ranges([5]) == "5" and seed_ranges([]) == "" and seed_ranges([1, 3]) == "1, 3"
+
+
+def _runs(label: str, uplink_mb: list[float], final: list[float] | None = None) -> Validated:
+    """A validated configuration with full metric rows: ``uplink_mb`` (and ``final_accuracy``) per seed 1..n."""
+    from tuning.objective import RUN_METRICS
+
+    runs = []
+    for i, mb in enumerate(uplink_mb):
+        metrics = dict.fromkeys(RUN_METRICS, 0.5) | {"uplink_mb": mb,
+                                                      "final_accuracy": final[i] if final else 0.9}
+        runs.append(SeedResult(i + 1, "complete", "", metrics, 0.0, rounds=10, fedavg_uplink_bytes=1e6))
+    seeds = [r.seed for r in runs]
+    ev = Evaluation({}, label, seeds, "complete", "", {}, {}, (sum(uplink_mb) / len(uplink_mb),), 0.0, per_seed=runs)
+    return Validated(label, {"params": {}}, ev, [list(uplink_mb)])
+
+
+def test_group_risk_by_hand():
+    from tuning.validation import RISK_DRAWS, group_risk
+
+    tuned = _runs("search-1", [0.1, 0.1, 0.1, 10.0])      # one seed in four collapses
+    base = _runs("defaults", [0.5] * 4)
+    # a group of one seed falls short when it is seed 4: 1/4; a group of two when it holds seed 4: 1 - (3/4)^2
+    assert group_risk(tuned, base, MB, 10, -1.0, 1.0, 1) == pytest.approx(0.25, abs=0.03)
+    assert group_risk(tuned, base, MB, 10, -1.0, 1.0, 2) == pytest.approx(1 - 0.75 ** 2, abs=0.03)
+    steady = _runs("search-2", [0.3, 0.35, 0.3, 0.32])
+    assert group_risk(steady, base, MB, 10, -1.0, 1.25, 5) == 0.0            # 1.25 * 0.35 < 0.5 on every group
+    assert 0 < group_risk(steady, base, MB, 10, -1.0, 1.5, 5) < 0.2          # short when the mean > 1/3: many 0.35s
+    assert group_risk(steady, base, MB, 10, -1.0, 1.75, 5) == 1.0            # 1.75 * 0.3 > 0.5 on every group
+    assert RISK_DRAWS == 2000
+    # the constraint is on a group's mean, as the study computes it: final accuracy 0.78 on one seed in four
+    # (0.9 elsewhere) puts a group of two below 0.88 when it holds that seed: 0.84 -> 0.1 + 10 * 0.04 = 0.5,
+    # and 1.25 * 0.5 > the defaults' 0.5
+    with_constraint = build_objective({"formula": "uplink_mb", "direction": "minimize",
+                                       "constraint": "final_accuracy >= 0.88", "penalty": 10.0})
+    dips = _runs("search-3", [0.1] * 4, final=[0.9, 0.9, 0.9, 0.78])
+    assert group_risk(dips, base, with_constraint, 10, -1.0, 1.25, 2) == pytest.approx(1 - 0.75 ** 2, abs=0.03)
+    settings = ValidationSettings(seeds=(1, 2, 3, 4), min_ratio=1.25, risk=0.05, group=2)
+    check, _ = __import__("tuning.validation", fromlist=["check_candidate"]).check_candidate(
+        dips, base, -1.0, 1.25, 0.1, False, "authors' defaults", with_constraint, 10, settings)
+    assert check.startswith("not 1.25x better than the authors' defaults on 4") and "groups of 2" in check

@@ -15,7 +15,11 @@ which the defaults reach it (a missed target costs the documented stand-in, FedA
 a hundred times a tuned run's bytes: a configuration that misses one seed in twenty is worse than the defaults in
 expectation); (2) it beats the defaults by at least ``validation.min_ratio`` (default 1.25 when minimising, 1 when
 maximising; minimised: ``defaults >= min_ratio * tuned`` on a seed counts as a win) by a one-sided exact
-Wilcoxon signed-rank test over the per-seed differences at level ``validation.alpha`` (default 0.1). A candidate
+Wilcoxon signed-rank test over the per-seed differences at level ``validation.alpha`` (default 0.1); (3) it does
+so on all but ``validation.risk`` (5 %) of 2000 groups of ``len(study.eval_seeds)`` seeds drawn with replacement
+from its seeds, its fitness and the defaults' computed on each group as the study computes a fitness over seeds
+(mean metrics, the constraint on the means): the chance, as far as these seeds show it, that ``qsfl compare`` on
+fresh test seeds does not confirm the gain (:func:`group_risk`). A candidate
 that passes on the validation seeds is **confirmed** on ``validation.confirm`` more seeds (default 24, automatic,
 disjoint from all others; the defaults once, on the same seeds) and must pass again on all its seeds (32 by
 default): a rare failure (one seed in 20-50, e.g. one hard non-IID partition) shows in 32 seeds far more often
@@ -38,13 +42,14 @@ import numpy as np
 
 from qsfl.errors import ConfigError, check_bool, check_range, check_table, reject_unknown
 from tuning.evaluate import Evaluator, Point
-from tuning.objective import Evaluation, Objective, combine, dominates
+from tuning.objective import RUN_METRICS, Evaluation, Objective, combine, dominates, fitness_inputs
 
-VALIDATION_KEYS = ("enabled", "seeds", "top", "alpha", "confirm", "min_ratio")
+VALIDATION_KEYS = ("enabled", "seeds", "top", "alpha", "confirm", "min_ratio", "risk")
 DEFAULT_SEEDS = 8        # a fragile configuration (a rare missed target or collapsed last round) needs seeds to show
 DEFAULT_CONFIRM = 24     # confirmation seeds of a candidate that passed on the validation seeds
 MIN_RATIO_MINIMIZE = 1.25   # default validation.min_ratio when minimising (1 when maximising)
 TARGET_METRICS = ("rounds_to_target", "uplink_bytes_to_target", "target_reached")
+RISK_DRAWS = 2000        # resampled groups of seeds behind validation.risk
 PESSIMISM = 0.9          # one-sided level of the bound that ranks validated configurations
 FIRST_AUTO_SEED = 200   # automatic validation seeds: the smallest seeds from here that the study uses nowhere else
 
@@ -59,6 +64,8 @@ class ValidationSettings:
     alpha: float = 0.1
     confirm_seeds: tuple[int, ...] = ()   # a passing candidate is confirmed on these too (empty: no confirmation)
     min_ratio: float | None = None        # None: MIN_RATIO_MINIMIZE when minimising, 1 when maximising
+    risk: float = 0.05                    # largest share of resampled seed groups on which the answer may fall short
+    group: int = 5                        # seeds per resampled group: as many as study.eval_seeds
 
     def ratio(self, sign: float) -> float:
         """How many times better than the defaults the answer must be (``sign`` +1: the study maximises)."""
@@ -107,9 +114,12 @@ def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequen
     min_ratio = table.get("min_ratio")
     if min_ratio is not None:
         check_range("validation.min_ratio", min_ratio, 1.0, None)
+    risk = table.get("risk", 0.05)
+    check_range("validation.risk", risk, 0.0, 1.0)
     confirm_seeds = auto_seeds((*search_seeds, *chosen), eval_seeds, n=int(confirm))
     return ValidationSettings(enabled=bool(enabled), seeds=chosen, top=int(top), alpha=float(alpha),
-                              confirm_seeds=confirm_seeds, min_ratio=None if min_ratio is None else float(min_ratio))
+                              confirm_seeds=confirm_seeds, min_ratio=None if min_ratio is None else float(min_ratio),
+                              risk=float(risk), group=max(len(eval_seeds), 1))
 
 
 def auto_seeds(search_seeds: Sequence[int], eval_seeds: Sequence[int], n: int = DEFAULT_SEEDS,
@@ -248,7 +258,7 @@ def validate(evaluator: Evaluator, objective: Objective, settings: ValidationSet
             return [extended(v, ev, objective, rounds) for v, ev in zip(items, more)]
 
         return choose_answer(seeds, ranked, base, signs[0], settings, defaults_name, objective,
-                             extend if settings.confirm_seeds else None)
+                             extend if settings.confirm_seeds else None, rounds)
     front = [v for v in done if not any(dominates(o.fitness, v.fitness, signs) for o in done if o is not v)]
     front.sort(key=lambda v: tuple(-s * f for s, f in zip(signs, v.fitness)))
     beaten = base.evaluation.ok and any(dominates(v.fitness, base.fitness, signs) for v in front)
@@ -280,10 +290,45 @@ def uses_target(objective: Objective) -> bool:
     return bool(names & set(TARGET_METRICS))
 
 
+def group_risk(tuned: Validated, base: Validated, objective: Objective, rounds: int, sign: float, ratio: float,
+               group: int, draws: int = RISK_DRAWS) -> float:
+    """The share of ``draws`` groups of ``group`` seeds, drawn with replacement from the seeds both were simulated
+    on (the same seeds for both), on which ``tuned``'s fitness, computed as the study computes it over a group
+    (mean metrics, the constraint on the means), is not ``ratio`` times better than ``base``'s. Deterministic
+    (a fixed generator)."""
+    runs_t = {r.seed: r for r in tuned.evaluation.per_seed}
+    runs_b = {r.seed: r for r in base.evaluation.per_seed}
+    shared = [s for s in runs_t if s in runs_b]
+    if not shared:
+        return 1.0
+    names = RUN_METRICS
+
+    def table(runs: Mapping[int, Any]) -> np.ndarray:
+        return np.array([[fitness_inputs(runs[s], rounds, rounds)[m] for m in names] for s in shared], dtype=float)
+
+    picks = np.random.default_rng(0).integers(0, len(shared), size=(draws, group))
+    means_t, means_b = table(runs_t)[picks].mean(axis=1), table(runs_b)[picks].mean(axis=1)
+
+    def fitness(row: np.ndarray) -> float:
+        values = dict(zip(names, (float(x) for x in row)))
+        values["constraint_violation"] = objective.violation(values)
+        return float(objective.fitness(values)[0])
+
+    short = 0
+    for mt, mb in zip(means_t, means_b):
+        ft, fb = fitness(mt), fitness(mb)
+        gain = ft - ratio * fb if sign > 0 else fb - ratio * ft
+        short += not gain > 0
+    return short / draws
+
+
 def check_candidate(tuned: Validated, base: Validated, sign: float, ratio: float, alpha: float,
-                    target_matters: bool, defaults_name: str) -> tuple[str, float]:
+                    target_matters: bool, defaults_name: str, objective: Objective | None = None, rounds: int = 0,
+                    settings: ValidationSettings | None = None) -> tuple[str, float]:
     """("passed" or why not, the signed-rank p) of ``tuned`` against ``base`` on the seeds they share (see the
-    module docstring: no missed target where the defaults reached it, at least ``ratio`` times better)."""
+    module docstring: no missed target where the defaults reached it, at least ``ratio`` times better by the
+    signed-rank test and, with ``objective`` and ``settings``, on all but ``settings.risk`` of resampled groups of
+    ``settings.group`` seeds)."""
     if not tuned.evaluation.ok:
         return f"failed: {tuned.evaluation.reason}", math.nan
     if target_matters:
@@ -292,15 +337,21 @@ def check_candidate(tuned: Validated, base: Validated, sign: float, ratio: float
             return (f"missed the target on seed{'s' if len(missed) > 1 else ''} {', '.join(map(str, missed))} "
                     f"where the {defaults_name} reached it"), math.nan
     gain, p = paired_one_sided(tuned.per_seed[0], base.per_seed[0], sign, ratio)
-    if math.isfinite(gain) and gain > 0 and p < alpha:
-        return "passed", p
     better = f"{ratio:g}x better than" if ratio != 1 else "better than"
-    return f"not {better} the {defaults_name} (signed-rank p = {p:.3g}, needed < {alpha:g})", p
+    if not (math.isfinite(gain) and gain > 0 and p < alpha):
+        return f"not {better} the {defaults_name} (signed-rank p = {p:.3g}, needed < {alpha:g})", p
+    if objective is not None and settings is not None and settings.risk < 1:
+        risk = group_risk(tuned, base, objective, rounds, sign, ratio, settings.group)
+        if risk > settings.risk:
+            return (f"not {better} the {defaults_name} on {risk:.1%} of {RISK_DRAWS} groups of {settings.group} of its "
+                    f"seeds drawn at random (allowed {settings.risk:.0%})"), p
+    return "passed", p
 
 
 def choose_answer(seeds: list[int], ranked: list[Validated], base: Validated, sign: float,
                   settings: ValidationSettings, defaults_name: str, objective: Objective,
-                  extend: Callable[[Sequence[Validated]], list[Validated]] | None = None) -> ValidationResult:
+                  extend: Callable[[Sequence[Validated]], list[Validated]] | None = None,
+                  rounds: int = 0) -> ValidationResult:
     """The answer of a single-objective study: the first of ``ranked`` that passes on the validation seeds and,
     through ``extend`` (None: no confirmation), on the confirmation seeds too; else the defaults."""
     n = len(seeds)
@@ -321,14 +372,15 @@ def choose_answer(seeds: list[int], ranked: list[Validated], base: Validated, si
     for i, cand in enumerate(ranked):
         if not cand.evaluation.ok:
             break
-        check, p = check_candidate(cand, base, sign, ratio, settings.alpha, target_matters, defaults_name)
+        check, p = check_candidate(cand, base, sign, ratio, settings.alpha, target_matters, defaults_name,
+                                   objective, rounds, settings)
         if check == "passed" and extend is not None:
             if confirmed_base is None:
                 confirmed_base, cand = extend([base, cand])
             else:
                 cand = extend([cand])[0]
             check, p = check_candidate(cand, confirmed_base, sign, ratio, settings.alpha, target_matters,
-                                       defaults_name)
+                                       defaults_name, objective, rounds, settings)
             if check != "passed":
                 check = f"confirmation: {check}"
         cand.check = check
