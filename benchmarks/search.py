@@ -96,8 +96,9 @@ def study_raw(task: str, searcher: str, budget: int, seed: int, quick: bool) -> 
     return raw
 
 
-def fresh_fitness(raw: dict[str, Any], answer: dict[str, Any] | None) -> dict[str, Any]:
-    """The fitness of ``answer`` (a best.toml entry; None: the defaults) on the spec's test seeds."""
+def fresh_fitness(raw: dict[str, Any], answer: dict[str, Any] | None,
+                  seeds: list[int] | None = None) -> dict[str, Any]:
+    """The fitness of ``answer`` (a best.toml entry; None: the defaults) on the spec's test seeds (or ``seeds``)."""
     from tuning.evaluate import Point
     from tuning.spec import parse_spec
     from tuning.study import baseline_point, evaluate_on_seeds
@@ -107,7 +108,7 @@ def fresh_fitness(raw: dict[str, Any], answer: dict[str, Any] | None) -> dict[st
         point = baseline_point(spec)
     else:
         point = Point(dict(answer["params"]))
-    ev = evaluate_on_seeds(spec, point, list(spec.study.eval_seeds))
+    ev = evaluate_on_seeds(spec, point, list(seeds) if seeds is not None else list(spec.study.eval_seeds))
     return {"fitness": float(ev.fitness[0]) if ev.ok else math.inf, "state": ev.state,
             "reached": int(sum(r.metrics.get("target_reached", 0) == 1.0 for r in ev.per_seed)),
             "seeds": list(ev.seeds)}
@@ -139,6 +140,50 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             "validation_seeds": len(answer.get("validation_seeds", [])) if answer else 0,
             "validation_checks": [e.get("validation_check", "") for e in best.get("best", [])],
             "fresh": fresh}
+
+
+MORE_TEST_SEEDS = list(range(110, 130))   # --more-test-seeds: 20 more fresh seeds, in groups of five
+
+
+def more_test_job(job: dict[str, Any]) -> dict[str, Any]:
+    """An answer (or the defaults: params None) on MORE_TEST_SEEDS: its fitness on each group of five."""
+    import torch
+
+    torch.set_num_threads(1)
+    answer = None if job["params"] is None else {"params": job["params"]}
+    groups = [MORE_TEST_SEEDS[i:i + 5] for i in range(0, len(MORE_TEST_SEEDS), 5)]
+    return {"key": job["key"], "groups": [fresh_fitness(job["raw"], answer, g)["fitness"] for g in groups]}
+
+
+def more_test(pool: Any, records: list[dict[str, Any]], quick: bool) -> dict[str, list[float]]:
+    """Every distinct answer (and each task's defaults) on four more groups of five fresh seeds (110-129): does a
+    failure on the test seeds belong to the answer or to those five seeds?"""
+    jobs: dict[str, dict[str, Any]] = {}
+    for r in records:
+        params = None if r["answer"] == "defaults" else r["params"]
+        key = r["task"] + ":" + json.dumps(params, sort_keys=True)
+        jobs.setdefault(key, {"key": key, "params": params, "raw": study_raw(r["task"], "ga", 1, 0, quick)})
+    return {res["key"]: res["groups"] for res in pool.map(more_test_job, jobs.values())}
+
+
+def more_test_lines(records: list[dict[str, Any]], groups: dict[str, list[float]]) -> list[str]:
+    """Verdict 1 again on each group of five more fresh seeds: how many answers fail there."""
+    lines = []
+    n = len(next(iter(groups.values()))) if groups else 0
+    for g in range(n):
+        bad = []
+        for r in records:
+            if r["searcher"].split("+")[0] not in JUDGED or r["answer"] == "defaults":
+                continue
+            mine = groups[r["task"] + ":" + json.dumps(r["params"], sort_keys=True)][g]
+            base = groups[r["task"] + ":" + json.dumps(None)][g]
+            if not base / mine >= 1.25:
+                bad.append(f"{r['task']}/{r['searcher']}/{r['budget']}B/seed {r['seed']}: {base / mine:.2f}x")
+        seeds = MORE_TEST_SEEDS[5 * g:5 * g + 5]
+        lines.append(f"1'. on fresh seeds {seeds[0]}-{seeds[-1]} instead of the test seeds: {len(bad)} of "
+                     f"{sum(r['searcher'].split('+')[0] in JUDGED for r in records)} studies fail"
+                     + (" (" + "; ".join(bad) + ")" if bad else ""))
+    return lines
 
 
 def defaults_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="studies run at once (one process each)")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_search")
     parser.add_argument("--quick", action="store_true", help="tiny budgets and rounds, one seed: a smoke run")
+    parser.add_argument("--more-test-seeds", action="store_true",
+                        help="also judge every answer on four more groups of five fresh seeds (110-129)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.budgets = args.seeds[:1], args.budgets[:1]
@@ -250,8 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rec['wall_s']:.0f} s", flush=True)
             done_path.write_text(json.dumps({"records": list(known.values()), "defaults": defaults}, indent=1,
                                             default=str))
-    records = [known[key(j)] for j in jobs]
+        records = [known[key(j)] for j in jobs]
+        if args.more_test_seeds:
+            more = more_test(pool, records, args.quick)
     text, verdicts, ok = tables(records, defaults)
+    if args.more_test_seeds:
+        verdicts += more_test_lines(records, more)
     header = (f"benchmarks/search.py, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
               f"load {load:.2f} at start, {args.jobs} studies at once, one torch thread each, "
               f"{time.perf_counter() - start:.0f} s")
