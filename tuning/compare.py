@@ -26,7 +26,7 @@ from qsfl.config import SimConfig, dump_toml, load_toml, strategy_fields
 from qsfl.errors import ConfigError, check_range, check_table, reject_unknown
 from qsfl.history import History
 from qsfl.io import atomic_write_text
-from tuning.objective import summary_metrics
+from tuning.objective import run_metrics
 from tuning.results import COMPARE_DIR, best_digest, load_study, missing_files
 from tuning.space import AUTHORS_DEFAULTS, SearchSpace, baseline_overrides, build_space
 from tuning.spec import parse_base
@@ -324,7 +324,7 @@ def _reusable(path: Path, config: SimConfig) -> History | None:
 def run_row(label: str, kind: str, history: History) -> dict[str, Any]:
     """One runs.csv row: the run's metrics (tuning.objective's names, NaN where undefined) and its status."""
     s = history.summary
-    metrics = summary_metrics(s)
+    metrics = run_metrics(history)
     if not math.isfinite(metrics["compression_ratio"]):
         metrics["compression_ratio"] = math.nan  # no uplink at all (a run that diverged at once): undefined
     return {"label": label, "kind": kind, "seed": int(history.config.get("seed", -1)), "status": s["status"],
