@@ -30,6 +30,7 @@ from typing import Any
 
 from qsfl.config import SimConfig
 from qsfl.errors import ConfigError, check_choice, check_range, check_table, reject_unknown
+from qsfl.sim import PER_CONFIG_FIELDS
 from qsfl.strategy_config import strategy_config
 from tuning.objective import Evaluation
 from tuning.search.base import Candidate, SearchContext, Searcher, register
@@ -38,6 +39,7 @@ from tuning.space import Param, SearchSpace
 MODES = ("product", "zip")
 GRID_KEYS = ("mode", "factors", "arms", "batch_size")
 ARM = "arm"          # the param name of the arms factor (trials column param_arm)
+PER_CONFIG_PREFIXES = tuple(f"{f}." for f in PER_CONFIG_FIELDS)   # e.g. strategy.ns
 Level = int | float | str | bool
 
 
@@ -49,7 +51,7 @@ class GridSettings:
     mode: str = "product"
     factors: tuple[tuple[str, tuple[Level, ...]], ...] = ()
     arms: tuple[tuple[str, Mapping[str, Any]], ...] = ()
-    batch_size: int = 0           # points asked at once; 0: the whole grid (one lockstep batch)
+    batch_size: int = 0           # points asked at once; 0: consecutive points of one simulation shape
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -195,6 +197,13 @@ def build_grid_space(settings: GridSettings, base: SimConfig) -> GridSpace:
     return space
 
 
+def _shape(point: Mapping[str, Any]) -> dict[str, Any]:
+    """What a point's simulation shares with the points it can run in lockstep with: every level but the arm's and
+    the strategy's (:data:`qsfl.sim.PER_CONFIG_FIELDS`)."""
+    return {k: v for k, v in point.items() if k != ARM and not k.startswith(PER_CONFIG_PREFIXES)
+            and k not in PER_CONFIG_FIELDS}
+
+
 @register
 class GridSearcher(Searcher):
     """Asks the grid's points in order, each once; learns nothing."""
@@ -217,9 +226,14 @@ class GridSearcher(Searcher):
         return parse_grid_settings(table)
 
     def ask(self, n: int) -> list[Candidate]:
-        out = [Candidate(dict(p)) for p in self.points[self.asked:self.asked + max(n, 1)]]
-        self.asked += len(out)
-        return out
+        """The next ``n`` points; without ``grid.batch_size``, the next run of points that share a simulation shape
+        (they differ only in the strategy: one lockstep group per seed), so their rows come batch by batch."""
+        todo = self.points[self.asked:self.asked + max(n, 1)]
+        if not self.settings.batch_size and todo:
+            shape = _shape(todo[0])
+            todo = list(itertools.takewhile(lambda p: _shape(p) == shape, todo))
+        self.asked += len(todo)
+        return [Candidate(dict(p)) for p in todo]
 
     def tell(self, candidates: Sequence[Candidate], evaluations: Sequence[Evaluation]) -> None:
         """A grid learns nothing."""
@@ -234,7 +248,7 @@ class GridSearcher(Searcher):
         return self.asked >= len(self.points)
 
     def batch_size(self) -> int:
-        return self.settings.batch_size or len(self.points)
+        return self.settings.batch_size or len(self.points)   # 0: ask() cuts the batch at the next shape
 
     def expected_evaluations(self) -> int:
         return len(self.points)
