@@ -482,6 +482,30 @@ class CompareResults:
                      objective, rounds)
         return [float(f) if ev.ok else math.nan for f in ev.fitness]
 
+    def study_of(self, label: str) -> str:
+        """The study a tuned label comes from (``qsfl compare OUT --with OTHER``: OUT's or OTHER's name); ""."""
+        return next((str(c.get("study", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
+
+    def defaults_for(self, label: str) -> str:
+        """The label of the defaults of ``label``'s own study's strategy (``topk-default`` for a ``--with`` top-k
+        study's tuned config, else :attr:`defaults`)."""
+        study = self.study_of(label)
+        return next((str(o["defaults"]) for o in self.plan.get("with", []) if study and o.get("study") == study),
+                    self.defaults)
+
+    @property
+    def references(self) -> list[str]:
+        """The labels every tuned configuration is judged against: the defaults of each compared study's strategy,
+        FedAvg, and the first tuned configuration of each other compared study."""
+        labels = self.labels
+        refs = [self.defaults, *(str(o.get("defaults", "")) for o in self.plan.get("with", [])), "fedavg"]
+        firsts: dict[str, str] = {}
+        for label in labels:
+            if self.kind(label) == "tuned":
+                firsts.setdefault(self.study_of(label), label)
+        return [lab for lab in dict.fromkeys(refs) if lab in labels] + \
+            [lab for study, lab in firsts.items() if len(firsts) > 1]
+
     def kind(self, label: str) -> str:
         """``tuned`` or ``baseline``."""
         return next((str(c.get("kind", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
@@ -528,6 +552,10 @@ def read_compare(out_dir: str | Path) -> CompareResults | None:
     stale = False
     if plan.get("source") == "best.toml":
         stale = plan.get("best_digest") != best_digest(_read_best(d).get("best", []))
+    for other in plan.get("with", []):      # a --with study resumed or extended since: its best may have changed
+        path = Path(str(other.get("dir", "")))
+        if (path / "best.toml").is_file() and other.get("best_digest") != best_digest(_read_best(path).get("best", [])):
+            stale = True
     return CompareResults(out_dir=d, runs=runs, plan=plan, stale=stale)
 
 
