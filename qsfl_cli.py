@@ -223,13 +223,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def compare_study(out_dir: str | Path, *, top: int = 3, configs_file: str | Path | None = None,
                   seeds: Sequence[int] | None = None, workers: int = 1, rounds: int | None = None,
-                  base_file: str | Path | None = None, topk_p: float = 0.1, progress: bool = False) -> Any:
-    """``qsfl compare`` from Python: run the comparison and write its tables and figures; return compare.csv."""
+                  base_file: str | Path | None = None, topk_p: float = 0.1, progress: bool = False,
+                  others: Sequence[str | Path] = ()) -> Any:
+    """``qsfl compare`` from Python: run the comparison and write its tables and figures; return compare.csv.
+    ``others``: further tuned studies of the same setting compared side by side (``--with``)."""
     from reports.compare import write_compare
     from tuning.compare import plan_comparison, run_comparison
 
     plan = plan_comparison(out_dir, top=top, configs_file=configs_file, seeds=seeds, rounds=rounds,
-                           base_file=base_file, topk_p=topk_p)
+                           base_file=base_file, topk_p=topk_p, others=others)
     run_comparison(plan, workers=workers, progress=progress)
     return write_compare(plan.out_dir)
 

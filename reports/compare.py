@@ -106,7 +106,9 @@ def significance(compare: CompareResults, *, metrics: Sequence[str] = TESTED, me
     baselines = [lab for lab in compare.labels if compare.kind(lab) == "baseline"]
     rows = []
     for t in tuned:
-        for b in baselines:
+        # and each tuned configuration of another compared study (qsfl compare OUT --with OTHER): tuned vs tuned
+        others = [u for u in tuned if tuned.index(u) > tuned.index(t) and compare.study_of(u) != compare.study_of(t)]
+        for b in baselines + others:
             for m in (*objective_columns(compare), *metrics):
                 if m.startswith("objective_"):
                     a, c = _paired(runs, t, b, m)
@@ -136,29 +138,31 @@ def _paired(runs: pd.DataFrame, a: str, b: str, column: str) -> tuple[np.ndarray
 
 
 def verdicts(compare: CompareResults, summary: pd.DataFrame) -> list[str]:
-    """One plain sentence per tuned config and reference (the tuned strategy's defaults, FedAvg) on the study's
-    objective over the fresh seeds (paired, 95 %), and a warning for every tuned config that missed the target
-    accuracy or the constraint on some seed."""
+    """One plain sentence per tuned config and reference (the tuned strategy's defaults, FedAvg; with ``--with``
+    also the other studies' strategies' defaults and their best tuned config) on the (first) study's objective over
+    the fresh seeds (paired, 95 %), and a warning for every tuned config that missed the target accuracy or the
+    constraint on some seed."""
     objective = compare.objective()
     if objective is None:
         return []
     runs = _runs_with_objective(compare)
     rows = {str(r["label"]): r for _, r in summary.iterrows()}
-    refs = [lab for lab in (compare.defaults, "fedavg") if lab in rows]
+    refs = [lab for lab in compare.references if lab in rows]
     out = []
     for label in (lab for lab in compare.labels if compare.kind(lab) == "tuned"):
         for j, (text, direction) in enumerate(zip((f.text for f in objective.formulas), objective.directions)):
-            for ref in refs:
+            mine = compare.study_of(label)
+            for ref in (r for r in refs if compare.kind(r) == "baseline" or compare.study_of(r) != mine):
                 a, b = _paired(runs, label, ref, f"objective_{j}")
                 out.append(_verdict(label, ref, f"{direction} {text}", direction, paired_compare(a, b),
                                     int((np.isfinite(a) & np.isfinite(b)).sum()), compare.description(ref)))
         r = rows[label]
         n, reached = int(r["runs"]), int(r["reached"])
-        ref_reached = int(rows[compare.defaults]["reached"]) if compare.defaults in rows else None
+        own = compare.defaults_for(label)
+        ref_reached = int(rows[own]["reached"]) if own in rows else None
         if reached < n:
             out.append(f"WARNING: {label} reached the target accuracy {float(r['target_accuracy']):g} on only "
-                       f"{reached} of {n} fresh seeds" + (f" ({compare.defaults}: {ref_reached} of "
-                                                         f"{int(rows[compare.defaults]['runs'])})"
+                       f"{reached} of {n} fresh seeds" + (f" ({own}: {ref_reached} of {int(rows[own]['runs'])})"
                                                          if ref_reached is not None else "") + ".")
         if objective.constraint is not None and int(r.get("constraint_met", n)) < n:
             out.append(f"WARNING: {label} met the constraint {objective.constraint.text} on only "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 
 from qsfl.errors import ConfigError
 from qsfl.history import History
-from reports import plots
+from reports import grid, plots
 from reports.plots import BETTER
 from reports.study import Study
 
@@ -160,6 +161,42 @@ def _run_figures(study: Study, add: Callable[..., None]) -> None:
                 lambda: plots.coverage_heatmap(h, title=f"SCSS segment coverage ({label})"))
 
 
+def _grid_figures(study: Study, add: Callable[..., None]) -> None:
+    """A grid study: each metric against each numeric factor (a line per arm, 95 % band over seeds), then the
+    accuracy-vs-uplink curves of every level of each factor."""
+    r = study.results
+    target = _target(study)
+    seeds = len(r.spec_seeds()[0])
+    for factor in grid.numeric_factors(r):
+        for metric, label, bounds in grid.GRID_METRICS:
+            summary = grid.level_summary(r, factor, metric, bounds=bounds)
+            if summary.empty or not summary["n"].any():
+                continue
+            means = summary["mean"].dropna()
+            log_y = bool(len(means) and means.min() > 0 and means.max() / means.min() > 30)
+            undefined = " Seeds where it is undefined (target not reached) are left out; the table says how many " \
+                        "remain." if metric in ("rounds_to_target", "slowdown") else ""
+            add(f"grid_{metric}_vs_{_stem(factor)}", f"Metrics against {factor}",
+                f"{label[0].upper() + label[1:]} against {factor}: the mean over {seeds} seeds per arm, with its "
+                f"95 % confidence interval (Student t) as a band.{undefined}",
+                functools.partial(plots.grid_metric, summary, xlabel=factor, ylabel=label, log_y=log_y,
+                                  title=f"{label[0].upper() + label[1:]} vs {factor}"))
+    for factor, _ in grid.factors(r):
+        if factor == grid.ARM:
+            continue
+        for level, runs in grid.level_curves(r, factor).items():
+            add(f"grid_uplink_{_stem(factor)}_{_stem(str(level))}", f"Accuracy vs uplink per {factor}",
+                f"Test accuracy against cumulative uplink MB (log scale) at {factor} = {level}: the mean over "
+                f"{seeds} seeds per round, ± std band.",
+                functools.partial(plots.accuracy_vs_uplink, runs, log_x=True, target=target,
+                                  title=f"Accuracy vs uplink, {factor} = {level}"))
+
+
+def _stem(text: str) -> str:
+    """A file-name-safe part of a figure name."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
 def study_figures(study: Study) -> list[FigureEntry]:
     """All figures the study's data supports, in report order (a figure that fails is logged and skipped)."""
     entries: list[FigureEntry] = []
@@ -170,6 +207,9 @@ def study_figures(study: Study) -> list[FigureEntry]:
         except Exception as exc:  # noqa: BLE001 - a broken figure must not cost the user the rest of the report
             log.warning("figure %s skipped: %s: %s", name, type(exc).__name__, exc)
 
+    if study.results.is_grid:
+        _grid_figures(study, add)
+        return entries
     _search_figures(study, add)
     _run_figures(study, add)
     return entries

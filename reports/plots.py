@@ -21,10 +21,10 @@ from matplotlib.figure import Figure
 
 from qsfl.io import atomic_write
 from reports.style import (
-    BASELINE_COLORS,
     DPI,
     HEIGHT_IN,
     WIDTH_IN,
+    baseline_key,
     byte_unit,
     color_for,
     linestyle_for,
@@ -221,7 +221,7 @@ def _convergence(runs: Runs, *, x: str, log_x: bool, band: str, target: float | 
             continue
         color = color_for(label, tuned)
         style, marker = linestyle_for(label, tuned), marker_for(label, tuned)
-        tuned += label not in BASELINE_COLORS
+        tuned += baseline_key(label) is None
         # rounds are shown 1-based
         xs = {"uplink": stats["mb_mean"], "total": stats["total_mb_mean"], "time": stats["time_mean"]}.get(
             x, stats["round"] + 1)
@@ -286,6 +286,43 @@ def accuracy_vs_round(runs: Runs, *, band: str = "std", target: float | None = N
                       title: str | None = None) -> Figure:
     """Test accuracy vs round (1-based): one mean line per label, +-std or min-max band over seeds."""
     return _convergence(runs, x="round", log_x=False, band=band, target=target, title=title)
+
+
+# ----- grid studies ----------------------------------------------------------------------------------
+@styled
+def grid_metric(summary: pd.DataFrame, *, xlabel: str, ylabel: str, title: str | None = None,
+                log_y: bool = False) -> Figure:
+    """A metric against the levels of a factor (``summary``: :func:`reports.grid.level_summary`): one line per
+    ``series`` through the means over seeds, and its 95 % confidence band where the interval exists. A series' arm
+    (``param_arm``, else its name) picks the colour, dashes and marker of the baselines."""
+    fig = _figure((WIDTH_IN, HEIGHT_IN))
+    ax = fig.subplots()
+    tuned = 0
+    for label, g in summary.groupby("series", sort=False):
+        arm = str(g["param_arm"].iloc[0]) if "param_arm" in g.columns else str(label)
+        color, style, marker = color_for(arm, tuned), linestyle_for(arm, tuned), marker_for(arm, tuned)
+        tuned += baseline_key(arm) is None
+        x = pd.to_numeric(g["level"], errors="coerce").to_numpy(dtype=float)
+        y = g["mean"].to_numpy(dtype=float)
+        ax.plot(x, y, color=color, ls=style, marker=marker, ms=5, mfc="white", mew=1.3, label=str(label))
+        lo, hi = g["low"].to_numpy(dtype=float), g["high"].to_numpy(dtype=float)
+        band = np.isfinite(lo) & np.isfinite(hi)
+        if band.any():
+            ax.fill_between(x, np.where(band, lo, np.nan), np.where(band, hi, np.nan), color=color, alpha=0.15,
+                            linewidth=0)
+    if log_y:
+        ax.set_yscale("log")
+        _log_ticks(ax.yaxis)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    levels = pd.to_numeric(summary["level"], errors="coerce").dropna().unique()
+    if len(levels) and np.allclose(levels, np.round(levels)):
+        ax.set_xticks(sorted(levels))
+    _title(ax, title or f"{ylabel} vs {xlabel}")
+    _note(ax, "mean over seeds, 95 % CI band")
+    if ax.get_legend_handles_labels()[0]:
+        _bottom_legend(fig, ax, ncols=min(4, summary["series"].nunique()))
+    return fig
 
 
 # ----- communication -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from reports.compare import (
 )
 from reports.figures import FigureEntry
 from reports.format import html_table, md_table
+from reports.grid import level_tables
 from reports.study import Study
 from reports.tables import best_table, facts, seeds_note, top_trials
 
@@ -79,7 +80,25 @@ def _comparison(study: Study) -> tuple[list[tuple[str, str, pd.DataFrame]], list
     return blocks, said
 
 
+GRID_SECTION = "Results per level"
+
+
+def _kind(study: Study) -> str:
+    return "grid study" if study.results.is_grid else "hyperparameter study"
+
+
+def _grid_note(study: Study) -> str:
+    seeds = study.results.spec_seeds()[0]
+    return (f"Each cell: the mean over the {len(seeds)} seeds ({', '.join(map(str, seeds))}) and its 95 % confidence "
+            "interval (Student t; none under three seeds), from the trials table's per-seed values; (n/N): the metric "
+            "is defined on n of the N seeds (rounds to target and slowdown need the target reached, slowdown by "
+            "FedAvg too). Slowdown = rounds to target / FedAvg's on the same seed and setting; oscillation = rounds "
+            "after the warm-up whose accuracy fell by more than the threshold (docs/tuning.md).")
+
+
 def _sections(study: Study, figures: Sequence[FigureEntry]) -> list[str]:
+    if study.results.is_grid:
+        return ["Summary", GRID_SECTION, *dict.fromkeys(f.section for f in figures), "Study spec"]
     return ["Summary", "Best configurations"] + ["Comparison with baselines"] * (study.compare is not None) + \
         list(dict.fromkeys(f.section for f in figures)) + ["Top evaluations", "Study spec"]
 
@@ -90,14 +109,20 @@ def build_html(study: Study, figures: Sequence[FigureEntry], pngs: dict[str, byt
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>{e(study.name)} \u2013 QSFL tuning report</title><style>{CSS}</style></head><body><main>",
-             f"<h1>{e(study.name)}</h1><p class=\"sub\">QSFL hyperparameter study report</p>"]
+             f"<h1>{e(study.name)}</h1><p class=\"sub\">QSFL {_kind(study)} report</p>"]
     parts.append("<nav><ul>" + "".join(f'<li><a href="#{anchor(s)}">{e(s)}</a></li>' for s in
                                        _sections(study, figures)) + "</ul></nav>")
     parts.append(f'<h2 id="{anchor("Summary")}">Summary</h2><dl class="facts">'
                  + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts(study)) + "</dl>")
-    best = best_table(study)
-    parts.append(f'<h2 id="{anchor("Best configurations")}">Best configurations</h2>')
-    parts.append(html_table(best) if len(best) else '<p class="note">No complete evaluation yet.</p>')
+    grid = study.results.is_grid
+    if grid:
+        parts.append(f'<h2 id="{anchor(GRID_SECTION)}">{GRID_SECTION}</h2><p class="note">{e(_grid_note(study))}</p>')
+        for title, table in level_tables(study.results):
+            parts.append(f"<h3>{e(title)}</h3>" + html_table(table))
+    best = best_table(study) if not grid else pd.DataFrame()
+    if not grid:
+        parts.append(f'<h2 id="{anchor("Best configurations")}">Best configurations</h2>')
+        parts.append(html_table(best) if len(best) else '<p class="note">No complete evaluation yet.</p>')
     if len(best):
         parts.append(f'<p class="note">{e(seeds_note(study))}; configurations that simulate identically share a '
                      "row. The comparison below re-runs the best on fresh seeds.</p>")
@@ -117,9 +142,10 @@ def build_html(study: Study, figures: Sequence[FigureEntry], pngs: dict[str, byt
         b64 = base64.b64encode(pngs[f.name]).decode("ascii")
         parts.append(f'<figure><img alt="{e(f.caption)}" src="data:image/png;base64,{b64}">'
                      f"<figcaption>{e(f.caption)}</figcaption></figure>")
-    top = top_trials(study)
-    parts.append(f'<h2 id="{anchor("Top evaluations")}">Top evaluations</h2>')
-    parts.append(html_table(top) if len(top) else '<p class="note">No complete evaluation yet.</p>')
+    if not grid:
+        top = top_trials(study)
+        parts.append(f'<h2 id="{anchor("Top evaluations")}">Top evaluations</h2>')
+        parts.append(html_table(top) if len(top) else '<p class="note">No complete evaluation yet.</p>')
     parts.append(f'<h2 id="{anchor("Study spec")}">Study spec</h2><pre>{e(dump_toml(study.results.spec))}</pre>')
     parts.append("</main></body></html>")
     return "\n".join(parts)
@@ -127,10 +153,16 @@ def build_html(study: Study, figures: Sequence[FigureEntry], pngs: dict[str, byt
 
 def build_markdown(study: Study, figures: Sequence[FigureEntry]) -> str:
     """The report as Markdown, figures linked from figures/*.png."""
-    lines = [f"# {study.name}", "", "QSFL hyperparameter study report", "", "## Summary", ""]
+    lines = [f"# {study.name}", "", f"QSFL {_kind(study)} report", "", "## Summary", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts(study)]
-    best = best_table(study)
-    lines += ["", "## Best configurations", "", md_table(best) if len(best) else "No complete evaluation yet."]
+    grid = study.results.is_grid
+    if grid:
+        lines += ["", f"## {GRID_SECTION}", "", _grid_note(study)]
+        for title, table in level_tables(study.results):
+            lines += ["", f"### {title}", "", md_table(table)]
+    best = best_table(study) if not grid else pd.DataFrame()
+    if not grid:
+        lines += ["", "## Best configurations", "", md_table(best) if len(best) else "No complete evaluation yet."]
     if len(best):
         lines += ["", seeds_note(study) + "; configurations that simulate identically share a row."]
     blocks, said = _comparison(study)
@@ -146,7 +178,8 @@ def build_markdown(study: Study, figures: Sequence[FigureEntry]) -> str:
             section = f.section
             lines += ["", f"## {section}"]
         lines += ["", f"![{f.caption}](figures/{f.name}.png)", "", f"*{f.caption}*"]
-    top = top_trials(study)
-    lines += ["", "## Top evaluations", "", md_table(top) if len(top) else "No complete evaluation yet."]
+    if not grid:
+        top = top_trials(study)
+        lines += ["", "## Top evaluations", "", md_table(top) if len(top) else "No complete evaluation yet."]
     lines += ["", "## Study spec", "", "```toml", dump_toml(study.results.spec).rstrip(), "```", ""]
     return "\n".join(lines)

@@ -69,9 +69,21 @@ def styled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# other spellings of the baselines' labels: a grid's arms are named by the user (FedAvg, QSFL = QSFL's defaults)
+BASELINE_ALIASES = {"qsfl": "qsfl-default", "qj_only": "qj-only", "scss_only": "scss-only"}
+
+
+def baseline_key(label: str) -> str | None:
+    """The baseline a label names (case-insensitive, with :data:`BASELINE_ALIASES`), or None."""
+    key = str(label).lower()
+    key = BASELINE_ALIASES.get(key, key)
+    return key if key in BASELINE_COLORS else None
+
+
 def color_for(label: str, index: int = 0) -> str:
     """Colour of a run label: fixed for baselines, the ``index``-th tuned colour otherwise."""
-    return BASELINE_COLORS.get(label, TUNED_COLORS[index % len(TUNED_COLORS)])
+    key = baseline_key(label)
+    return BASELINE_COLORS[key] if key else TUNED_COLORS[index % len(TUNED_COLORS)]
 
 
 TUNED_STYLES: list[Any] = ["-", (0, (5, 1.5)), (0, (1.5, 1)), (0, (6, 1.5, 1.5, 1.5))]
@@ -82,12 +94,14 @@ TUNED_MARKERS = ["P", "X", "*", "h", "p", "<", ">", "d"]
 def linestyle_for(label: str, index: int = 0) -> Any:
     """Dash pattern of a run label: fixed for baselines, the ``index``-th pattern for tuned configs, so lines
     stay distinguishable in greyscale print and where they overlap."""
-    return BASELINE_STYLES.get(label, TUNED_STYLES[index % len(TUNED_STYLES)])
+    key = baseline_key(label)
+    return BASELINE_STYLES[key] if key else TUNED_STYLES[index % len(TUNED_STYLES)]
 
 
 def marker_for(label: str, index: int = 0) -> str:
     """Marker of a run label: fixed for baselines, the ``index``-th tuned marker otherwise."""
-    return BASELINE_MARKERS.get(label, TUNED_MARKERS[index % len(TUNED_MARKERS)])
+    key = baseline_key(label)
+    return BASELINE_MARKERS[key] if key else TUNED_MARKERS[index % len(TUNED_MARKERS)]
 
 
 def mb(n_bytes: float) -> float:

@@ -205,7 +205,7 @@ def facts(study: Study, now: dt.datetime | None = None) -> list[tuple[str, str]]
         keys = ("dataset", "model", "partition", "clients", "client_fraction", "rounds", "local_epochs", "lr",
                 "target_accuracy")
         out.append(("problem", ", ".join(f"{k}={base[k]}" for k in keys if k in base)))
-        out.append(("search seeds", ", ".join(map(str, r.spec_seeds()[0]))))
+        out.append(("seeds" if r.is_grid else "search seeds", ", ".join(map(str, r.spec_seeds()[0]))))
     if r.logbook is not None:
         out.append(("generations", str(len(r.logbook))))
     for i, session in enumerate(r.sessions, 1):

@@ -117,7 +117,7 @@ _DELETE = object()
     ("ga.cxpb", 1.5, "ga.cxpb: 1.5 is out of range"),
     ("optuna.sampler", "grid", "optuna.sampler: unknown value 'grid'; valid: tpe, gp, cmaes, nsga2, random, ga"),
     ("optuna.pruner", "asha", "optuna.pruner: unknown value 'asha'; valid: none, median, hyperband"),
-    ("study.engine", "ray", "study.engine: unknown value 'ray'; valid: ga, optuna"),
+    ("study.engine", "ray", "study.engine: unknown value 'ray'; valid: ga, grid, optuna, random"),
     ("study.seeds", [], "study.seeds: expected a non-empty list"),
     ("study.eval_seeds", [0, 5], "study.eval_seeds: [0] also in study.seeds"),
     ("base.clients", 0, "base.clients: 0 is out of range"),
@@ -126,7 +126,7 @@ _DELETE = object()
     ("objective.formula", "__import__('os').system('true')", "objective.formula: call of"),
     ("objective.direction", "up", "objective.direction: unknown value 'up'; valid: maximize, minimize"),
     ("objective.weights", {"accuracy": 1.0}, None),
-    ("extra", {}, "extra: unknown section; valid sections: study, base, space, objective, ga, optuna"),
+    ("extra", {}, "extra: unknown section; valid sections: study, base, space, objective, ga, grid, optuna"),
     ("space", _DELETE, "space: missing section"),
 ])
 def test_bad_spec_names_the_key(path, value, fragment):

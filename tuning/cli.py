@@ -61,6 +61,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--base", type=Path, metavar="FILE.toml",
                    help="base SimConfig when OUT_DIR has no spec.toml with a [base] table")
     c.add_argument("--topk-p", dest="topk_p", type=float, default=0.1, help="p of the topk baseline (default 0.1)")
+    c.add_argument("--with", dest="others", action="append", default=[], type=Path, metavar="OTHER_OUT",
+                   help="another tuned study of the same setting (e.g. of top-k): its best configs run side by side "
+                        "on the same fresh seeds, with its strategy's defaults (repeatable)")
 
 
 # ----- before torch is imported -----------------------------------------------------------------------
@@ -178,6 +181,6 @@ def compare(args: argparse.Namespace) -> Any:
     _check_cluster(args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     plan = plan_comparison(args.out_dir, top=args.top, configs_file=args.configs, seeds=seeds, rounds=args.rounds,
-                           base_file=args.base, topk_p=args.topk_p)
+                           base_file=args.base, topk_p=args.topk_p, others=args.others)
     run_comparison(plan, workers=args.workers, progress=args.progress, cluster=args.cluster)
     return plan.out_dir

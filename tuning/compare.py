@@ -26,7 +26,7 @@ from qsfl.config import SimConfig, dump_toml, load_toml, strategy_fields
 from qsfl.errors import ConfigError, check_range, check_table, reject_unknown
 from qsfl.history import History
 from qsfl.io import atomic_write_text
-from tuning.objective import summary_metrics
+from tuning.objective import run_metrics
 from tuning.results import COMPARE_DIR, best_digest, load_study, missing_files
 from tuning.space import AUTHORS_DEFAULTS, SearchSpace, baseline_overrides, build_space
 from tuning.spec import parse_base
@@ -324,7 +324,7 @@ def _reusable(path: Path, config: SimConfig) -> History | None:
 def run_row(label: str, kind: str, history: History) -> dict[str, Any]:
     """One runs.csv row: the run's metrics (tuning.objective's names, NaN where undefined) and its status."""
     s = history.summary
-    metrics = summary_metrics(s)
+    metrics = run_metrics(history)
     if not math.isfinite(metrics["compression_ratio"]):
         metrics["compression_ratio"] = math.nan  # no uplink at all (a run that diverged at once): undefined
     return {"label": label, "kind": kind, "seed": int(history.config.get("seed", -1)), "status": s["status"],
@@ -367,6 +367,8 @@ class ComparePlan:
     best_digest: str = ""
     defaults: str = "qsfl-default"                             # the label of the tuned strategy's own defaults
     objective: dict[str, Any] = field(default_factory=dict)    # the study's [objective] table (empty: none)
+    studies: dict[str, str] = field(default_factory=dict)      # tuned label -> the study it comes from
+    others: list[dict[str, Any]] = field(default_factory=list)  # --with studies: dir, study, best_digest, defaults
 
     def jobs(self) -> list[Job]:
         """One job per (label, seed), labels in plan order."""
@@ -377,10 +379,12 @@ class ComparePlan:
     def to_toml(self) -> dict[str, Any]:
         """plan.toml: seeds, source (best.toml digest or the configs file), and each label's kind and setting."""
         return {"seeds": self.seeds, "source": self.source, "best_digest": self.best_digest,
-                "defaults": self.defaults, "objective": self.objective,
+                "defaults": self.defaults, "objective": self.objective, "with": self.others,
                 "base": {k: v for k, v in self.base.to_dict().items() if k != "strategy"},
                 "config": [{"label": label, "kind": self.kinds[label], "setting": self.settings[label],
-                            "params": self.params.get(label, {})} for label in self.configs]}
+                            "params": self.params.get(label, {}),
+                            **({"study": self.studies[label]} if self.studies.get(label) else {})}
+                           for label in self.configs]}
 
 
 def _short(v: Any) -> str:
@@ -393,10 +397,58 @@ def _fields_text(config: SimConfig, fields: Sequence[str]) -> str:
     return ", ".join(f"{k}={_short(strategy[k])}" for k in dict.fromkeys(fields) if k in strategy) or "no parameters"
 
 
+def _setting(config: SimConfig) -> dict[str, Any]:
+    """What two studies must share to be compared side by side: the config without strategy and seed."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("strategy", "seed")}
+
+
+@dataclass
+class OtherStudy:
+    """A further tuned study of ``qsfl compare OUT --with OTHER``: its best configs join the comparison."""
+
+    out_dir: Path
+    name: str
+    base: SimConfig
+    tuned: dict[str, tuple[SimConfig, dict[str, Any]]]
+    used_seeds: set[int]
+    best_digest: str
+    space: SearchSpace | None
+
+
+def _other_study(path: str | Path, base: SimConfig, *, top: int, rounds: int | None, taken: set[str]) -> OtherStudy:
+    """Read a ``--with`` study: same setting as ``base`` (ConfigError naming the differing keys), its best configs
+    labelled ``<strategy>-tuned-<rank>`` (``<study>-tuned-<rank>`` where that label is taken)."""
+    d = Path(path)
+    where = f"--with {d}"
+    if not d.is_dir() or missing_files(d):
+        raise ConfigError(f"{where}: not a study output directory (expected the --out of `qsfl tune`)")
+    study = load_study(d)
+    if study.is_grid:
+        raise ConfigError(f"{where}: a grid study has no tuned configuration to compare")
+    other = read_base(d)
+    if rounds is not None:
+        other = other.replace(rounds=rounds)
+    mine, theirs = _setting(base), _setting(other)
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ConfigError(f"{where}: its [base] differs in {', '.join(differ)}; tuned configs are compared side by "
+                          "side only on the same setting (data, model, clients, rounds, training)")
+    spec = load_toml(d / "spec.toml")
+    tuned: dict[str, tuple[SimConfig, dict[str, Any]]] = {}
+    for rank, (config, params) in enumerate(tuned_configs(d, other, top=top, configs_file=None, spec=spec).values(),
+                                            1):
+        label = tuned_label(config, rank)
+        tuned[f"{study.name}-tuned-{rank}" if label in taken else label] = (config, params)
+    space = build_space(spec["space"], other) if "space" in spec else None
+    return OtherStudy(d, study.name, other, tuned, set(study.search_seeds()), best_digest(study.best), space)
+
+
 def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Path | None = None,
                     seeds: Sequence[int] | None = None, rounds: int | None = None,
-                    base_file: str | Path | None = None, topk_p: float = 0.1) -> ComparePlan:
-    """Choose the configs and seeds of a comparison (every check before any simulation)."""
+                    base_file: str | Path | None = None, topk_p: float = 0.1,
+                    others: Sequence[str | Path] = ()) -> ComparePlan:
+    """Choose the configs and seeds of a comparison (every check before any simulation). ``others``: further tuned
+    studies of the same setting (``--with``) whose best configs run side by side, on the same fresh seeds."""
     out = Path(out_dir)
     check_range("--top", top, 1, None, integer=True)
     check_range("--topk-p", topk_p, 0.0, 1.0, lo_open=True)
@@ -411,28 +463,54 @@ def plan_comparison(out_dir: str | Path, *, top: int = 3, configs_file: str | Pa
     spec = load_toml(out / "spec.toml") if (out / "spec.toml").is_file() else None
     tuned = tuned_configs(out, base, top=top, configs_file=configs_file, spec=spec)
     study = load_study(out) if not missing_files(out) else None
+    extra: list[OtherStudy] = []
+    for path in others:
+        extra.append(_other_study(path, base, top=top, rounds=rounds,
+                                  taken=set(tuned) | {lab for o in extra for lab in o.tuned}))
     used = set(study.search_seeds()) if study is not None else set()
+    for o in extra:          # fresh seeds for every study compared: none of them searched or validated on them
+        used |= o.used_seeds
     preferred = study.spec_seeds()[1] if study is not None else []
     chosen = choose_seeds(seeds, used, preferred=preferred)
     space = build_space(spec["space"], base) if spec and "space" in spec else None
     baselines = baseline_configs(base, topk_p=topk_p, space=space)
+    for o in extra:          # each further study's strategy with its own defaults, untuned
+        label = defaults_run_label(o.base)
+        if label not in baselines:
+            baselines[label] = o.base.with_overrides(baseline_overrides(o.base, o.space))
+    studies = {label: study.name if study is not None else "" for label in tuned}
+    for o in extra:
+        tuned.update(o.tuned)
+        studies.update({label: o.name for label in o.tuned})
     configs = {label: cfg for label, (cfg, _) in tuned.items()} | baselines
-    own = type(base.strategy).defaults_label()
-    searched = [*type(base.strategy).baseline_fields, *(space.strategy_fields() if space is not None else [])]
     answered_defaults = [dict(b.get("params", {})) for b in (study.best if study is not None else [])
                          if b.get("defaults")]
+    for o in extra:
+        answered_defaults += [dict(b.get("params", {})) for b in load_study(o.out_dir).best if b.get("defaults")]
     settings = {label: f"{cfg.strategy.name}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items())
                 + (" (the defaults: validation found nothing better)" if params in answered_defaults else "")
+                + (f" (study {studies[label]})" if extra and studies.get(label) else "")
                 for label, (cfg, params) in tuned.items()} \
-        | {label: f"{own} ({_fields_text(cfg, searched)})" for label, cfg in baselines.items()
-           if label not in DESCRIPTIONS} \
+        | {label: f"{type(cfg.strategy).defaults_label()} "
+                  f"({_fields_text(cfg, [*type(cfg.strategy).baseline_fields, *_searched(cfg, space, extra)])})"
+           for label, cfg in baselines.items() if label not in DESCRIPTIONS} \
         | {k: v.format(p=topk_p) for k, v in DESCRIPTIONS.items()}
     return ComparePlan(out_dir=out, base=base, seeds=chosen, configs=configs,
                        kinds={label: "baseline" if label in baselines else "tuned" for label in configs},
                        settings=settings, params={label: p for label, (_, p) in tuned.items()},
                        source="configs" if configs_file is not None else "best.toml",
                        best_digest=best_digest(study.best) if study is not None and configs_file is None else "",
-                       defaults=defaults_run_label(base), objective=dict((spec or {}).get("objective", {})))
+                       defaults=defaults_run_label(base), objective=dict((spec or {}).get("objective", {})),
+                       studies=studies,
+                       others=[{"dir": str(o.out_dir), "study": o.name, "best_digest": o.best_digest,
+                                "defaults": defaults_run_label(o.base)} for o in extra])
+
+
+def _searched(config: SimConfig, space: SearchSpace | None, extra: Sequence[OtherStudy]) -> list[str]:
+    """The strategy fields a study of ``config``'s strategy searched (to say what its defaults are)."""
+    spaces = [space] + [o.space for o in extra if o.base.strategy.name == config.strategy.name]
+    return [f for sp in spaces if sp is not None for f in sp.strategy_fields()
+            if f in type(config.strategy).parameters()]
 
 
 def run_comparison(plan: ComparePlan, *, workers: int = 1, progress: bool = False,

@@ -33,12 +33,14 @@ from qsfl.errors import ConfigError
 from qsfl.sim import PER_CONFIG_FIELDS
 from tuning.objective import (
     Evaluation,
+    MetricSettings,
     SeedResult,
     combine,
     failed_evaluation,
     failure_result,
     history_result,
     params_id,
+    with_slowdown,
 )
 from tuning.simkey import model_size, simulation_key
 from tuning.workers import SerialWorkers, Workers
@@ -57,6 +59,7 @@ class GroupTask:
     states: list[Any] | None = None
     return_states: bool = False
     curve: bool = False           # also return the per-round test accuracy of this stretch
+    metrics: MetricSettings = field(default_factory=MetricSettings)   # the spec's [metrics]
 
 
 def simulate_group(configs: Sequence[SimConfig], states: Sequence[Any] | None, until: int,
@@ -83,7 +86,7 @@ def run_group(task: GroupTask) -> list[dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - a failing simulation is a failed evaluation, not a failed study
         if len(task.configs) > 1:
             singles = [GroupTask([c], task.until, task.full_rounds, [s] if task.states else None,
-                                 task.return_states, task.curve)
+                                 task.return_states, task.curve, task.metrics)
                        for c, s in zip(task.configs, task.states or [None] * len(task.configs))]
             return [r for single in singles for r in run_group(single)]
         return [{"result": failure_result(task.configs[0], exc, time.perf_counter() - start).to_dict(),
@@ -91,7 +94,7 @@ def run_group(task: GroupTask) -> list[dict[str, Any]]:
     each = (time.perf_counter() - start) / max(len(task.configs), 1)
     results = []
     for cfg, (history, state, first) in zip(task.configs, outs):
-        sr = history_result(history, cfg.seed, each, task.full_rounds)
+        sr = history_result(history, cfg.seed, each, task.full_rounds, task.metrics)
         curve: list[tuple[int, float]] = []
         if task.curve:
             df = history.df
@@ -100,6 +103,12 @@ def run_group(task: GroupTask) -> list[dict[str, Any]]:
                         "curve": curve})
         del history
     return results
+
+
+def reference_config(config: SimConfig) -> SimConfig:
+    """The FedAvg reference of ``config`` for ``slowdown``: the same setting (data, model, training, cohort, seed,
+    rounds) with the strategy FedAvg."""
+    return config.with_overrides({"strategy": {"name": "fedavg"}})
 
 
 # ----- points ------------------------------------------------------------------------------------------------
@@ -125,6 +134,7 @@ class _Slot:
     point: Point
     key: str = ""
     results: dict[int, SeedResult] = field(default_factory=dict)
+    references: dict[int, SeedResult] = field(default_factory=dict)   # seed -> FedAvg reference (slowdown)
     missing: int = 0
     simulated: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)
@@ -139,6 +149,7 @@ class Evaluator:
         self.workers = workers or SerialWorkers()
         self.population_batch = spec.study.population_batch if population_batch is None else population_batch
         self.cache: dict[tuple[str, int, int], SeedResult] = {}
+        self.metrics: MetricSettings = spec.metrics
         self.states: dict[tuple[str, int], tuple[int, Any]] = {}
         self._n_params: int | None = None
 
@@ -186,8 +197,20 @@ class Evaluator:
         seeds = list(self.spec.study.seeds if seeds is None else seeds)
         full = self.spec.base.rounds
         slots = [_Slot(pt) for pt in points]
-        jobs: dict[tuple[str, int], list[int]] = {}          # (key, seed) -> slots waiting for that simulation
+        # (key, seed) -> (slot, is a reference) waiting for that simulation
+        jobs: dict[tuple[str, int], list[tuple[int, bool]]] = {}
         configs: dict[tuple[str, int], SimConfig] = {}
+
+        def need(i: int, key: str, seed: int, cfg: SimConfig, reference: bool) -> None:
+            slot = slots[i]
+            hit = self.cache.get((key, seed, rounds))
+            if hit is not None:
+                (slot.references if reference else slot.results)[seed] = hit
+                return
+            jobs.setdefault((key, seed), []).append((i, reference))
+            configs[(key, seed)] = cfg
+            slot.missing += 1
+
         for i, slot in enumerate(slots):
             pt = slot.point
             if pt.penalty:
@@ -201,13 +224,12 @@ class Evaluator:
                 continue
             slot.key = simulation_key(cfgs[seeds[0]], self.n_params)
             for s in seeds:
-                hit = self.cache.get((slot.key, s, rounds))
-                if hit is not None:
-                    slot.results[s] = hit
-                else:
-                    jobs.setdefault((slot.key, s), []).append(i)
-                    configs[(slot.key, s)] = cfgs[s]
-                    slot.missing += 1
+                need(i, slot.key, s, cfgs[s], False)
+            if self.metrics.slowdown:   # FedAvg on the same seed and setting (the FedAvg point's own run for FedAvg)
+                ref = reference_config(cfgs[seeds[0]])
+                ref_key = simulation_key(ref, self.n_params)
+                for s in seeds:
+                    need(i, ref_key, s, ref.replace(seed=s), True)
         tasks, owners = self._tasks(configs, rounds, keep_states, curve)
         emitted = 0
 
@@ -230,14 +252,14 @@ class Evaluator:
                     self.states[job] = (rounds, out["state"])
                 self.cache[(key, seed, rounds)] = sr
                 first = True
-                for i in jobs[job]:
+                for i, reference in jobs[job]:
                     slot = slots[i]
-                    slot.results[seed] = sr
+                    (slot.references if reference else slot.results)[seed] = sr
                     slot.missing -= 1
-                    if first:   # a simulation shared by identical points counts once
+                    if first:   # a simulation shared by identical points (or a reference) counts once
                         slot.simulated += int(out["simulated"])
                         first = False
-                    if curve and seed == seeds[0]:
+                    if curve and seed == seeds[0] and not reference:
                         slot.curve = [tuple(c) for c in out["curve"]]
             emit()
         emit()
@@ -245,8 +267,10 @@ class Evaluator:
 
     def _finish(self, slot: _Slot, seeds: Sequence[int], rounds: int) -> Evaluation:
         pt = slot.point
-        ev = combine(pt.params, seeds, [slot.results[s] for s in seeds], self.spec.objective, rounds, pt.repair,
-                     self.spec.base.rounds)
+        results = [slot.results[s] for s in seeds]
+        if self.metrics.slowdown:
+            results = [with_slowdown(r, slot.references[s]) for r, s in zip(results, seeds)]
+        ev = combine(pt.params, seeds, results, self.spec.objective, rounds, pt.repair, self.spec.base.rounds)
         ev.simulation = slot.key
         ev.simulated_rounds = slot.simulated
         ev.curve = slot.curve
@@ -277,6 +301,7 @@ class Evaluator:
             states = [self.states[j][1] if j in self.states and self.states[j][0] < rounds else None
                       for j in members]
             tasks.append(GroupTask([configs[j] for j in members], rounds, self.spec.base.rounds,
-                                   states if any(s is not None for s in states) else None, keep_states, curve))
+                                   states if any(s is not None for s in states) else None, keep_states, curve,
+                                   self.metrics))
             owners.append(members)
         return tasks, owners

@@ -8,8 +8,11 @@ for minimised ones).
 
 Metrics that may be undefined for a run use a documented stand-in *inside the fitness only* (the trials
 table keeps NaN): ``rounds_to_target`` not reached counts as ``rounds + 1``; ``uplink_bytes_to_target`` not
-reached counts as the bytes FedAvg would send in ``rounds + 1`` rounds. A failed evaluation (diverged run,
-exception, penalised constraint) gets the worst fitness (:data:`WORST`, signed by direction).
+reached counts as the bytes FedAvg would send in ``rounds + 1`` rounds; ``slowdown`` undefined counts as the run's
+``rounds_to_target`` (with its stand-in) over the FedAvg reference's (``rounds + 1`` when it never reached the
+target). ``oscillation`` and ``slowdown`` are defined at :func:`oscillation` and :func:`with_slowdown`. A failed
+evaluation (diverged run, exception, penalised constraint) gets the worst fitness (:data:`WORST`, signed by
+direction).
 
 **Low rungs** (``[fidelity]``: an evaluation after ``r`` of the study's ``R`` rounds). Metrics that exist only
 once the target accuracy is reached would make every low-rung point equal. Below ``R`` a seed that has not yet
@@ -27,7 +30,9 @@ far, at most 1), so that a run still learning is not penalised for not being the
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import operator
@@ -40,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from qsfl.config import SimConfig
-from qsfl.errors import ConfigError, check_table, reject_unknown
+from qsfl.errors import ConfigError, check_bool, check_range, check_table, reject_unknown
 
 DIRECTIONS = ("maximize", "minimize")
 WORST = 1e9  # fitness of a failed evaluation (negated for maximised objectives); finite so NSGA-II works
@@ -70,11 +75,56 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("rounds_to_target", "minimize", "rounds run until test accuracy >= target (NaN if never)", summary=True),
     Metric("uplink_bytes_to_target", "minimize", "cumulative uplink bytes when the target was reached"),
     Metric("target_reached", "maximize", "1 if the target accuracy was reached, else 0"),
+    Metric("oscillation", "minimize", "evaluated rounds after the warm-up where test accuracy fell by more than the "
+                                      "threshold from the previous evaluated round"),
+    Metric("slowdown", "minimize", "rounds_to_target / FedAvg's rounds_to_target on the same seed and setting "
+                                   "(NaN if either never reaches the target, or without a FedAvg reference)"),
     Metric("constraint_violation", "minimize", "how far the spec's constraint is violated (0 if met)"),
 )}
 
 RUN_METRICS = [m for m in METRICS if m != "constraint_violation"]
 SUMMARY_METRICS = tuple(m for m, info in METRICS.items() if info.summary)
+REFERENCE_METRICS = ("slowdown",)   # need a FedAvg reference run per seed and setting (MetricSettings.slowdown)
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The spec's ``[metrics]`` table: how :func:`oscillation` counts, whether ``slowdown`` is computed (one FedAvg
+    reference simulation per seed and setting, cached like every simulation) and whether each seed's per-round
+    accuracy / cumulative uplink curve is kept in the trials table's ``per_seed`` (grid studies' figures)."""
+
+    oscillation_warmup: int = 20          # rounds (the first ``warmup`` rounds are not counted)
+    oscillation_threshold: float = 1.0    # accuracy points (1.0 = a drop of more than 0.01 in accuracy)
+    slowdown: bool = False
+    curves: bool = False
+
+
+METRICS_KEYS = ("oscillation_warmup", "oscillation_threshold", "slowdown", "curves")
+
+
+def parse_metric_settings(table: Any, *, slowdown: bool = False, curves: bool = False) -> MetricSettings:
+    """Validate the ``[metrics]`` table; ``slowdown`` / ``curves``: the defaults where the table does not say."""
+    t = dict(check_table("metrics", {} if table is None else table))
+    reject_unknown("metrics", t, METRICS_KEYS)
+    warmup = t.get("oscillation_warmup", MetricSettings.oscillation_warmup)
+    check_range("metrics.oscillation_warmup", warmup, 0, None, integer=True)
+    threshold = t.get("oscillation_threshold", MetricSettings.oscillation_threshold)
+    check_range("metrics.oscillation_threshold", threshold, 0.0, 100.0)
+    want_slowdown = t.get("slowdown", slowdown)
+    check_bool("metrics.slowdown", want_slowdown)
+    want_curves = t.get("curves", curves)
+    check_bool("metrics.curves", want_curves)
+    return MetricSettings(int(warmup), float(threshold), bool(want_slowdown), bool(want_curves))
+
+
+def oscillation(curve: Sequence[tuple[int, float]], warmup: int = MetricSettings.oscillation_warmup,
+                threshold: float = MetricSettings.oscillation_threshold) -> float:
+    """How many evaluated rounds with 0-based index ``t >= warmup`` (rounds after the first ``warmup``) have a test
+    accuracy more than ``threshold`` accuracy points below the previous evaluated round's (``curve``: [(round index,
+    accuracy)] in round order; NaN accuracies, i.e. rounds not evaluated, are skipped)."""
+    points = [(int(r), float(a)) for r, a in curve if a == a]
+    drop = threshold / 100.0
+    return float(sum(1 for (_, prev), (r, acc) in itertools.pairwise(points) if r >= warmup and prev - acc > drop))
 
 
 class StopRun(Exception):
@@ -243,6 +293,14 @@ class Objective:
             out.append(f if math.isfinite(f) else worst)
         return tuple(out)
 
+    @property
+    def names(self) -> set[str]:
+        """The metric names the formulas and the constraint use."""
+        out = {n for f in self.formulas for n in f.names}
+        if self.constraint is not None:
+            out |= self.constraint.lhs.names | self.constraint.rhs.names
+        return out
+
     def describe(self) -> list[str]:
         """Human-readable objectives, e.g. ['maximize final_accuracy - 0.05 * uplink_fraction']."""
         return [f"{d} {f.text}" for f, d in zip(self.formulas, self.directions)]
@@ -323,21 +381,37 @@ class SeedResult:
     rounds: int = 0
     fedavg_uplink_bytes: float = math.nan
     projection: dict[str, float] = field(default_factory=dict)   # low-rung stand-ins (see module doc)
+    fedavg_rounds_to_target: float = math.nan   # the FedAvg reference's, when slowdown is computed (else NaN)
+    curve: dict[str, list[float]] = field(default_factory=dict)   # MetricSettings.curves: see CURVE_KEYS
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"seed": self.seed, "status": self.status, "reason": self.reason, "metrics": self.metrics,
-               "duration_s": self.duration_s, "rounds": self.rounds,
-               "fedavg_uplink_bytes": self.fedavg_uplink_bytes}
+        out: dict[str, Any] = {"seed": self.seed, "status": self.status, "reason": self.reason,
+                               "metrics": self.metrics, "duration_s": self.duration_s, "rounds": self.rounds,
+                               "fedavg_uplink_bytes": self.fedavg_uplink_bytes}
         if self.projection:
             out["projection"] = self.projection
+        if self.fedavg_rounds_to_target == self.fedavg_rounds_to_target:   # not NaN
+            out["fedavg_rounds_to_target"] = self.fedavg_rounds_to_target
+        if self.curve:
+            out["curve"] = self.curve
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SeedResult:
         return cls(seed=int(d["seed"]), status=str(d["status"]), reason=str(d["reason"]),
-                   metrics={k: float(v) for k, v in d["metrics"].items()}, duration_s=float(d["duration_s"]),
-                   rounds=int(d.get("rounds", 0)), fedavg_uplink_bytes=float(d.get("fedavg_uplink_bytes", math.nan)),
-                   projection={k: float(v) for k, v in d.get("projection", {}).items()})
+                   metrics={k: _float(v) for k, v in d["metrics"].items()}, duration_s=float(d["duration_s"]),
+                   rounds=int(d.get("rounds", 0)), fedavg_uplink_bytes=_float(d.get("fedavg_uplink_bytes")),
+                   projection={k: float(v) for k, v in d.get("projection", {}).items()},
+                   fedavg_rounds_to_target=_float(d.get("fedavg_rounds_to_target")),
+                   curve={k: [_float(x) for x in v] for k, v in d.get("curve", {}).items()})
+
+
+CURVE_KEYS = ("round", "test_accuracy", "cum_uplink_bytes")   # a SeedResult's curve: evaluated rounds, 0-based
+
+
+def _float(v: Any) -> float:
+    """A JSON number (None, as NaN may be written, -> NaN)."""
+    return math.nan if v is None else float(v)
 
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
@@ -399,15 +473,35 @@ def project_accuracy(accuracy: Sequence[tuple[int, float]], full_rounds: int) ->
     return {"final_accuracy": best, "best_accuracy": best}
 
 
-def history_result(history: Any, seed: int, duration: float, full_rounds: int) -> SeedResult:
+def run_metrics(history: Any, settings: MetricSettings | None = None) -> dict[str, float]:
+    """Every metric of one complete History that needs no other run: :func:`summary_metrics` plus ``oscillation``
+    (``slowdown`` stays NaN: it needs the FedAvg reference, :func:`with_slowdown`)."""
+    settings = settings or MetricSettings()
+    df = history.df
+    curve = list(zip(df["round"].astype(int), df["test_accuracy"].astype(float)))
+    return {**summary_metrics(history.summary),
+            "oscillation": oscillation(curve, settings.oscillation_warmup, settings.oscillation_threshold),
+            "slowdown": math.nan}
+
+
+def history_curve(history: Any) -> dict[str, list[float]]:
+    """The evaluated rounds of a History as lists (:data:`CURVE_KEYS`)."""
+    ev = history.df.dropna(subset=["test_accuracy"])
+    return {key: [float(v) for v in ev[key]] for key in CURVE_KEYS}
+
+
+def history_result(history: Any, seed: int, duration: float, full_rounds: int,
+                   settings: MetricSettings | None = None) -> SeedResult:
     """The SeedResult of a (possibly partial: fewer than ``full_rounds`` rounds) History."""
+    settings = settings or MetricSettings()
     summary = history.summary
     rounds = int(summary.get("rounds_run", len(history.df)))
     nan_metrics = {m: math.nan for m in RUN_METRICS}
+    curve_lists = history_curve(history) if settings.curves else {}
     if summary["status"] != "complete":
         return SeedResult(seed, "failed", f"diverged: {summary['reason']}", nan_metrics, duration, rounds,
-                          float(summary["fedavg_uplink_bytes"]))
-    metrics = summary_metrics(summary)
+                          float(summary["fedavg_uplink_bytes"]), curve=curve_lists)
+    metrics = run_metrics(history, settings)
     projection: dict[str, float] = {}
     if rounds < full_rounds:
         df = history.df
@@ -417,7 +511,17 @@ def history_result(history: Any, seed: int, duration: float, full_rounds: int) -
             projection.update(project_to_target(curve, float(summary["total_uplink_bytes"]), rounds,
                                                 float(summary["target_accuracy"]), full_rounds))
     return SeedResult(seed, "complete", "", metrics, duration, rounds, float(summary["fedavg_uplink_bytes"]),
-                      projection)
+                      projection, curve=curve_lists)
+
+
+def with_slowdown(result: SeedResult, reference: SeedResult) -> SeedResult:
+    """``result`` with its ``slowdown``: its rounds_to_target / the FedAvg ``reference``'s (same seed and setting);
+    NaN when either did not reach the target (or the reference failed). A copy: cached results stay raw."""
+    ref = reference.metrics.get("rounds_to_target", math.nan) if reference.status == "complete" else math.nan
+    metrics = dict(result.metrics)
+    if result.status == "complete":
+        metrics["slowdown"] = metrics.get("rounds_to_target", math.nan) / ref if ref == ref else math.nan
+    return dataclasses.replace(result, metrics=metrics, fedavg_rounds_to_target=float(ref))
 
 
 def failure_result(config: SimConfig, exc: BaseException, duration: float) -> SeedResult:
@@ -456,6 +560,9 @@ def fitness_inputs(result: SeedResult, rounds: int, full_rounds: int | None = No
     if math.isnan(values["uplink_bytes_to_target"]):
         per_round = result.fedavg_uplink_bytes / max(rounds, 1)
         values["uplink_bytes_to_target"] = per_round * (rounds + 1)
+    if math.isnan(values.get("slowdown", math.nan)):   # both sides with the rounds_to_target stand-in
+        ref = result.fedavg_rounds_to_target
+        values["slowdown"] = values["rounds_to_target"] / (ref if ref == ref else float(rounds + 1))
     return values
 
 
@@ -514,11 +621,11 @@ def combine(params: Mapping[str, Any], seeds: Sequence[int], results: Sequence[S
         return Evaluation(dict(params), pid, list(seeds), "failed", reason, nan, dict(nan), objective.worst(),
                           duration, repair, list(results), rounds=rounds)
     names = RUN_METRICS
-    table = np.array([[r.metrics[m] for m in names] for r in results], dtype=float)
+    table = np.array([[r.metrics.get(m, math.nan) for m in names] for r in results], dtype=float)
     mean = dict(zip(names, (float(x) for x in table.mean(axis=0))))
     std = dict(zip(names, (float(x) for x in table.std(axis=0))))
     inputs = [fitness_inputs(r, rounds, full_rounds) for r in results]
-    fit_values = {m: float(np.mean([i[m] for i in inputs])) for m in names}
+    fit_values = {m: float(np.mean([i.get(m, math.nan) for i in inputs])) for m in names}
     viol = objective.violation(fit_values)
     fit_values["constraint_violation"] = viol
     mean["constraint_violation"], std["constraint_violation"] = viol, 0.0

@@ -25,6 +25,7 @@ from qsfl.errors import ConfigError
 from qsfl.history import History
 from tuning.objective import METRICS, RUN_METRICS, Metric, Objective, SeedResult, build_objective, combine, dominates
 from tuning.search.fidelity import rung_correlations
+from tuning.search.grid import ARM, parse_grid_settings
 from tuning.spec import DEFAULT_EVAL_SEEDS, parse_base
 from tuning.trials import read_trials as _read_trials
 
@@ -281,6 +282,74 @@ class StudyResults:
         t = self.trials
         return t[t["state"] == "complete"] if "state" in t.columns else t
 
+    # ----- grid studies ---------------------------------------------------------------------------------
+    @property
+    def is_grid(self) -> bool:
+        """Is this a grid study (``study.engine = "grid"``)?"""
+        return self.engine == "grid"
+
+    def grid_factors(self) -> list[tuple[str, list[Any]]]:
+        """A grid study's factors in the order its points vary (slowest first): ``(name, levels)`` per factor, the
+        arms last as ``("arm", labels)``; the names are those of the ``param_<name>`` columns. [] for a search."""
+        if not self.is_grid or not isinstance(self.spec.get("grid"), dict):
+            return []
+        settings = parse_grid_settings(self.spec["grid"])
+        out = [(key, list(levels)) for key, levels in settings.factors]
+        if settings.arms:
+            out.append((ARM, [label for label, _ in settings.arms]))
+        return out
+
+    def per_seed(self) -> pd.DataFrame:
+        """One row per (trials row, seed) of the full-rounds view: ``trial``, the ``param_*`` columns, ``seed``,
+        ``status`` and one ``metric_<name>`` column per metric: the values each seed's simulation had (the trials
+        table's ``per_seed`` JSON), whose means over seeds are the table's ``metric_<name>``."""
+        rows = []
+        params = self.param_columns
+        for _, row in self.trials.iterrows():
+            for seed in _seed_dicts(row):
+                out = {"trial": int(row["trial"]), **{p: row[p] for p in params}, "seed": int(seed["seed"]),
+                       "status": str(seed.get("status", ""))}
+                metrics = seed.get("metrics", {})
+                out.update({f"metric_{m}": _num(metrics.get(m)) for m in RUN_METRICS})
+                rows.append(out)
+        columns = ["trial", *params, "seed", "status", *(f"metric_{m}" for m in RUN_METRICS)]
+        return pd.DataFrame(rows, columns=columns)
+
+    def curves(self) -> pd.DataFrame:
+        """One row per (trials row, seed, evaluated round) where the study kept curves (``[metrics] curves``, on in
+        grid studies): ``trial``, the ``param_*`` columns, ``seed``, ``round`` (0-based), ``test_accuracy``,
+        ``cum_uplink_bytes``."""
+        frames = []
+        params = self.param_columns
+        for _, row in self.trials.iterrows():
+            for seed in _seed_dicts(row):
+                curve = seed.get("curve") or {}
+                if not curve:
+                    continue
+                frame = pd.DataFrame({k: curve.get(k, []) for k in ("round", "test_accuracy", "cum_uplink_bytes")})
+                frame.insert(0, "seed", int(seed["seed"]))
+                for p in reversed(params):
+                    frame.insert(0, p, row[p])
+                frame.insert(0, "trial", int(row["trial"]))
+                frames.append(frame)
+        if not frames:
+            return pd.DataFrame(columns=["trial", *params, "seed", "round", "test_accuracy", "cum_uplink_bytes"])
+        out = pd.concat(frames, ignore_index=True)
+        out["round"] = out["round"].astype("int64")
+        return out
+
+
+def _seed_dicts(row: pd.Series) -> list[dict[str, Any]]:
+    """The ``per_seed`` JSON of a trials row ([] when absent or empty)."""
+    text = row.get("per_seed", "")
+    if not isinstance(text, str) or not text:
+        return []
+    return [d for d in json.loads(text) if isinstance(d, dict)]
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
 
 def _read_best(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "best.toml"
@@ -413,6 +482,30 @@ class CompareResults:
                      objective, rounds)
         return [float(f) if ev.ok else math.nan for f in ev.fitness]
 
+    def study_of(self, label: str) -> str:
+        """The study a tuned label comes from (``qsfl compare OUT --with OTHER``: OUT's or OTHER's name); ""."""
+        return next((str(c.get("study", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
+
+    def defaults_for(self, label: str) -> str:
+        """The label of the defaults of ``label``'s own study's strategy (``topk-default`` for a ``--with`` top-k
+        study's tuned config, else :attr:`defaults`)."""
+        study = self.study_of(label)
+        return next((str(o["defaults"]) for o in self.plan.get("with", []) if study and o.get("study") == study),
+                    self.defaults)
+
+    @property
+    def references(self) -> list[str]:
+        """The labels every tuned configuration is judged against: the defaults of each compared study's strategy,
+        FedAvg, and the first tuned configuration of each other compared study."""
+        labels = self.labels
+        refs = [self.defaults, *(str(o.get("defaults", "")) for o in self.plan.get("with", [])), "fedavg"]
+        firsts: dict[str, str] = {}
+        for label in labels:
+            if self.kind(label) == "tuned":
+                firsts.setdefault(self.study_of(label), label)
+        return [lab for lab in dict.fromkeys(refs) if lab in labels] + \
+            [lab for study, lab in firsts.items() if len(firsts) > 1]
+
     def kind(self, label: str) -> str:
         """``tuned`` or ``baseline``."""
         return next((str(c.get("kind", "")) for c in self.plan.get("config", []) if c["label"] == label), "")
@@ -459,6 +552,10 @@ def read_compare(out_dir: str | Path) -> CompareResults | None:
     stale = False
     if plan.get("source") == "best.toml":
         stale = plan.get("best_digest") != best_digest(_read_best(d).get("best", []))
+    for other in plan.get("with", []):      # a --with study resumed or extended since: its best may have changed
+        path = Path(str(other.get("dir", "")))
+        if (path / "best.toml").is_file() and other.get("best_digest") != best_digest(_read_best(path).get("best", [])):
+            stale = True
     return CompareResults(out_dir=d, runs=runs, plan=plan, stale=stale)
 
 

@@ -222,8 +222,9 @@ class SearchSpace:
         """The searched parameters' values at the study's baseline: the strategy's own defaults (for QSFL the
         authors', K from their alpha) for its parameters, the base config's values for the others."""
         config = base.with_overrides(baseline_overrides(base, self))
-        return {p.name: effective_k({}, config) if p.key == "strategy.k" else _get_dotted(config, p.key)
-                for p in self.params}
+        out = {p.name: effective_k({}, config) if p.key == "strategy.k" else _get_dotted(config, p.key)
+               for p in self.params}
+        return {k: v for k, v in out.items() if v is not None}   # an option the base leaves unset has no default
 
     def strategy_fields(self) -> list[str]:
         """The strategy fields this space searches (``strategy.<field>`` keys)."""
@@ -276,9 +277,10 @@ def effective_k(params: Mapping[str, Any], base: SimConfig) -> int:
 
 
 def _get_dotted(config: SimConfig, key: str) -> Any:
+    """The value of a dotted key in ``config``; None for an option the config does not set."""
     obj: Any = config
     for part in key.split("."):
-        obj = obj[part] if isinstance(obj, Mapping) else getattr(obj, part)
+        obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part)
     return obj
 
 
@@ -295,10 +297,31 @@ def _numeric_fields() -> dict[str, str]:
     return out
 
 
-def check_bound(where: str, value: Any, key: str, base: SimConfig, integer: bool) -> None:
-    """A bound is valid when ``base`` with ``key = value`` is a valid config: the config's own check decides, and
-    its message is reported for ``where`` (e.g. ``space.p.low: 0.0 is out of range; allowed (0.0, 1.0]``)."""
-    check_range(where, value, integer=integer)            # the type only
+def _text_fields() -> list[str]:
+    """String SimConfig/StrategyConfig fields (``optimizer``, ``strategy.selection``, ...): categorical with
+    ``choices``, each choice checked by the config's own validation."""
+    import dataclasses
+
+    return [prefix + f.name for fields, prefix in ((dataclasses.fields(SimConfig), ""),
+                                                   (strategy_fields().values(), "strategy."))
+            for f in fields if str(f.type) in ("str", "str | None") and f.name != "name"]
+
+
+OPTION_TABLES = ("dataset_options", "model_options", "partition_options")   # key = "<table>.<option>"
+
+
+def _option_key(key: Any) -> bool:
+    """Is ``key`` an option of the dataset, model or partition (``partition_options.alpha``)?"""
+    return isinstance(key, str) and key.count(".") == 1 and key.split(".")[0] in OPTION_TABLES \
+        and bool(key.split(".")[1])
+
+
+def check_bound(where: str, value: Any, key: str, base: SimConfig, integer: bool, kind: str = "bound") -> None:
+    """A bound (or a categorical choice: ``kind = "choice"``) is valid when ``base`` with ``key = value`` is a valid
+    config: the config's own check decides, and its message is reported for ``where`` (e.g. ``space.p.low: 0.0 is out
+    of range; allowed (0.0, 1.0]``)."""
+    if kind == "bound":
+        check_range(where, value, integer=integer)        # the type only
     try:
         base.with_overrides({key: value})
     except ConfigError as exc:
@@ -316,18 +339,29 @@ def build_param(name: str, table: Any, base: SimConfig) -> Param:
         raise ConfigError(f"{where}: expected a table with low/high, got {table!r}")
     reject_unknown(where, table, PARAM_KEYS)
     fields = _numeric_fields()
+    texts = _text_fields()
     key = KNOWN_PARAMS.get(name)
     if "key" in table:
         key = table["key"]
-        check_choice(f"{where}.key", key, sorted(fields))
+        if not _option_key(key):
+            check_choice(f"{where}.key", key, [*sorted(fields), *sorted(texts),
+                                               *(f"{t}.<option>" for t in OPTION_TABLES)])
     if key is None:
         raise ConfigError(f"{where}: unknown parameter {name!r}; valid: {', '.join(KNOWN_PARAMS)}, "
-                          f"or any name with key = \"<numeric SimConfig field>\"")
+                          f"or any name with key = \"<SimConfig field>\", \"strategy.<field>\" or "
+                          f"\"<{'|'.join(OPTION_TABLES)}>.<option>\"")
     check_strategy_key(where, key, base)
-    if key in CATEGORICAL_FIELDS or table.get("type") == "categorical":
-        return _categorical_param(name, table, key)
-    if "choices" in table:
-        raise ConfigError(f"{where}.choices: only for categorical parameters ({', '.join(_categorical_names())})")
+    if _option_key(key):
+        _check_option(where, key, base)
+    if "choices" in table and key in fields:
+        raise ConfigError(f"{where}.choices: only for categorical parameters (string fields and options such as "
+                          f"{', '.join(_categorical_names())}); {name} is a number: give low and high")
+    if key in CATEGORICAL_FIELDS or key in texts or table.get("type") == "categorical" or "choices" in table:
+        return _categorical_param(name, table, key, base)
+    if _option_key(key):   # an option's type is not declared anywhere: the bounds' (or the table's type) say it
+        kind = "int" if all(isinstance(table.get(b), int) and not isinstance(table.get(b), bool)
+                            for b in ("low", "high")) else "float"
+        fields = {**fields, key: kind if "type" not in table else str(table["type"])}
     for req in ("low", "high"):
         if req not in table:
             raise ConfigError(f"{where}.{req}: missing; every [space.<param>] needs low and high")
@@ -368,22 +402,46 @@ def check_strategy_key(where: str, key: str, base: SimConfig) -> None:
                           f"(base.strategy.name); its parameters: {', '.join(strategy.parameters()) or 'none'}")
 
 
+def _check_option(where: str, key: str, base: SimConfig) -> None:
+    """ConfigError naming ``where.key`` unless ``key`` is an option of the base's dataset, model or partition."""
+    from qsfl.data.datasets import dataset_options
+    from qsfl.data.partition import partition_options
+    from qsfl.models import model_options
+
+    table, option = key.split(".")
+    kind = table.removesuffix("_options")
+    name = getattr(base, kind)
+    valid = {"dataset": dataset_options, "model": model_options, "partition": partition_options}[kind](name)
+    if option not in valid:
+        raise ConfigError(f"{where}.key: {key!r}: {option!r} is not an option of {kind} {name!r} (base.{kind}); "
+                          f"its options: {', '.join(valid) or 'none'}")
+
+
 def _categorical_names() -> list[str]:
     """The short names of the categorical parameters."""
     return [name for name, key in KNOWN_PARAMS.items() if key in CATEGORICAL_FIELDS]
 
 
-def _categorical_param(name: str, table: Mapping[str, Any], key: str) -> Param:
+def _categorical_param(name: str, table: Mapping[str, Any], key: str, base: SimConfig) -> Param:
     """A ``[space.<name>]`` table of a categorical parameter: ``choices`` (default: every value the config allows).
 
-    A choice must be one of the config's allowed values; whether it can be simulated on the base (e.g.
-    segmentation = "count" needs a [system] model) is checked by ``tuning.validate`` simulating every choice."""
+    A choice must be one of the config's allowed values (for a string field without a listed set, e.g.
+    ``strategy.selection`` or an option, each choice must give a valid config on the base); whether it can be
+    simulated on the base (e.g. segmentation = "count" needs a [system] model) is checked by ``tuning.validate``
+    simulating every choice."""
     where = f"space.{name}"
     ptype = table.get("type", "categorical")
     check_choice(f"{where}.type", ptype, PARAM_TYPES)
     allowed = CATEGORICAL_FIELDS.get(key, ())
+    if not allowed and "choices" in table and isinstance(table["choices"], (list, tuple)) and table["choices"]:
+        for i, choice in enumerate(table["choices"]):
+            if not isinstance(choice, str):
+                raise ConfigError(f"{where}.choices[{i}]: {choice!r}; choices are names (strings)")
+            check_bound(f"{where}.choices[{i}]", choice, key, base, integer=False, kind="choice")
+        allowed = tuple(table["choices"])
     if not allowed:
-        raise ConfigError(f"{where}.type: 'categorical' is for the parameters {', '.join(_categorical_names())}")
+        raise ConfigError(f"{where}.type: 'categorical' needs choices = [...] (given for any string field or "
+                          f"option; listed by default for {', '.join(_categorical_names())})")
     if ptype != "categorical":
         raise ConfigError(f"{where}.type: {ptype!r}; {name} is a categorical parameter; allowed: categorical")
     extra = [k for k in ("low", "high", "log", "step") if k in table]

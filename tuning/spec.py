@@ -2,13 +2,15 @@
 
 Layout (see ``studies/*.toml`` and docs/tuning.md)::
 
-    [study]      name, engine = "ga" | "optuna" | "random", seeds, eval_seeds, search_seed, population_batch,
-                 start_defaults, [[study.start]], time_budget_s, ...
+    [study]      name, engine = "ga" | "optuna" | "random" | "grid", seeds, eval_seeds, search_seed,
+                 population_batch, start_defaults, [[study.start]], time_budget_s, ...
     [base]       a SimConfig table (with [base.strategy]); the strategy defaults to qsfl
     [space.<p>]  low, high, type, log, step, key    (+ [space] constraint = "repair" | "penalty")
     [objective]  weights | formula | objectives, direction(s), constraint, penalty
     [fidelity]   min_rounds, eta, batch (successive halving over rounds; absent = off)
-    [ga] [optuna] [random]   each searcher's own table (tuning/search/<name>.py)
+    [metrics]    oscillation_warmup, oscillation_threshold, slowdown, curves (tuning.objective.MetricSettings)
+    [ga] [optuna] [random] [grid]   each searcher's own table (tuning/search/<name>.py); a grid study has
+                 [grid] instead of [space], [fidelity] and [validation], and [objective] is optional
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from qsfl.errors import (
     check_table,
     reject_unknown,
 )
-from tuning.objective import Objective, build_objective
+from tuning.objective import MetricSettings, Objective, build_objective, parse_metric_settings
 from tuning.search import searchers
 from tuning.search.fidelity import FidelitySettings, parse_fidelity
+from tuning.search.grid import build_grid_space, parse_grid_settings
 from tuning.space import SearchSpace, build_space
 from tuning.validation import VALIDATION_KEYS, ValidationSettings, auto_seeds, parse_validation
 from tuning.workers import check_cluster
@@ -42,6 +45,8 @@ BASE_SECTIONS = ("study", "base", "space", "objective")
 DEFAULT_EVAL_SEEDS = (100, 101, 102, 103, 104)
 FIRST_RACE_SEED = 300         # racing's extra seeds: the smallest from here that are not search or test seeds
 DEFAULT_MAX_SEEDS = 3         # racing on by default: incumbents are confirmed on at least three seeds
+# a grid's fitness column when its spec has no [objective] (there is nothing to choose; written into spec.toml)
+GRID_OBJECTIVE = {"formula": "final_accuracy", "direction": "maximize"}
 STUDY_KEYS = ("name", "engine", "seeds", "eval_seeds", "search_seed", "description", "save_histories", "workers",
               "population_batch", "start_defaults", "start", "time_budget_s", "cluster", "max_seeds", "incumbents")
 # keys that may change when a study is resumed (a longer run, another storage URL, more workers, a cluster)
@@ -50,7 +55,7 @@ RESUMABLE_STUDY_KEYS = ("description", "eval_seeds", "save_histories", "workers"
 
 def sections() -> tuple[str, ...]:
     """Every section a spec may have: the study's own and one per registered searcher."""
-    return BASE_SECTIONS + tuple(cls.section for cls in searchers().values()) + ("fidelity", "validation")
+    return BASE_SECTIONS + tuple(cls.section for cls in searchers().values()) + ("fidelity", "validation", "metrics")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class StudySpec:
     raw: Mapping[str, Any]
     fingerprint: str = ""
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    metrics: MetricSettings = field(default_factory=MetricSettings)
 
     @property
     def name(self) -> str:
@@ -135,6 +141,7 @@ def _study(table: Any, default_name: str) -> StudyInfo:
         raise ConfigError(f"study.name: expected a non-empty name without '/', got {name!r}")
     engine = t.get("engine", "ga")
     check_choice("study.engine", engine, tuple(searchers()))
+    grid = engine == "grid"   # a grid runs every point on study.seeds: no racing, no start points
     seeds = _seed_list("study.seeds", t.get("seeds", [0]))
     eval_seeds = _seed_list("study.eval_seeds", t.get("eval_seeds", list(DEFAULT_EVAL_SEEDS)), allow_empty=True)
     overlap = sorted(set(seeds) & set(eval_seeds))
@@ -152,19 +159,22 @@ def _study(table: Any, default_name: str) -> StudyInfo:
     check_range("study.workers", workers, 1, None, integer=True)
     batch = t.get("population_batch", True)
     check_bool("study.population_batch", batch)
-    start_defaults = t.get("start_defaults", True)
+    start_defaults = t.get("start_defaults", not grid)
     check_bool("study.start_defaults", start_defaults)
     start = t.get("start", [])
     if not isinstance(start, list) or not all(isinstance(p, Mapping) for p in start):
         raise ConfigError(f"study.start: expected [[study.start]] tables of searched params, got {start!r}")
+    if grid and (start_defaults or start):
+        raise ConfigError(f"study.{'start_defaults' if start_defaults else 'start'}: not for a grid study "
+                          "(study.engine = \"grid\" evaluates exactly its [grid] points); allowed: false / none")
     budget = t.get("time_budget_s")
     if budget is not None:
         check_range("study.time_budget_s", budget, 0.0, None, lo_open=True)
     cluster = t.get("cluster")
     if cluster is not None:
         check_cluster("study.cluster", cluster)
-    max_seeds = t.get("max_seeds", max(DEFAULT_MAX_SEEDS, len(seeds)))
-    check_range("study.max_seeds", max_seeds, len(seeds), 64, integer=True)
+    max_seeds = t.get("max_seeds", len(seeds) if grid else max(DEFAULT_MAX_SEEDS, len(seeds)))
+    check_range("study.max_seeds", max_seeds, len(seeds), len(seeds) if grid else 64, integer=True)
     incumbents = t.get("incumbents", 3)
     check_range("study.incumbents", incumbents, 1, None, integer=True)
     return StudyInfo(name=name, engine=engine, seeds=seeds, eval_seeds=eval_seeds, search_seed=search_seed,
@@ -205,12 +215,17 @@ def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec
     if not isinstance(raw, Mapping):
         raise ConfigError(f"spec: expected a table, got {type(raw).__name__}")
     reject_unknown("", raw, sections(), what="section")
-    for key in ("base", "space", "objective"):
-        if key not in raw:
-            raise ConfigError(f"{key}: missing section; a study spec needs [base], [space.<param>] and [objective]")
     study = _study(raw.get("study", {}), default_name)
+    grid = study.engine == "grid"
+    if grid:
+        _check_grid_sections(raw)
+        raw = {**raw, "objective": raw.get("objective", GRID_OBJECTIVE)}   # spec.toml says what fitness means
+    for key in ("base",) if grid else ("base", "space", "objective"):
+        if key not in raw:
+            raise ConfigError(f"{key}: missing section; a study spec needs [base], [space.<param>] and [objective]"
+                              + (" (a grid study: [base] and [grid])" if grid else ""))
     base = parse_base(raw["base"])
-    space = build_space(raw["space"], base)
+    space = build_grid_space(parse_grid_settings(raw["grid"]), base) if grid else build_space(raw["space"], base)
     _start_points(study, space, base)
     objective = build_objective(raw["objective"])
     settings = {name: cls.parse_settings(raw.get(cls.section, {}), dim=space.dim, n_objectives=objective.n,
@@ -220,10 +235,25 @@ def parse_spec(raw: Mapping[str, Any], default_name: str = "study") -> StudySpec
     if fidelity is not None and study.engine == "optuna" and settings["optuna"].pruner != "none":
         raise ConfigError(f"optuna.pruner: {settings['optuna'].pruner!r} and [fidelity] both stop evaluations "
                           f"early; allowed with [fidelity]: none")
-    validation = parse_validation(raw.get("validation"), study.race_seeds, study.eval_seeds)
+    validation = parse_validation(raw.get("validation"), study.race_seeds, study.eval_seeds) if not grid \
+        else ValidationSettings(enabled=False)
+    metrics = parse_metric_settings(raw.get("metrics"), slowdown=grid or "slowdown" in objective.names, curves=grid)
+    if "slowdown" in objective.names and not metrics.slowdown:
+        raise ConfigError("metrics.slowdown: false, but the objective uses slowdown (it needs the FedAvg reference "
+                          "runs); allowed with this objective: true")
     spec = StudySpec(study=study, base=base, space=space, objective=objective, settings=settings,
-                     fidelity=fidelity, raw=copy.deepcopy(dict(raw)), validation=validation)
+                     fidelity=fidelity, raw=copy.deepcopy(dict(raw)), validation=validation, metrics=metrics)
     return StudySpec(**{**spec.__dict__, "fingerprint": _fingerprint(spec.raw)})
+
+
+def _check_grid_sections(raw: Mapping[str, Any]) -> None:
+    """A grid study has [grid] and none of the search's sections (its points are the grid's; nothing to choose)."""
+    if "grid" not in raw:
+        raise ConfigError("grid: missing section; study.engine = \"grid\" needs [grid.factors] and/or [grid.arms]")
+    for key, why in (("space", "its points are the [grid] factors"), ("fidelity", "every point runs base.rounds"),
+                     ("validation", "there is nothing to choose")):
+        if key in raw:
+            raise ConfigError(f"{key}: not for a grid study (study.engine = \"grid\"): {why}; remove [{key}]")
 
 
 def set_spec_value(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -342,13 +342,14 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
     bar: Progress | None = None
     ok = False
     try:
+        grid = is_grid(spec)
         baseline_path = out / "baseline.toml"
         baseline = load_toml(baseline_path) if resume and baseline_path.is_file() else None
-        if baseline is None:
+        if baseline is None and not grid:    # a grid's arms are its baselines: nothing to compare against
             echo(f"evaluating the baseline: {defaults_label(spec)} ...")
             baseline = evaluate_baseline(spec, evaluator)
             atomic_write_text(baseline_path, dump_toml(baseline))
-        base_fit = baseline["fitness"] if baseline.get("state") == "complete" else None
+        base_fit = baseline["fitness"] if baseline is not None and baseline.get("state") == "complete" else None
         table = TrialsTable(out, spec.space.names, spec.objective.n, {p.name: p.type for p in spec.space.params})
         bar = Progress(bar=progress, total=_expected_rows(spec, searcher), desc=f"{searcher.name} {spec.name}",
                        signs=spec.objective.weights, full_rounds=spec.base.rounds, baseline=base_fit,
@@ -367,6 +368,15 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, resume: bool = False, wor
         result = StudyResult(spec, out, best, baseline, len(rows), state.elapsed_s,
                              simulated_rounds=simulated, completed=completed,
                              new_evaluations=bar.done - bar.resumed_at)
+        if grid:   # nothing to choose: the trials table is the result (no best.toml, validation or histories)
+            result.best = []
+            if not (resume and not result.new_evaluations and _finished(out, len(rows))):
+                write_summary(result)
+            else:
+                result.rewritten = False
+            ok = True
+            return result
+        assert baseline is not None   # every study but a grid evaluated its baseline above
         if resume and not result.new_evaluations and _finished(out, len(rows)):
             ok = True   # the budget was spent and every output written by an earlier session: nothing to rewrite
             result.rewritten = False
@@ -420,7 +430,17 @@ def _finished(out: Path, rows: int) -> bool:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (out / "best.toml").is_file() and summary.get("evaluations") == rows
+    return (is_grid_dir(summary) or (out / "best.toml").is_file()) and summary.get("evaluations") == rows
+
+
+def is_grid(spec: StudySpec) -> bool:
+    """Is this a grid study (``study.engine = "grid"``: its points are given, nothing is chosen)?"""
+    return spec.study.engine == "grid"
+
+
+def is_grid_dir(summary: Mapping[str, Any]) -> bool:
+    """Does a study directory's summary.json belong to a grid study?"""
+    return summary.get("engine") == "grid"
 
 
 def _expected_rows(spec: StudySpec, searcher: Searcher) -> int | None:
@@ -498,9 +518,34 @@ def seed_ranges(seeds: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
+GRID_SUMMARY = ("final_accuracy", "uplink_mb", "rounds_to_target", "oscillation", "slowdown")
+
+
+def format_grid_summary(result: StudyResult) -> str:
+    """One line per grid point: its params and the mean over seeds of a few metrics (all of them in trials.csv)."""
+    from tuning.trials import read_trials
+
+    spec = result.spec
+    df = read_trials(result.out_dir)
+    lines = [f"grid {spec.name}: {result.evaluations} points x {len(spec.study.seeds)} seeds, "
+             f"{result.simulated_rounds} simulated rounds, {result.wall_time_s:.1f} s of compute; {spec.base.rounds} "
+             "rounds; means over seeds"]
+    names = spec.space.names
+    width = max([len(n) for n in names] + [8]) + 2
+    lines.append("".join(f"{n:>{width}}" for n in names) + "".join(f"{m:>19}" for m in GRID_SUMMARY) + f"{'state':>10}")
+    for _, row in (df.iterrows() if df is not None else iter(())):
+        lines.append("".join(f"{_fmt(_plain(row[f'param_{n}'])):>{width}}" for n in names)
+                     + "".join(f"{_fmt(float(row[f'metric_{m}'])):>19}" for m in GRID_SUMMARY) + f"{row['state']:>10}")
+    lines.append(f"outputs in {result.out_dir}/ (trials.parquet, trials.csv: per-seed metrics in per_seed; "
+                 "summary.json, spec.toml)")
+    return "\n".join(lines)
+
+
 def format_summary(result: StudyResult) -> str:
     """Best params, their search and validation fitness and metrics, and the defaults' on the same budget."""
     spec = result.spec
+    if is_grid(spec):
+        return format_grid_summary(result)
     validation = result.extra.get("validation")
     lines = [f"study {spec.name} ({spec.study.engine}): {result.evaluations} evaluations, "
              f"{result.simulated_rounds} simulated rounds, {result.wall_time_s:.1f} s of compute; search seeds "

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from qsfl.errors import ConfigError
+from tuning.search.grid import GridSpace
 
 STUDY_FILES = ("spec.toml", "trials.parquet", "trials.csv", "checkpoint.pkl", "study.db", "baseline.toml")
 
@@ -35,6 +36,9 @@ def validate_study(spec: Any) -> int:
                 from None
         n_params = sim.n_params
         del sim
+    if isinstance(spec.space, GridSpace):
+        _validate_grid(spec, n_params)
+        return n_params
     for p in spec.space.params:
         bounds = [f"choices[{i}]" for i in range(len(p.choices))] if p.is_categorical else ["low", "high"]
         for bound, value in zip(bounds, p.values_to_check()):
@@ -49,6 +53,33 @@ def validate_study(spec: Any) -> int:
     except ConfigError as exc:
         raise ConfigError(f"baseline ({label}): cannot be simulated: {exc}") from None
     return n_params
+
+
+def _validate_grid(spec: Any, n_params: int) -> None:
+    """Every grid point's simulation can start on the first seed: its setting's data, partition and model (once
+    per setting, e.g. per client count) and its strategy."""
+    from qsfl.sim import Simulation
+    from qsfl.strategies import make_strategy
+
+    seed = spec.study.seeds[0]
+    settings: set[str] = set()
+    for point in spec.space.points():
+        config = spec.base.with_overrides({**spec.space.overrides(point), "seed": seed})
+        try:
+            setting = config.with_overrides({"strategy": {"name": "fedavg"}})
+            key = repr(sorted(setting.to_dict().items()))
+            if key not in settings:
+                settings.add(key)
+                sim = Simulation(setting)
+                with torch.no_grad():
+                    sim.model(sim.x_test[:1])
+                n_params = sim.n_params
+                del sim
+            make_strategy(config, n_params)
+        except ConfigError as exc:
+            raise ConfigError(f"grid: the point {point} cannot be simulated: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - anything that stops the simulation from starting
+            raise ConfigError(f"grid: the point {point} cannot be simulated: {type(exc).__name__}: {exc}") from None
 
 
 def check_resume(out_dir: Path) -> None:
