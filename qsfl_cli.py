@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qsfl.config import SimConfig
 
-# the built-in strategies (tests/test_cli.py checks it against the registry; the registry's import loads torch)
+# the built-in strategies (tests/e2e/test_cli.py checks it against the registry; the registry's import loads torch)
 STRATEGY_HELP = ("fedavg | qsfl | topk | randk | stc | signsgd | qsgd (QSFL's ablations: qsfl with "
                  "--set strategy.use_scss=false (QJ-only) or strategy.use_qj=false (SCSS-only))")
 

@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 python -c "import torch, sys; ok = torch.cuda.is_available(); print('torch', torch.__version__, '| CUDA', torch.version.cuda, '|', torch.cuda.get_device_name() if ok else 'no CUDA device'); sys.exit(0 if ok or sys.argv[1] == 'cpu' else 1)" "$DEVICE"
 
 echo "== 1. engine equivalence tests on $DEVICE"
-python -m pytest -q -p no:cacheprovider tests/test_engine_batched.py tests/test_engine_local.py --device "$DEVICE"
+python -m pytest -q -p no:cacheprovider tests/qsfl/test_engine_batched.py tests/qsfl/test_engine_local.py --device "$DEVICE"
 
 echo "== 2. simulations on $DEVICE (CLI)"
 for engine in batched sequential; do

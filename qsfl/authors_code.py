@@ -4,7 +4,7 @@ The authors' code (github.com/LipingYi/QSFL, commit 4b11db9: ``fl_client_QSFL.py
 ``fl_server_QSFL.py`` ``Aggregator.update_weights`` lines 104-186) departs from the paper and from this
 project's default in several places. Each departure is one field of :class:`Options`, so that it can be
 switched alone and its effect measured; ``Options()`` is this project's default and :data:`AUTHORS_CODE`
-sets every field to what their code does. ``tests/test_authors_code.py`` checks :func:`aggregate_round`
+sets every field to what their code does. ``tests/qsfl/test_authors_code.py`` checks :func:`aggregate_round`
 with :data:`AUTHORS_CODE` against a transcription of their two functions, and ``docs/faithfulness.md``
 lists the choices side by side.
 

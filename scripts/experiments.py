@@ -7,7 +7,7 @@
 Prints the Markdown that stands between the ``<!-- experiments:begin -->`` and ``<!-- experiments:end -->`` markers
 of docs/experiments.md: per client count C and arm the mean over seeds with its 95 % interval of oscillation,
 slowdown and final accuracy, and the paper's three observations checked with paired comparisons over the shared
-seeds (the same seed and C for both arms). tests/test_experiments_doc.py checks that the doc holds what a fresh run
+seeds (the same seed and C for both arms). tests/e2e/test_experiments_doc.py checks that the doc holds what a fresh run
 prints (``-m slow``). Every number comes from the study's trials table (tuning.results); nothing is copied by hand.
 """
 

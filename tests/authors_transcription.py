@@ -1,5 +1,5 @@
 """Our transcription of the two functions of the authors' released QSFL code that decide what a client
-sends and how the server aggregates it, written for ``tests/test_authors_code.py``.
+sends and how the server aggregates it, written for ``tests/qsfl/test_authors_code.py``.
 
 Source: github.com/LipingYi/QSFL at commit 4b11db9 ("Add files via upload"):
 - ``fl_client_QSFL.py``, ``on_request_update``, lines 157-243 (relevance, segmentation, top-p);

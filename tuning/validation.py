@@ -211,12 +211,14 @@ def paired_one_sided(better: Sequence[float], worse: Sequence[float], sign: floa
                      ratio: float = 1.0) -> tuple[float, float]:
     """(mean signed gain, one-sided p) of "``better`` beats ``worse`` by ``ratio`` on the same seeds" (``sign`` +1:
     larger is better; the gain on a seed is ``worse - ratio * better`` when minimising, ``better - ratio * worse``
-    when maximising) by the exact Wilcoxon signed-rank test: it ranks the per-seed gains, so one seed where a
+    when maximising; a seed where both are equal, e.g. both missed the target, is a tie whatever the ratio) by the
+    exact Wilcoxon signed-rank test: it ranks the per-seed gains, so one seed where a
     constraint penalty makes a fitness huge neither wins nor sinks the comparison on its own (a paired t-test would
     let that one seed's variance hide a consistent gain). Ties (zero gains) are dropped; no pair left gives p = 1."""
     a, b = np.asarray(better, dtype=float), np.asarray(worse, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
     gain = a[keep] - ratio * b[keep] if sign > 0 else b[keep] - ratio * a[keep]
+    gain[a[keep] == b[keep]] = 0.0     # an equal outcome (e.g. both missed the target: the same stand-in) is a tie
     if len(gain) == 0:
         return math.nan, 1.0
     mean = float(gain.mean())

@@ -863,7 +863,7 @@ def _dry_run_bytes(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, b
 
     ``TorchDispatchMode`` is the one name the project imports from a module of a dependency whose name starts with
     an underscore: PyTorch documents it there (``__torch_dispatch__``, "Extending PyTorch") and has no other path
-    (tests/test_public_api.py lists it)."""
+    (tests/e2e/test_public_api.py lists it)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _Count(TorchDispatchMode):

@@ -13,7 +13,7 @@ import pytest
 
 from qsfl.data.datasets import _sklearn_digits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_digits_without_sklearn_equal_sklearns():

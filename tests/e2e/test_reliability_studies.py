@@ -38,7 +38,7 @@ from helpers import (
     write_spec,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ----- helpers ------------------------------------------------------------------------------------------------
 def table_rows(out: Path) -> int:

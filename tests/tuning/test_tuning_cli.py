@@ -174,7 +174,7 @@ def test_study_toml_files_parse():
 
     from tuning.spec import load_spec
 
-    studies = sorted(Path(__file__).resolve().parents[1].glob("studies/*.toml"))
+    studies = sorted(Path(__file__).resolve().parents[2].glob("studies/*.toml"))
     assert studies, "studies/*.toml missing"
     for path in studies:
         spec = load_spec(path)
@@ -210,7 +210,7 @@ def test_dataset_paths_in_a_spec_are_relative_to_the_spec_file(tmp_path, monkeyp
 def test_paper_femnist_spec_comments_match_its_values():
     from tuning.spec import load_spec
 
-    path = Path(__file__).resolve().parents[1] / "studies" / "paper_femnist.toml"
+    path = Path(__file__).resolve().parents[2] / "studies" / "paper_femnist.toml"
     text = path.read_text()
     spec = load_spec(path)
     base = spec.base

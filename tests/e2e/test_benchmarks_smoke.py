@@ -1,7 +1,7 @@
 """Every benchmark script still runs: its smallest mode (``--quick``, small budgets, outputs in a temporary
 directory) exits 0. What they measure is in benchmarks/README.md; this only keeps the scripts from rotting (e.g.
 a spec change that makes a ``--quick`` override invalid). benchmarks/memory.py has no quick mode: the
-reliability suite covers its study (tests/test_reliability_memory.py)."""
+reliability suite covers its study (tests/qsfl/test_reliability_memory.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPTS = {
     "cli_startup": ["--quick", "--repeats", "1"],

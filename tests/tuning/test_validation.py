@@ -66,6 +66,9 @@ def test_paired_one_sided_by_hand():
     # four, 0.5 - 0.5 = 0 on the last (a tie, dropped): four positive gains -> p = 1/16
     gain, p = paired_one_sided([0.3, 0.3, 0.3, 0.3, 0.4], [0.5] * 5, -1.0, 1.25)
     assert gain == pytest.approx(0.1) and p == pytest.approx(1 / 16)
+    # equal outcomes (both missed the target: the same stand-in) are ties, not losses, whatever the ratio:
+    # two wins and three ties -> p = 1/4
+    assert paired_one_sided([0.2, 0.2, 24.0, 24.0, 24.0], [0.5, 0.5, 24.0, 24.0, 24.0], -1.0, 1.25)[1] == 0.25
     # 1.2x better everywhere is not 1.25x better: every gain negative
     assert paired_one_sided([0.5 / 1.2] * 5, [0.5] * 5, -1.0, 1.25)[1] == 1.0
     # maximise: the gain is tuned - ratio * defaults

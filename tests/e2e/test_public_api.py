@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OWN = {"qsfl", "tuning", "reports", "qsfl_cli"}
 SOURCES = sorted([*(ROOT / "qsfl").rglob("*.py"), *(ROOT / "tuning").rglob("*.py"), *(ROOT / "reports").rglob("*.py"),
                   ROOT / "qsfl_cli.py"])

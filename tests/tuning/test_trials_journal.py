@@ -21,7 +21,7 @@ import pytest
 from qsfl.errors import ConfigError
 from tuning.trials import CSV, JOURNAL, PARQUET, TrialsTable, read_trials
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def row(trial: int, **extra) -> dict:
@@ -145,7 +145,7 @@ def test_dropping_a_row_rewrites_the_files(tmp_path):
 
 def test_setting_rows_on_a_fresh_table_writes_the_files(tmp_path):
     """A new --out joining an Optuna study that already has trials (rows from its storage) gets its table at
-    once, even when no new trial runs (regression: tests/test_readme.py's PostgreSQL command)."""
+    once, even when no new trial runs (regression: tests/e2e/test_readme.py's PostgreSQL command)."""
     t = table(tmp_path)
     t.rows = []
     assert not (tmp_path / PARQUET).exists()               # nothing to write
@@ -208,7 +208,7 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     import qsfl.io, tuning.trials as trials
-    from tests.test_trials_journal import row, table
+    from tests.tuning.test_trials_journal import row, table
 
     where, at = sys.argv[1], int(sys.argv[2])
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

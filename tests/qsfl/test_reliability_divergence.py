@@ -1,7 +1,7 @@
 """Diverging runs stop early: ``qsfl.simulate`` ends a run whose training loss is NaN/inf or above
 ``divergence_loss`` with ``History.status == "diverged"`` and a reason naming the round, keeps the rows of
 the rounds before it, and the tuning objective turns such a run into a failed evaluation with that reason.
-(Diverging trials inside whole studies: tests/test_reliability_studies.py.)"""
+(Diverging trials inside whole studies: tests/e2e/test_reliability_studies.py.)"""
 
 from __future__ import annotations
 

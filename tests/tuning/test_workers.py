@@ -27,7 +27,7 @@ from tuning import interrupts
 from tuning import workers as W
 from tuning.workers import DaskWorkers, PoolWorkers, SerialWorkers, check_cluster, make_workers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = SimConfig(dataset="digits", model="logreg", clients=4, rounds=1)
 
 

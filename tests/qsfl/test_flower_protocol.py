@@ -1,6 +1,6 @@
 """qsfl.flower's round as messages (qsfl.flower.protocol, no Flower needed) equals the simulator: the same qualified
 clients, the same bytes per message, the same global model; a client that fails does not stop a round; the
-exported app's files. The same runners inside Flower's runtime: tests/test_flower.py (marker ``flower``)."""
+exported app's files. The same runners inside Flower's runtime: tests/qsfl/test_flower.py (marker ``flower``)."""
 
 from __future__ import annotations
 

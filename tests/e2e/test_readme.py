@@ -19,7 +19,7 @@ import torch
 from qsfl.environment import package_version
 from qsfl.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 COMMAND_DOCS = (README, REPO / "docs" / "femnist.md", REPO / "docs" / "postgres.md")   # their commands run here
 POSTGRES_ENV = "QSFL_TEST_POSTGRES_URL"
