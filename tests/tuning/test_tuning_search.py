@@ -345,6 +345,9 @@ def test_ga_with_fidelity_writes_rungs_and_costs_fewer_rounds(tmp_path):
     from qsfl.config import load_toml
 
     for b in load_toml(tmp_path / "out" / "best.toml")["best"]:   # best configs are full-rounds evaluations
+        if b.get("defaults"):                                     # validation returned the defaults: baseline.toml's
+            assert b["trial"] == -1 and (tmp_path / "out" / "baseline.toml").is_file()
+            continue
         assert (best[(best["individual"] == b["individual"])]["rounds"] == 6).any()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["simulated_rounds"] == result.simulated_rounds and summary["fidelity"]["rungs"] == [2, 6]
