@@ -323,16 +323,22 @@ def test_readme_quickstart_report_shows_the_numbers_of_best_toml(tmp_path: Path)
     baseline = tomllib.loads((out / "baseline.toml").read_text())
     md = (out / "report.md").read_text()
     table = md.split("## Best configurations", 1)[1].split("\n\n")[1].splitlines()[2:]
+    header = [c.strip() for c in md.split("## Best configurations", 1)[1].split("\n\n")[1].splitlines()[0]
+              .strip("|").split("|")]
+    col = {name: header.index(name) for name in ("search fitness", "validation fitness", "validation seeds",
+                                                 "final acc.", "uplink MB")}
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
     defaults_row = not any(e.get("defaults") for e in best)    # else the defaults are the answer, a ranked row
     assert len(cells) == len(best) + defaults_row
     for entry, row in zip(best, cells):
-        assert float(row[2]) == pytest.approx(entry["fitness"][0], rel=1e-3)
-        assert float(row[3]) == pytest.approx(entry["validation_fitness"][0], rel=1e-3)
-        assert float(row[4]) == pytest.approx(entry["metrics"]["final_accuracy"], rel=1e-3)
-        assert float(row[5]) == pytest.approx(entry["metrics"]["uplink_mb"], rel=1e-3)
+        assert float(row[col["search fitness"]]) == pytest.approx(entry["fitness"][0], rel=1e-3)
+        assert float(row[col["validation fitness"]]) == pytest.approx(entry["validation_fitness"][0], rel=1e-3)
+        assert int(row[col["validation seeds"]]) == len(entry["validation_seeds"])   # 8, or 32 once confirmed
+        assert float(row[col["final acc."]]) == pytest.approx(entry["metrics"]["final_accuracy"], rel=1e-3)
+        assert float(row[col["uplink MB"]]) == pytest.approx(entry["metrics"]["uplink_mb"], rel=1e-3)
     if defaults_row:
         assert cells[-1][0] == "authors' defaults"
-        assert float(cells[-1][4]) == pytest.approx(baseline["metrics"]["final_accuracy"], rel=1e-3)
+        assert float(cells[-1][col["final acc."]]) == pytest.approx(baseline["metrics"]["final_accuracy"],
+                                                                        rel=1e-3)
     validation = (out / "validation.csv").read_text()
     assert "answer" in validation and "per_seed_fitness" in validation

@@ -265,7 +265,7 @@ def test_process_pool_streams_results_and_sets_each_worker_up_once(tmp_path):
 
 CTRL_C = textwrap.dedent("""
     import signal, sys, time
-    sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {repo!r} + "/tests"); sys.path.insert(0, {tests!r})
     from tuning.workers import make_workers
     from test_workers import square_after
 
@@ -290,7 +290,7 @@ def test_ctrl_c_terminates_the_workers_quietly_and_raises_once(tmp_path, backend
     if backend.startswith("local"):
         pytest.importorskip("distributed")
     script = tmp_path / "ctrl_c.py"
-    script.write_text(CTRL_C.format(repo=str(REPO), tests=str(REPO / "tests")))
+    script.write_text(CTRL_C.format(repo=str(REPO), tests=str(Path(__file__).resolve().parent)))
     proc = subprocess.Popen([sys.executable, str(script), backend], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
