@@ -73,11 +73,6 @@ class ValidationSettings:
             return self.min_ratio
         return 1.0 if sign > 0 else MIN_RATIO_MINIMIZE
 
-    @property
-    def all_seeds(self) -> tuple[int, ...]:
-        """Every seed validation may simulate: the validation seeds, then the confirmation seeds."""
-        return (*self.seeds, *self.confirm_seeds)
-
 
 def parse_validation(table: Any, search_seeds: Sequence[int], eval_seeds: Sequence[int]) -> ValidationSettings:
     """Validate the ``[validation]`` table; its seeds must be disjoint from the search and test seeds."""
@@ -306,7 +301,8 @@ def group_risk(tuned: Validated, base: Validated, objective: Objective, rounds: 
     names = RUN_METRICS
 
     def table(runs: Mapping[int, Any]) -> np.ndarray:
-        return np.array([[fitness_inputs(runs[s], rounds, rounds)[m] for m in names] for s in shared], dtype=float)
+        inputs = [fitness_inputs(runs[s], rounds, rounds) for s in shared]     # once per seed, not per metric
+        return np.array([[values[m] for m in names] for values in inputs], dtype=float)
 
     picks = np.random.default_rng(0).integers(0, len(shared), size=(draws, group))
     means_t, means_b = table(runs_t)[picks].mean(axis=1), table(runs_b)[picks].mean(axis=1)

@@ -30,7 +30,7 @@ def test_auto_seeds_avoid_search_and_test_seeds():
 def test_parse_validation_checks_every_key():
     s = parse_validation(None, [0, 1], [100])
     assert s.enabled and s.top == 5 and s.alpha == 0.1 and s.seeds == tuple(range(200, 208))
-    assert s.confirm_seeds == tuple(range(208, 232)) and s.all_seeds == tuple(range(200, 232))
+    assert s.confirm_seeds == tuple(range(208, 232)) and s.seeds + s.confirm_seeds == tuple(range(200, 232))
     assert s.ratio(-1.0) == 1.25 and s.ratio(1.0) == 1.0          # minimising: 1.25x; maximising: any gain
     assert parse_validation({"confirm": 0, "min_ratio": 1}, [0], [100]).confirm_seeds == ()
     assert parse_validation({"min_ratio": 1.5}, [0], [100]).ratio(1.0) == 1.5
